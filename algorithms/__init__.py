@@ -1,0 +1,1 @@
+"""AI inference plugins, their contract, registry and model runtime."""

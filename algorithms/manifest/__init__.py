@@ -1,0 +1,1 @@
+"""Third-party models without code: an ONNX or TorchScript file plus a manifest YAML."""

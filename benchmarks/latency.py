@@ -1,0 +1,117 @@
+"""Hot-path latency: Orthanc pushes a chest CT; time from last image to the SR stored in Orthanc.
+
+Measured per run, from radrouter's own timestamps (SQLite) and Orthanc's push:
+- completion: association released -> study judged complete (target <= 1 s),
+- release -> job started,
+- last image received -> SR stored in Orthanc (C-STORE response), with and without the
+  time inside the model (target for everything but the model: <= 2 s for 300 slices).
+Orthanc's own push time for the same study is printed beside them as the reference.
+
+Run: ``.venv/bin/python -m benchmarks.latency [--slices 300] [--size 512] [--runs 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
+from config.loader import parse_config
+from router.service import RouterService, wait_for
+from router.synthetic_dicom import new_patient_study, write_ct_series
+from tests.orthanc import Orthanc, free_port, running_orthanc
+
+
+def config_text(port: int, orthanc: Orthanc) -> str:
+    return (
+        f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}}\n"
+        "http: {host: 127.0.0.1, port: 0}\n"
+        f"destinations: {{pacs: {{ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc.dicom_port}}}}}\n"
+        "rules:\n"
+        "  - name: chest\n"
+        "    when: {Modality: CT}\n"
+        "    run: lung_nodule\n"
+        "    send_to: [pacs]\n"
+    )
+
+
+def one_run(
+    orthanc: Orthanc, service: RouterService, folder: Path, seed: int, shape: tuple[int, int, int]
+) -> dict[str, float]:
+    spacing = (1.0, 350.0 / shape[1], 350.0 / shape[2])
+    nodule = NoduleSpec(right_lung_centre_mm(shape, spacing), 12.0)
+    ct = generate_chest_ct(seed, shape=shape, spacing_mm=spacing, nodules=[nodule])
+    study = new_patient_study(seed)
+    paths = write_ct_series(ct.hu, ct.spacing_mm, study, folder / f"s{seed}")
+    study_id = {orthanc.upload(p) for p in paths}.pop()
+    started = time.perf_counter()
+    orthanc.push_to_modality("radrouter", [study_id])
+    push_s = time.perf_counter() - started
+    db = service.db
+
+    def done() -> bool:
+        row = db.query_one(
+            "SELECT state FROM studies WHERE study_uid = ?", (study.study_instance_uid,)
+        )
+        return row is not None and row["state"] in {"done", "attention"}
+
+    if not wait_for(done, 600, 0.05):
+        raise TimeoutError("study did not finish")
+    uid = (study.study_instance_uid,)
+    s = db.query_one("SELECT * FROM studies WHERE study_uid = ?", uid)
+    released = db.query_one(
+        "SELECT MAX(a.closed_at) AS at FROM associations a JOIN association_studies x "
+        "ON x.association_id = a.id WHERE x.study_uid = ? AND a.state = 'released'",
+        uid,
+    )
+    job = db.query_one("SELECT * FROM jobs WHERE study_uid = ?", uid)
+    dispatch = db.query_one("SELECT * FROM dispatches WHERE study_uid = ?", uid)
+    assert s is not None and released is not None and job is not None and dispatch is not None
+    assert dispatch["state"] == "done", dispatch["last_error"]
+    total = dispatch["finished_at"] - s["last_received_at"]
+    return {
+        "orthanc push (reference)": push_s,
+        "release -> complete": s["completed_at"] - released["at"],
+        "release -> job start": job["started_at"] - released["at"],
+        "last image -> SR stored": total,
+        "model time": job["model_seconds"],
+        "last image -> SR stored, without model": total - job["model_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    shape = (args.slices, args.size, args.size)
+    results: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp, running_orthanc(Path(tmp) / "orthanc") as orthanc:
+        port = free_port()
+        config = parse_config(config_text(port, orthanc))
+        service = RouterService(config, data_dir=Path(tmp) / "router")
+        service.start()
+        try:
+            orthanc.add_modality("radrouter", "RADROUTER", port)
+            for run in range(args.runs):
+                results.append(one_run(orthanc, service, Path(tmp), 1000 + run, shape))
+        finally:
+            service.stop()
+    print(
+        f"latency: chest CT {args.slices} slices {args.size}x{args.size}, pushed by Orthanc, "
+        f"{args.runs} run(s), settle_after_release_s={config.completion.settle_after_release_s}"
+    )
+    print(f"{'seconds':<42}{'median':>8}{'min':>8}{'max':>8}")
+    for key in results[0]:
+        values = [r[key] for r in results]
+        print(f"{key:<42}{statistics.median(values):>8.2f}{min(values):>8.2f}{max(values):>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

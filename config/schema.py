@@ -1,0 +1,468 @@
+"""The routing YAML as frozen pydantic v2 models; unknown keys are rejected everywhere."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"  # 16 chars of the DICOM AE default repertoire, no '\'
+"""DICOM AE titles: up to 16 characters of the default character repertoire, no backslash."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Priority(enum.StrEnum):
+    """Priority lanes, most urgent first. The job queue orders by ``rank``."""
+
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+    @property
+    def rank(self) -> int:
+        return {"stat": 0, "urgent": 1, "routine": 2}[self.value]
+
+
+AETitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN)]
+
+
+class AllowedCaller(Strict):
+    """A peer allowed to associate: its calling AE title and, optionally, its host address."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+
+class NodeConfig(Strict):
+    """radrouter's own DICOM node."""
+
+    ae_title: AETitle = "RADROUTER"
+    bind: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    check_called_ae: bool = True
+    allowed_callers: list[AllowedCaller] | None = None
+    """``None`` accepts any caller; a list accepts only those listed."""
+    max_associations: int = Field(default=16, ge=1, le=256)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class HttpConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class StorageConfig(Strict):
+    data_dir: Path = Path("var")
+    """Spool files and the SQLite database live here."""
+    min_free_mb: int = Field(default=256, ge=0)
+    """Below this free space the node refuses new instances with an out-of-resources status."""
+
+
+class DicomDestination(Strict):
+    """A DICOM node that results are C-STOREd to."""
+
+    type: Literal["dicom"] = "dicom"
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: AETitle | None = None
+    """AE title radrouter presents; defaults to the node's own."""
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class RetryPolicy(Strict):
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_initial_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
+
+    def delay_s(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): exponential, capped."""
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempt - 1)))
+
+
+class CompletionConfig(Strict):
+    """When a series/study counts as complete. Evidence first, timers as the last resort."""
+
+    settle_after_release_s: float = Field(default=0.5, ge=0, le=60)
+    """After the association that carried a geometrically whole series is released."""
+    series_idle_s: float = Field(default=10.0, gt=0)
+    study_idle_s: float = Field(default=30.0, gt=0)
+    hard_cap_s: float = Field(default=900.0, gt=0)
+    """A study is processed at most this long after its first instance, whatever else."""
+    check_interval_s: float = Field(default=0.1, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CompletionConfig:
+        if self.hard_cap_s < self.study_idle_s:
+            raise ValueError("hard_cap_s must be at least study_idle_s")
+        return self
+
+
+class JobRetryPolicy(RetryPolicy):
+    """Retries of a failed algorithm run: few and soon (a model that crashes twice is broken)."""
+
+    max_attempts: int = Field(default=2, ge=1, le=100)
+    backoff_initial_s: float = Field(default=1.0, ge=0)
+
+
+class DispatchRetryPolicy(RetryPolicy):
+    """Retries of a send to a destination: many, spread out (a PACS may be down for a while)."""
+
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    backoff_initial_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=120.0, ge=0)
+
+
+class JobsConfig(Strict):
+    workers: int = Field(default=1, ge=1, le=64)
+    retry: JobRetryPolicy = JobRetryPolicy()
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Per-job timeout; defaults to the algorithm's own ``max_runtime_s``."""
+
+
+class DispatchConfig(Strict):
+    retry: DispatchRetryPolicy = DispatchRetryPolicy()
+
+
+class MatchOperator(Strict):
+    """Explicit operators for one header value. All given operators must hold."""
+
+    equals: str | float | None = None
+    in_: list[str | float] | None = Field(default=None, alias="in")
+    regex: str | None = None
+    min: float | None = None
+    max: float | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> MatchOperator:
+        if all(
+            value is None
+            for value in (self.equals, self.in_, self.regex, self.min, self.max, self.exists)
+        ):
+            raise ValueError("give at least one of: equals, in, regex, min, max, exists")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+
+Matcher = str | float | MatchOperator
+"""A bare value means ``equals``."""
+
+ATTRIBUTE_PATTERN = r"^(CallingAE|CalledAE|[A-Z][A-Za-z0-9]*)$"
+"""Matcher keys: DICOM keywords (``Modality``) or the association's ``CallingAE``/``CalledAE``."""
+
+
+class Action(Strict):
+    """What to do with a series a rule selects."""
+
+    run: str | None = None
+    """Algorithm name from the registry; ``None`` forwards without running anything."""
+    priority: Priority = Priority.ROUTINE
+    send_to: list[str] = Field(default_factory=list)
+
+
+class Rule(Action):
+    name: str = Field(min_length=1, max_length=64)
+    when: dict[Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)], Matcher]
+    continue_: bool = Field(default=False, alias="continue")
+    """Evaluate the following rules too (first match wins otherwise)."""
+    enabled: bool = True
+
+
+class Fallback(Action):
+    """Applied to a series no rule matches. ``run: null`` and no ``send_to`` means record it
+    as unrouted and do nothing more (the default)."""
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class PriorSource(Strict):
+    """A PACS that is asked for earlier studies (C-FIND) and sends them to radrouter (C-MOVE)."""
+
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    move_destination_ae: AETitle | None = None
+    """AE title the PACS sends the retrieved instances to (it must know it as a modality);
+    defaults to the node's own, so they arrive through radrouter's normal C-STORE path."""
+    calling_ae_title: AETitle | None = None
+    """AE title radrouter presents; defaults to the node's own."""
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class PriorsConfig(Strict):
+    """Where a follow-up algorithm's prior exam (same patient, earlier study) comes from:
+    studies radrouter already holds, else the ``sources`` in order."""
+
+    sources: list[PriorSource] = Field(default_factory=list)
+    max_age_days: int = Field(default=3 * 365, ge=1, le=36500)
+    """Studies older than this (by StudyDate) are not used as priors."""
+    series_selector: dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")], Matcher] | None = (
+        None
+    )
+    """Which series of a prior study to use (header matchers, as in ``rules[].when``);
+    ``None``: the ``when`` of the rule that selected the current series, without the
+    association keys (CallingAE, CalledAE)."""
+    retrieve_timeout_s: float = Field(default=300.0, gt=0)
+    """How long a C-MOVE of one prior series may take."""
+
+
+class AlgorithmSettings(Strict):
+    """Site settings of one algorithm (a plugin or a manifest model), by its registry name."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_concurrent: int = Field(default=1, ge=1, le=64)
+    """Runs of this model at once; more workers wait, so a GPU is not oversubscribed."""
+    threshold: Probability | None = None
+    """The site's operating point, replacing the algorithm's own default threshold."""
+    thresholds_by_model: dict[str, Probability] = Field(default_factory=dict)
+    """Operating point per scanner (header ManufacturerModelName; case and surrounding spaces
+    ignored); a scanner not listed gets ``threshold``."""
+    shadow: bool = False
+    """Run and record the result, but send nothing and raise no worklist flag."""
+    priors: PriorsConfig | None = None
+    """For follow-up algorithms: find the patient's most recent earlier exam and pass it in
+    ``StudyInput.priors`` (``router.priors``); ``None``: no priors."""
+
+    @field_validator("thresholds_by_model")
+    @classmethod
+    def _distinct_model_names(cls, value: dict[str, float]) -> dict[str, float]:
+        seen: dict[str, str] = {}
+        for name in value:
+            key = name.strip().casefold()
+            if not key:
+                raise ValueError("a scanner model name must not be empty")
+            if key in seen:
+                raise ValueError(f"scanner models {seen[key]!r} and {name!r} are the same name")
+            seen[key] = name
+        return value
+
+    def threshold_for(self, header: Mapping[str, str]) -> float | None:
+        """The operating point for a series with this header (see ``effective_threshold``)."""
+        scanner = header.get("ManufacturerModelName", "").strip().casefold()
+        if scanner:
+            for name, value in self.thresholds_by_model.items():
+                if name.strip().casefold() == scanner:
+                    return value
+        return self.threshold
+
+
+def effective_threshold(
+    settings: AlgorithmSettings | None, header: Mapping[str, str]
+) -> float | None:
+    """The threshold a plugin gets in ``StudyInput.threshold``: the scanner's entry in
+    ``thresholds_by_model``, else ``threshold``, else ``None`` (the plugin's own default)."""
+    return None if settings is None else settings.threshold_for(header)
+
+
+# --------------------------------------------------------------------------------------------
+# Worklist: AI findings -> worklist priority and reason, and the channels that deliver them.
+
+ALGORITHM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""Algorithm names are Python identifiers (``AlgorithmInfo.name``)."""
+HL7_DELIMITERS = "|^~\\&"
+
+
+def _hl7_name(value: str) -> str:
+    if not 1 <= len(value) <= 20 or any(c in HL7_DELIMITERS or not c.isprintable() for c in value):
+        raise ValueError(
+            f"an HL7 name is 1-20 printable characters without {' '.join(HL7_DELIMITERS)}"
+        )
+    return value
+
+
+Hl7Name = Annotated[str, AfterValidator(_hl7_name)]
+"""HL7 v2 HD namespace IDs (MSH-3 to MSH-6, the PID-3 assigning authority)."""
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+URI_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$"
+HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+class MeasurementBound(Strict):
+    """An inclusive range a finding's measurement must lie in."""
+
+    min: float | None = None
+    max: float | None = None
+    unit: str | None = Field(default=None, min_length=1)
+    """UCUM code the measurement must be given in (``mm``); any other unit never matches."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MeasurementBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class FlagCondition(Strict):
+    """What one finding (or the study-level answer) must show to raise a flag. All conditions
+    given must hold on the same finding; ``{}`` holds for any positive result."""
+
+    finding: str | None = Field(default=None, min_length=1)
+    """Finding type: a code value (``27925004``) or its meaning (``Nodule``, any case)."""
+    site: str | None = Field(default=None, min_length=1)
+    """Finding site: a code value or meaning (``Lung``)."""
+    min_probability: float | None = Field(default=None, ge=0, le=1)
+    measurements: dict[str, MeasurementBound] = Field(default_factory=dict)
+    """By measurement name (code value or meaning): ``{Long axis: {min: 8, unit: mm}}``."""
+    qualifiers: dict[str, str] = Field(default_factory=dict)
+    """Qualifier name to value (code values or meanings): ``{Laterality: Right}``."""
+
+
+class PriorityFlag(Strict):
+    """Raise a study's worklist priority to ``raise_to`` when a finding meets ``when``."""
+
+    when: FlagCondition = FlagCondition()
+    raise_to: Priority
+    label: str | None = Field(default=None, min_length=1, max_length=64)
+    """What the reason calls the finding ("PE" in "AI: suspected PE, ..."); defaults to the
+    finding type's meaning."""
+
+    @field_validator("raise_to")
+    @classmethod
+    def _raises(cls, value: Priority) -> Priority:
+        if value is Priority.ROUTINE:
+            raise ValueError("raise_to: routine never raises a priority; use urgent or stat")
+        return value
+
+
+class NotifyRetryPolicy(RetryPolicy):
+    """Retries of a worklist notification: many, spread out (a RIS may be down for a while)."""
+
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    backoff_initial_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=120.0, ge=0)
+
+
+class Hl7NotifyConfig(Strict):
+    """HL7 v2.5.1 ORU^R01 result messages over MLLP to a RIS or interface engine."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    receiving_application: Hl7Name
+    """MSH-5, as the RIS expects it."""
+    receiving_facility: Hl7Name | None = None
+    sending_application: Hl7Name = "RADROUTER"
+    sending_facility: Hl7Name | None = None
+    processing_id: Literal["P", "T", "D"] = "P"
+    """MSH-11: P production, T training, D debugging."""
+    patient_id_authority: Hl7Name | None = None
+    """PID-3 assigning authority (the namespace the RIS knows the patient IDs by); when
+    left out, the study's IssuerOfPatientID (if it fits in 20 characters)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Connecting, sending and waiting for the acknowledgement, together."""
+    retry: NotifyRetryPolicy = NotifyRetryPolicy()
+
+
+class FhirNotifyConfig(Strict):
+    """FHIR R4: an Observation per result and a Task carrying the priority, in one
+    transaction Bundle POSTed to ``base_url``."""
+
+    base_url: str = Field(pattern=HTTP_URL_PATTERN)
+    bearer_token_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    """Name of the environment variable holding the bearer token (never the token itself)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    ca_file: Path | None = None
+    """PEM bundle of the CAs to trust for https; the system's by default."""
+    task: Literal["flagged", "always", "never"] = "flagged"
+    """When to create a Task: only when a priority flag was raised (default), always, never."""
+    urgent_as: Literal["urgent", "asap"] = "urgent"
+    """The FHIR request priority for the urgent lane."""
+    patient_identifier_system: str | None = Field(default=None, pattern=URI_PATTERN)
+    """Identifier system of PatientID (``urn:oid:...``); leave out to send the value alone."""
+    accession_identifier_system: str | None = Field(default=None, pattern=URI_PATTERN)
+    retry: NotifyRetryPolicy = NotifyRetryPolicy()
+
+    @model_validator(mode="after")
+    def _token_only_over_tls(self) -> FhirNotifyConfig:
+        host = self.base_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+        if (
+            self.bearer_token_env is not None
+            and self.base_url.startswith("http://")
+            and host not in LOOPBACK_HOSTS
+        ):
+            raise ValueError("bearer_token_env needs an https:// base_url (or a loopback host)")
+        return self
+
+
+class NotifyConfig(Strict):
+    """The channels a worklist notification goes to; each is optional."""
+
+    hl7: Hl7NotifyConfig | None = None
+    fhir: FhirNotifyConfig | None = None
+
+
+class WorklistConfig(Strict):
+    """AI findings to worklist priority (``priority_policy``) and where it is sent (``notify``)."""
+
+    priority_policy: dict[
+        Annotated[str, Field(pattern=ALGORITHM_NAME_PATTERN)], list[PriorityFlag]
+    ] = Field(default_factory=dict)
+    """By algorithm name: the flags of that algorithm; the most urgent one that holds wins."""
+    notify: NotifyConfig = NotifyConfig()
+
+
+class RouterConfig(Strict):
+    """The whole routing YAML."""
+
+    version: Literal[1] = 1
+    node: NodeConfig = NodeConfig()
+    http: HttpConfig = HttpConfig()
+    storage: StorageConfig = StorageConfig()
+    destinations: dict[str, DicomDestination] = Field(default_factory=dict)
+    completion: CompletionConfig = CompletionConfig()
+    jobs: JobsConfig = JobsConfig()
+    dispatch: DispatchConfig = DispatchConfig()
+    algorithms: dict[str, AlgorithmSettings] = Field(default_factory=dict)
+    model_dirs: list[Path] = Field(default_factory=list)
+    """Folders holding third-party model manifests (``*.yaml`` beside their model files);
+    every manifest found becomes an algorithm. Relative paths are taken from the working
+    directory, like ``storage.data_dir``."""
+    rules: list[Rule] = Field(default_factory=list)
+    fallback: Fallback = Fallback()
+    worklist: WorklistConfig = WorklistConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RouterConfig:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        for owner, action in [(f"rule {r.name!r}", r) for r in self.rules] + [
+            ("fallback", self.fallback)
+        ]:
+            for destination in action.send_to:
+                if destination not in self.destinations:
+                    raise ValueError(
+                        f"{owner} sends to unknown destination {destination!r}; "
+                        f"known: {sorted(self.destinations) or 'none'}"
+                    )
+        return self
+
+    def algorithm_names(self) -> set[str]:
+        """Every algorithm a rule or the fallback may run."""
+        names = {rule.run for rule in self.rules if rule.run}
+        if self.fallback.run:
+            names.add(self.fallback.run)
+        return names

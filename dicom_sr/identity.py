@@ -1,0 +1,70 @@
+"""Which result object is which: kind, deterministic UIDs and series number of each object."""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass
+
+from dicom_sr.uids import derive_uid
+
+FIRST_RESULT_SERIES_NUMBER = 9000
+"""Result series are numbered 9000-9899, after the acquired series of a study."""
+_ALGORITHM_SLOTS = 30
+_VERSION_SLOTS = 10
+
+
+class ObjectKind(enum.Enum):
+    """The kinds of object a result is written as; the value is the object's Modality."""
+
+    SR = "SR"
+    SEG = "SEG"
+    KOS = "KO"
+
+
+_KIND_OFFSET = {ObjectKind.SR: 0, ObjectKind.SEG: 1, ObjectKind.KOS: 2}
+
+
+@dataclass(frozen=True)
+class ObjectIdentity:
+    """Series Instance UID, SOP Instance UID and Series Number of one result object."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+
+
+def result_object_identity(
+    *,
+    study_instance_uid: str,
+    algorithm_name: str,
+    algorithm_version: str,
+    version_number: int,
+    kind: ObjectKind,
+) -> ObjectIdentity:
+    """UIDs and series number of result version ``version_number`` of an algorithm's ``kind``.
+
+    The UIDs depend only on (study, algorithm, algorithm version, result version, kind), so
+    writing the same version again gives the same UIDs and a resend replaces its earlier copy.
+    Each version gets its own series (its Series Description names the algorithm version, which
+    may change between versions). The series number is 9000 + 30 * (algorithm slot) +
+    10 * (kind: SR 0, SEG 1, KOS 2) + version (capped at 9), so the SR, SEG and KOS of one run
+    sit next to each other and a later version sorts after an earlier one.
+    """
+    if version_number < 1:
+        raise ValueError(
+            f"result_object_identity: version_number must be >= 1, got {version_number}"
+        )
+    key = (study_instance_uid, algorithm_name, algorithm_version, kind.value, str(version_number))
+    algorithm_slot = zlib.crc32(algorithm_name.encode()) % _ALGORITHM_SLOTS
+    series_number = (
+        FIRST_RESULT_SERIES_NUMBER
+        + algorithm_slot * len(_KIND_OFFSET) * _VERSION_SLOTS
+        + _KIND_OFFSET[kind] * _VERSION_SLOTS
+        + min(version_number, _VERSION_SLOTS - 1)
+    )
+    return ObjectIdentity(
+        series_instance_uid=derive_uid("result-object-series", *key),
+        sop_instance_uid=derive_uid("result-object-instance", *key),
+        series_number=series_number,
+    )

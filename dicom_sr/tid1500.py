@@ -1,0 +1,463 @@
+"""TID 1500 Measurement Report: an algorithm's result as a Comprehensive 3D SR in its study."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.coding import Code as DicomCode
+from pydicom.uid import SegmentationStorage
+
+from algorithms.codes import VOLUME
+from algorithms.contract import (
+    AlgorithmInfo,
+    AlgorithmResult,
+    Code,
+    Finding,
+    Measurement,
+    Verdict,
+    VolumeGeometry,
+)
+from dicom_sr import codes
+from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
+from dicom_sr.header import (
+    AI_NOT_VERIFIED_STATEMENT,
+    MANUFACTURER,
+    NOT_FOR_CLINICAL_USE_STATEMENT,
+    UTF8,
+    algorithm_equipment,
+    algorithm_identification,
+    device_observer_context,
+    document_statements,
+    evidence,
+    radrouter_version,
+    series_description,
+)
+from dicom_sr.tracking import Tracking, finding_tracking, tracking_uid
+from dicom_sr.uids import is_valid_uid
+
+__all__ = [
+    "AI_NOT_VERIFIED_STATEMENT",
+    "MANUFACTURER",
+    "NOT_FOR_CLINICAL_USE_STATEMENT",
+    "STUDY_LEVEL_TRACKING_IDENTIFIER",
+    "InstanceReference",
+    "ResultVersion",
+    "SourceImage",
+    "StudyContext",
+    "build_measurement_report",
+    "series_description",
+    "tracking_uid",
+]
+
+STUDY_LEVEL_TRACKING_IDENTIFIER = "Study-level assessment"
+"""Tracking Identifier of the TID 1501 group that states Present / Absent / Undetermined."""
+
+_CUBIC_MILLIMETRE = DicomCode("mm3", "UCUM", "cubic millimeter")
+
+MeasurementGroup = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+@dataclass(frozen=True)
+class _SegmentOfFinding:
+    """The SEG segment that holds a finding's mask (matched by tracking UID)."""
+
+    sop_instance_uid: str
+    segment_number: int
+
+
+def build_measurement_report(
+    *,
+    result: AlgorithmResult,
+    info: AlgorithmInfo,
+    source_images: Sequence[SourceImage],
+    study: StudyContext,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    version: ResultVersion,
+    institution_name: str | None = None,
+    device_serial_number: str | None = None,
+    procedure_reported: Code | None = None,
+    segmentation: pydicom.Dataset | None = None,
+    geometry: VolumeGeometry | None = None,
+    tracking_uids: Mapping[str, str] | None = None,
+    prior_evidence: Sequence[InstanceReference] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """Build ``result`` as a TID 1500 Measurement Report that belongs in the source study.
+
+    Content: TID 1001 observation context with the algorithm as device observer; one TID 1410
+    Planar ROI group per finding (TID 4108 tracking, finding type and site, SCOORD POLYLINE on
+    the source slice ``finding.region.slice_index`` of ``source_images`` (a box is its 5-point
+    polyline), the measurements, the certainty of finding, the qualifiers as qualitative
+    evaluations, TID 4019); one TID 1501 group stating the target Present / Absent /
+    Undetermined (with the reason as a comment, the study-level probability as certainty and
+    the study-level measurements); a row 12 qualitative evaluation saying the document is
+    AI-generated and unverified (and not for clinical use where that applies).
+
+    With ``segmentation`` (the SEG written for the same result), each finding whose tracking UID
+    is a segment's gets a TID 1411 Volumetric ROI group as well, with the same tracking, that
+    references the segment and states its volume: the finding's Volume measurement (moved
+    there from the planar group), else the mask's voxel count times the voxel volume of
+    ``geometry``.
+
+    Tracking UIDs are derived from study, algorithm and tracking identifier, except for
+    identifiers in ``tracking_uids`` (findings carried over from a prior exam), which keep the
+    UID given. ``prior_evidence`` (instances of earlier studies the result was compared with)
+    is listed in Pertinent Other Evidence.
+
+    Header: Verification Flag UNVERIFIED, Completion Flag COMPLETE (PARTIAL when not assessed),
+    Current Requested Procedure Evidence for every source image (and the SEG), Contributing
+    Equipment naming the algorithm (IHE AIR), Predecessor Documents Sequence for versions after
+    the first, Instance Number = version. Procedure reported defaults to a CID 100 code for the
+    source modality; ``device_serial_number`` (the deployment running the algorithm) goes into
+    the device observer and the equipment.
+    """
+    study_uid = study.study_instance_uid
+    tracking = finding_tracking(result, study_uid, info.name, tracking_uids)
+    _check_arguments(
+        result=result,
+        source_images=source_images,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        version=version,
+        study_uid=study_uid,
+        prior_evidence=prior_evidence,
+    )
+    segments = _segments_of_findings(segmentation, study_uid, tracking, result)
+    groups: list[MeasurementGroup] = [_study_level_assessment(result, info, study_uid)]
+    for finding, finding_tracking_ in zip(result.findings, tracking, strict=True):
+        segment = segments.get(finding_tracking_.uid)
+        volume = None if segment is None else _segment_volume(finding, finding_tracking_, geometry)
+        groups.append(
+            _planar_roi_measurements(
+                finding,
+                finding_tracking_,
+                info,
+                source_images,
+                exclude=() if volume is None else (volume,),
+            )
+        )
+        if segment is not None and volume is not None:
+            groups.append(
+                _volumetric_roi_measurements(
+                    finding, finding_tracking_, info, segment, volume, study
+                )
+            )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer_context(info, device_serial_number)
+        ),
+        procedure_reported=_procedure_reported(procedure_reported, study.dataset),
+        imaging_measurements=groups,
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    report[0].ContentSequence.append(_document_qualitative_evaluations(info))
+
+    evidence_items = evidence(study, source_images)
+    if segmentation is not None:
+        evidence_items.append(_reference_dataset(segmentation))
+    evidence_items.extend(reference.as_dataset() for reference in prior_evidence)
+    predecessor = version.predecessor_report(study_uid)
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence_items,
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=version.number,
+        manufacturer=MANUFACTURER,
+        is_complete=result.verdict is not Verdict.NOT_ASSESSED,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+        previous_versions=None if predecessor is None else [predecessor.as_dataset()],
+        contributing_equipment=[algorithm_equipment(info, device_serial_number)],
+        series_description=series_description(info),
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=radrouter_version(),
+        specific_character_set=UTF8,
+    )
+
+
+def _check_arguments(
+    *,
+    result: AlgorithmResult,
+    source_images: Sequence[SourceImage],
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    version: ResultVersion,
+    study_uid: str,
+    prior_evidence: Sequence[InstanceReference],
+) -> None:
+    if not source_images:
+        raise ValueError("build_measurement_report: source_images must name at least one image")
+    for name, uid in (
+        ("series_instance_uid", series_instance_uid),
+        ("sop_instance_uid", sop_instance_uid),
+    ):
+        if not is_valid_uid(uid):
+            raise ValueError(f"build_measurement_report: {name} {uid!r} is not a DICOM UID")
+    if series_number < 1:
+        raise ValueError(
+            f"build_measurement_report: series_number must be >= 1, got {series_number}"
+        )
+    if sop_instance_uid == version.predecessor_sop_instance_uid:
+        raise ValueError(
+            "build_measurement_report: sop_instance_uid must differ from "
+            "version.predecessor_sop_instance_uid (a new version is a new instance)"
+        )
+    for index, finding in enumerate(result.findings):
+        slice_index = finding.region.slice_index
+        if not 0 <= slice_index < len(source_images):
+            raise ValueError(
+                f"build_measurement_report: result.findings[{index}].region.slice_index "
+                f"{slice_index} does not index source_images (0..{len(source_images) - 1})"
+            )
+    for index, reference in enumerate(prior_evidence):
+        if reference.study_instance_uid == study_uid:
+            raise ValueError(
+                f"build_measurement_report: prior_evidence[{index}] is of the current study; "
+                "prior evidence must be of an earlier study"
+            )
+
+
+def _segments_of_findings(
+    segmentation: pydicom.Dataset | None,
+    study_uid: str,
+    tracking: list[Tracking],
+    result: AlgorithmResult,
+) -> dict[str, _SegmentOfFinding]:
+    """Tracking UID -> segment, for the findings ``segmentation`` has a segment of."""
+    if segmentation is None:
+        return {}
+    if segmentation.get("SOPClassUID") != SegmentationStorage:
+        raise ValueError(
+            f"build_measurement_report: segmentation.SOPClassUID must be Segmentation Storage "
+            f"({SegmentationStorage}), got {segmentation.get('SOPClassUID')!r}"
+        )
+    if str(segmentation.StudyInstanceUID) != study_uid:
+        raise ValueError("build_measurement_report: segmentation must be of the source study")
+    by_tracking_uid = {
+        str(item.TrackingUID): _SegmentOfFinding(
+            sop_instance_uid=str(segmentation.SOPInstanceUID),
+            segment_number=int(item.SegmentNumber),
+        )
+        for item in segmentation.SegmentSequence
+        if "TrackingUID" in item
+    }
+    for finding, finding_tracking_ in zip(result.findings, tracking, strict=True):
+        if finding.mask is not None and finding_tracking_.uid not in by_tracking_uid:
+            raise ValueError(
+                f"build_measurement_report: finding {finding_tracking_.identifier!r} has a mask "
+                "but segmentation has no segment with its tracking UID"
+            )
+    return by_tracking_uid
+
+
+def _segment_volume(
+    finding: Finding, tracking: Tracking, geometry: VolumeGeometry | None
+) -> Measurement:
+    """The finding's Volume measurement, else its mask's volume on ``geometry``'s grid."""
+    for measurement in finding.measurements:
+        if codes.same_concept(measurement.name, VOLUME):
+            return measurement
+    if finding.mask is None or geometry is None:
+        raise ValueError(
+            f"build_measurement_report: finding {tracking.identifier!r} has a segment but no "
+            "Volume measurement; give geometry so its volume is computed from the mask"
+        )
+    voxel_mm3 = float(np.prod(geometry.spacing_mm))
+    return Measurement(
+        name=VOLUME,
+        value=float(np.count_nonzero(finding.mask)) * voxel_mm3,
+        unit=codes.to_contract_code(_CUBIC_MILLIMETRE),
+    )
+
+
+def _procedure_reported(
+    procedure: Code | None, dataset: pydicom.Dataset
+) -> hd.sr.CodedConcept | DicomCode:
+    """TID 1500 row 4: the caller's code, else a CID 100 code for the source modality."""
+    if procedure is not None:
+        return codes.to_coded_concept(procedure)
+    return codes.PROCEDURE_BY_MODALITY.get(
+        str(dataset.get("Modality", "")), codes.IMAGING_PROCEDURE
+    )
+
+
+def _study_level_assessment(
+    result: AlgorithmResult, info: AlgorithmInfo, study_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group: the target (e.g. Nodule) is Present / Absent / Undetermined (CID 240).
+
+    Never implicit: an ABSENT result without findings still says "Absent" here. The result's
+    study-level probability follows as a certainty of finding (%), then its study-level
+    measurements, and its reason (required when not assessed) as a TEXT (121106, DCM,
+    "Comment").
+    """
+    measurements = [_measurement(m) for m in result.measurements]
+    if result.probability is not None:
+        measurements.insert(0, _certainty(result.probability))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(study_uid, info.name, STUDY_LEVEL_TRACKING_IDENTIFIER),
+            identifier=STUDY_LEVEL_TRACKING_IDENTIFIER,
+        ),
+        algorithm_id=algorithm_identification(info),
+        measurements=measurements or None,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=codes.to_coded_concept(info.target),
+                value=codes.VERDICT_VALUES[result.verdict],
+            )
+        ],
+    )
+    if result.reason:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=result.reason,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+def _planar_roi_measurements(
+    finding: Finding,
+    tracking: Tracking,
+    info: AlgorithmInfo,
+    source_images: Sequence[SourceImage],
+    exclude: Sequence[Measurement],
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group for one finding: region on its source slice, measurements, certainty,
+    qualifiers. Measurements in ``exclude`` are written elsewhere (the volumetric group)."""
+    source = source_images[finding.region.slice_index]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.asarray(finding.region.points, dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.sop_class_uid,
+            referenced_sop_instance_uid=source.sop_instance_uid,
+            referenced_frame_numbers=(
+                None if source.frame_number is None else [source.frame_number]
+            ),
+        ),
+    )
+    measurements = [_measurement(m) for m in finding.measurements if m not in exclude]
+    measurements.append(_certainty(finding.probability))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking.uid, identifier=tracking.identifier
+        ),
+        referenced_region=region,
+        finding_type=codes.to_coded_concept(finding.finding_type),
+        algorithm_id=algorithm_identification(info),
+        finding_sites=_finding_sites(finding),
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=codes.to_coded_concept(qualifier.name),
+                value=codes.to_coded_concept(qualifier.value),
+            )
+            for qualifier in finding.qualifiers
+        ]
+        or None,
+    )
+
+
+def _volumetric_roi_measurements(
+    finding: Finding,
+    tracking: Tracking,
+    info: AlgorithmInfo,
+    segment: _SegmentOfFinding,
+    volume: Measurement,
+    study: StudyContext,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group for one finding: its SEG segment and the segment's volume.
+
+    The Referenced Segment is built by hand: ``ReferencedSegment.from_segmentation()`` fails on a
+    single-segment SEG written by highdicom itself.
+    """
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking.uid, identifier=tracking.identifier
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=SegmentationStorage,
+            sop_instance_uid=segment.sop_instance_uid,
+            segment_number=segment.segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(study.series_instance_uid),
+        ),
+        finding_type=codes.to_coded_concept(finding.finding_type),
+        algorithm_id=algorithm_identification(info),
+        finding_sites=_finding_sites(finding),
+        measurements=[_measurement(volume)],
+    )
+
+
+def _finding_sites(finding: Finding) -> list[hd.sr.FindingSite] | None:
+    if finding.finding_site is None:
+        return None
+    return [hd.sr.FindingSite(anatomic_location=codes.to_coded_concept(finding.finding_site))]
+
+
+def _measurement(measurement: Measurement) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=codes.to_coded_concept(measurement.name),
+        value=measurement.value,
+        unit=codes.to_coded_concept(measurement.unit),
+    )
+
+
+def _certainty(probability: float) -> hd.sr.Measurement:
+    """A probability in [0, 1] as (111012, DCM, "Certainty of Finding") in percent."""
+    return hd.sr.Measurement(
+        name=codes.CERTAINTY_OF_FINDING,
+        value=probability * codes.PERCENT_PER_PROBABILITY,
+        unit=codes.PERCENT,
+    )
+
+
+def _document_qualitative_evaluations(info: AlgorithmInfo) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 container: document-wide statements as TEXT comments (rows 13-14).
+
+    highdicom's MeasurementReport has no argument for row 12, so the container is built from
+    highdicom content items and appended to the root.
+    """
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        is_content_continuous=False,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=statement,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for statement in document_statements(info)
+        ]
+    )
+    return container
+
+
+def _reference_dataset(instance: pydicom.Dataset) -> pydicom.Dataset:
+    """The four UIDs of ``instance``, as an evidence item."""
+    return InstanceReference(
+        study_instance_uid=str(instance.StudyInstanceUID),
+        series_instance_uid=str(instance.SeriesInstanceUID),
+        sop_class_uid=str(instance.SOPClassUID),
+        sop_instance_uid=str(instance.SOPInstanceUID),
+    ).as_dataset()

@@ -1,0 +1,1 @@
+"""The DICOM node and pipeline: receive, spool, assemble, route, run, dispatch, serve."""

@@ -1,0 +1,284 @@
+"""The ``radrouter`` command: serve, check-config, send, status, retry, demo-study."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from config.loader import ConfigError, load_config, load_default_config
+from config.schema import RouterConfig
+
+LOGGER = logging.getLogger("radrouter")
+
+
+def _load(path: Path | None) -> RouterConfig:
+    return load_default_config() if path is None else load_config(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.service import RouterService
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"config rejected:\n{exc}", file=sys.stderr)
+        return 2
+    service = RouterService(config, args.config, data_dir=args.data_dir)
+    from config.loader import check_algorithms
+    from router.check_config import check_attribute_names
+
+    problems = check_algorithms(config, service.registry.names()) + check_attribute_names(config)
+    if problems:
+        print("config rejected:\n" + "\n".join(str(p) for p in problems), file=sys.stderr)
+        for plugin in service.registry.problems:
+            print(f"  algorithm {plugin.name!r} could not be used: {plugin.error}", file=sys.stderr)
+        return 2
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    service.start()
+    LOGGER.info(
+        "radrouter ready: DICOM %s on port %d, HTTP on port %s, data in %s",
+        config.node.ae_title,
+        service.node.port,
+        service.http_port,
+        service.data_dir,
+    )
+    stopped.wait()
+    LOGGER.info("stopping")
+    service.stop()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from algorithms.registry import Registry
+    from router.check_config import run_check
+
+    outcome = run_check(
+        args.file,
+        Registry.discover().names(),
+        against=args.against,
+        calling_ae=args.calling_ae,
+        called_ae=args.called_ae,
+    )
+    print(outcome.text, end="" if outcome.text.endswith("\n") else "\n")
+    return outcome.exit_code
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from router.dicom_send import FileToSend, Peer, SendError, send_files
+
+    paths: list[Path] = []
+    for item in args.paths:
+        paths.extend(sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item])
+    files: list[FileToSend] = []
+    skipped = 0
+    for path in paths:
+        try:
+            files.append(FileToSend.from_path(path))
+        except Exception:
+            skipped += 1
+    if skipped:
+        print(f"skipped {skipped} file(s) that are not DICOM Part-10", file=sys.stderr)
+    if not files:
+        print("nothing to send", file=sys.stderr)
+        return 1
+    peer = Peer(args.aet, args.host, args.port, args.calling_aet, args.timeout)
+    with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
+        try:
+            sent = send_files(peer, files, progress=bar.update)
+        except SendError as exc:
+            print(f"send failed: {exc}", file=sys.stderr)
+            return 1
+    print(f"sent {sent} instance(s) to {args.aet}@{args.host}:{args.port}")
+    return 0
+
+
+def _database(args: argparse.Namespace) -> object:
+    from router.db import Database
+
+    config = _load(args.config)
+    data_dir = (args.data_dir or config.storage.data_dir).resolve()
+    return Database(data_dir / "radrouter.sqlite3")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from router.db import Database
+
+    db = _database(args)
+    assert isinstance(db, Database)
+    for table in ("studies", "jobs", "dispatches", "deliveries"):
+        counts = db.query(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state")
+        summary = ", ".join(f"{r['state']} {r['n']}" for r in counts) or "none"
+        print(f"{table:<11} {summary}")
+    dead = db.query(
+        "SELECT id, study_uid, destination, attempts, last_error FROM dispatches "
+        "WHERE state = 'dead' ORDER BY id"
+    )
+    failed = db.query(
+        "SELECT id, study_uid, algorithm, attempts, error FROM jobs WHERE state = 'failed' ORDER BY id"
+    )
+    if dead:
+        print(
+            "\ndead-lettered dispatches (retry with: radrouter retry --dispatch ID | --all-dead):"
+        )
+        for r in dead:
+            print(
+                f"  #{r['id']} study {r['study_uid']} -> {r['destination']} "
+                f"after {r['attempts']} attempts: {r['last_error']}"
+            )
+    dead_deliveries = db.query(
+        "SELECT id, study_uid, channel, attempts, last_error FROM deliveries "
+        "WHERE state = 'dead' ORDER BY id"
+    )
+    if dead_deliveries:
+        print(
+            "\ndead-lettered worklist deliveries "
+            "(retry with: radrouter retry --delivery ID | --all-dead):"
+        )
+        for r in dead_deliveries:
+            print(
+                f"  #{r['id']} study {r['study_uid']} via {r['channel']} "
+                f"after {r['attempts']} attempts: {r['last_error']}"
+            )
+    if failed:
+        print("\nfailed jobs (retry with: radrouter retry --job ID):")
+        for r in failed:
+            print(
+                f"  #{r['id']} study {r['study_uid']} {r['algorithm']} "
+                f"after {r['attempts']} attempts: {r['error']}"
+            )
+    recent = db.query(
+        "SELECT study_uid, state, completion_reason FROM studies ORDER BY last_received_at DESC LIMIT 10"
+    )
+    if recent:
+        print("\nrecent studies:")
+        for r in recent:
+            print(f"  {r['study_uid']}  {r['state']}  ({r['completion_reason'] or '-'})")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from router.db import Database
+    from router.dead_letters import requeue_dead
+
+    db = _database(args)
+    assert isinstance(db, Database)
+    count = 0
+    if args.job is not None:
+        count += (
+            db.connection()
+            .execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, finished_at = NULL "
+                "WHERE id = ? AND state = 'failed'",
+                (args.job,),
+            )
+            .rowcount
+        )
+    if args.dispatch is not None or args.all_dead:
+        count += requeue_dead(db, "dispatches", None if args.all_dead else args.dispatch)
+    if args.delivery is not None or args.all_dead:
+        count += requeue_dead(db, "deliveries", None if args.all_dead else args.delivery)
+    print(f"requeued {count}")
+    return 0 if count else 1
+
+
+def cmd_demo_study(args: argparse.Namespace) -> int:
+    from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
+    from router.synthetic_dicom import new_patient_study, write_ct_series
+
+    shape = (args.slices, args.size, args.size)
+    # 0.8 mm pixels: inside the range the reference nodule model was trained on (0.6-0.9 mm).
+    spacing = (args.slice_spacing, 0.8, 0.8)
+    nodules = (
+        [NoduleSpec(right_lung_centre_mm(shape, spacing), args.nodule_mm)] if args.nodule_mm else []
+    )
+    ct = generate_chest_ct(args.seed, shape=shape, spacing_mm=spacing, nodules=nodules)
+    paths = write_ct_series(ct.hu, ct.spacing_mm, new_patient_study(args.seed), args.out)
+    print(f"wrote {len(paths)} slices to {args.out}")
+    return 0
+
+
+def cmd_print_default_config(_: argparse.Namespace) -> int:
+    from config.loader import default_config_text
+
+    print(default_config_text(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radrouter", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="routing YAML (default: the shipped config)")
+        p.add_argument("--data-dir", type=Path, help="spool and database folder")
+
+    serve = sub.add_parser("serve", help="run the DICOM node, pipeline and HTTP API")
+    with_config(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a routing YAML (and dry-run it)")
+    check.add_argument("file", type=Path)
+    check.add_argument("--against", type=Path, help="folder of DICOM files to dry-run rules on")
+    check.add_argument("--calling-ae", default="DRYRUN", help="calling AE for the dry run")
+    check.add_argument("--called-ae", help="called AE for the dry run (default: the node's)")
+    check.set_defaults(func=cmd_check_config)
+
+    send = sub.add_parser("send", help="C-STORE files or folders to a DICOM node")
+    send.add_argument("paths", type=Path, nargs="+")
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=11112)
+    send.add_argument("--aet", default="RADROUTER", help="called AE title")
+    send.add_argument("--calling-aet", default="RADROUTER_SCU")
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=cmd_send)
+
+    status = sub.add_parser("status", help="studies, jobs, dispatches and dead letters")
+    with_config(status)
+    status.set_defaults(func=cmd_status)
+
+    retry = sub.add_parser("retry", help="requeue a failed job or dead-lettered dispatch")
+    with_config(retry)
+    retry.add_argument("--job", type=int)
+    retry.add_argument("--dispatch", type=int)
+    retry.add_argument("--delivery", type=int, help="a dead-lettered HL7/FHIR delivery")
+    retry.add_argument("--all-dead", action="store_true")
+    retry.set_defaults(func=cmd_retry)
+
+    demo = sub.add_parser("demo-study", help="write a synthetic chest CT (with a nodule)")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--slices", type=int, default=120)
+    demo.add_argument("--size", type=int, default=384)
+    demo.add_argument("--slice-spacing", type=float, default=2.0)
+    demo.add_argument("--nodule-mm", type=float, default=12.0)
+    demo.set_defaults(func=cmd_demo_study)
+
+    default = sub.add_parser("print-default-config", help="print the shipped routing YAML")
+    default.set_defaults(func=cmd_print_default_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""A C-STORE SCU that sends Part-10 files, proposing only the contexts those files need."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+
+LOGGER = logging.getLogger(__name__)
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+_UNCOMPRESSED = {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN}
+MAX_PROPOSED_CONTEXTS = 128
+_SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class SendError(Exception):
+    """The destination could not be reached or refused an instance."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class FileToSend:
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+    @classmethod
+    def from_path(cls, path: Path) -> FileToSend:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        return cls(path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+
+
+def proposed_contexts(files: Sequence[FileToSend]) -> list[tuple[str, list[str]]]:
+    """One context per SOP class, with the transfer syntaxes the files are in.
+
+    Uncompressed files also offer the other uncompressed syntax, so a peer that accepts only
+    implicit VR still takes explicit-VR files (pynetdicom re-encodes uncompressed data).
+    """
+    by_class: dict[str, list[str]] = {}
+    for item in files:
+        syntaxes = by_class.setdefault(item.sop_class_uid, [])
+        wanted = [item.transfer_syntax_uid]
+        if item.transfer_syntax_uid in _UNCOMPRESSED:
+            wanted += sorted(_UNCOMPRESSED - {item.transfer_syntax_uid})
+        for syntax in wanted:
+            if syntax not in syntaxes:
+                syntaxes.append(syntax)
+    contexts = list(by_class.items())
+    if len(contexts) > MAX_PROPOSED_CONTEXTS:
+        raise SendError(f"{len(contexts)} SOP classes exceed {MAX_PROPOSED_CONTEXTS} contexts")
+    return contexts
+
+
+def send_files(
+    peer: Peer,
+    files: Sequence[FileToSend],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """C-STORE ``files`` over one association; returns how many were stored.
+
+    Raises SendError on association failure or on any refused instance (after trying all).
+    """
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = peer.timeout_s
+    ae.dimse_timeout = peer.timeout_s
+    ae.network_timeout = peer.timeout_s
+    for sop_class, syntaxes in proposed_contexts(files):
+        ae.requested_contexts.append(build_context(sop_class, syntaxes))
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise SendError(
+            f"association with {peer.ae_title}@{peer.host}:{peer.port} "
+            f"{'rejected' if assoc.is_rejected else 'failed'}"
+        )
+    stored = 0
+    refused: list[str] = []
+    try:
+        for item in files:
+            status = assoc.send_c_store(item.path)
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code in _SUCCESS_OR_WARNING:
+                stored += 1
+            else:
+                refused.append(f"{item.path.name}: status {'none' if code < 0 else hex(code)}")
+                if not assoc.is_established:
+                    break
+            if progress is not None:
+                progress(1)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if refused:
+        raise SendError(f"{len(refused)} of {len(files)} refused; first: {refused[0]}")
+    return stored

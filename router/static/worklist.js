@@ -1,0 +1,236 @@
+// radrouter AI worklist: polls /api/worklist and renders it; posts radiologist feedback.
+"use strict";
+
+const POLL_MS = 5000;
+const LANE_TEXT = { stat: "STAT", urgent: "URGENT", routine: "ROUTINE" };
+const VERDICT_TEXT = {
+  present: "Present",
+  absent: "Absent",
+  not_assessed: "Not assessed",
+  failed: "Failed",
+};
+
+let lastPayload = "";
+const drafts = new Map(); // result id -> comment being typed, kept across refreshes
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "className") node.className = value;
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function clock(epochSeconds) {
+  return new Date(epochSeconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${Math.round(seconds - minutes * 60)} s`;
+  const hours = Math.floor(minutes / 60);
+  return `${hours} h ${minutes - hours * 60} min`;
+}
+
+function ago(epochSeconds, now) {
+  return `${duration(Math.max(0, now - epochSeconds))} ago`;
+}
+
+function studyName(study) {
+  return study.accession_number ? `accession ${study.accession_number}` : "this study";
+}
+
+function badge(priority, raised) {
+  return el(
+    "span",
+    {},
+    el("span", { className: `badge badge-${priority}` }, LANE_TEXT[priority] || priority),
+    raised ? el("span", { className: "raised" }, "raised by AI") : null,
+  );
+}
+
+function feedbackState(feedback) {
+  if (!feedback) return "No feedback yet.";
+  const who = feedback.reader ? ` by ${feedback.reader}` : "";
+  const word = feedback.agree ? "Agreed" : "Disagreed";
+  const more = feedback.count > 1 ? ` (${feedback.count} statements)` : "";
+  return `${word}${who} at ${clock(feedback.at)}${more}.`;
+}
+
+function resultItem(study, result) {
+  const name = `${result.algorithm}${result.algorithm_version ? " " + result.algorithm_version : ""}`;
+  const text = el(
+    "div",
+    { className: "result-text" },
+    el(
+      "p",
+      {},
+      el("span", { className: "algorithm" }, name),
+      ": ",
+      el("span", { className: `verdict verdict-${result.verdict}` }, VERDICT_TEXT[result.verdict] || result.verdict),
+    ),
+    result.reason ? el("p", { className: "reason" }, result.reason) : null,
+    el("p", { className: "timing" }, `Flagged ${duration(result.last_image_to_flag_s)} after the last image.`),
+  );
+  const item = el("li", { className: "result", dataset: { resultId: result.result_id ?? "" } });
+  if (result.thumbnail_url) {
+    item.append(
+      el(
+        "a",
+        { href: `${result.thumbnail_url}?size=768`, target: "_blank", rel: "noopener" },
+        el("img", {
+          className: "key-image",
+          src: result.thumbnail_url,
+          alt: `Key image of the ${result.algorithm} finding for ${studyName(study)}, region outlined`,
+          width: 160,
+          loading: "lazy",
+        }),
+      ),
+    );
+  }
+  item.append(text);
+  if (result.result_id !== null) text.append(feedbackForm(study, result));
+  return item;
+}
+
+function feedbackForm(study, result) {
+  const id = result.result_id;
+  const inputId = `comment-${id}`;
+  const what = `the ${result.algorithm} result for ${studyName(study)}`;
+  const input = el("input", {
+    id: inputId,
+    type: "text",
+    maxlength: 2000,
+    autocomplete: "off",
+    className: "comment",
+    dataset: { resultId: id },
+  });
+  input.value = drafts.get(id) || "";
+  input.addEventListener("input", () => drafts.set(id, input.value));
+  const state = el("span", { className: "feedback-state", role: "status" }, feedbackState(result.feedback));
+  const button = (agree) => {
+    const node = el(
+      "button",
+      {
+        type: "button",
+        className: agree ? "agree" : "disagree",
+        "aria-label": `${agree ? "Agree" : "Disagree"} with ${what}`,
+        dataset: { resultId: id, agree: String(agree) },
+      },
+      agree ? "Agree" : "Disagree",
+    );
+    node.addEventListener("click", () => sendFeedback(id, agree, input, state));
+    return node;
+  };
+  return el(
+    "div",
+    { className: "feedback", role: "group", "aria-label": `Feedback on ${what}` },
+    el("label", { for: inputId }, "Comment"),
+    input,
+    button(true),
+    button(false),
+    state,
+  );
+}
+
+async function sendFeedback(resultId, agree, input, state) {
+  const reader = document.getElementById("reader").value.trim();
+  state.textContent = "Saving…";
+  try {
+    const response = await fetch(`/api/results/${resultId}/feedback`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ agree, comment: input.value, reader }),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const stored = await response.json();
+    drafts.delete(resultId);
+    input.value = "";
+    state.textContent = `Saved: ${stored.agree ? "agreed" : "disagreed"} at ${clock(stored.at)}.`;
+    lastPayload = ""; // show the stored statement on the next refresh
+  } catch (error) {
+    state.textContent = `Not saved (${error.message}); please try again.`;
+  }
+}
+
+function studyRow(study, now) {
+  const arrived = el(
+    "time",
+    { datetime: new Date(study.arrived_at * 1000).toISOString() },
+    clock(study.arrived_at),
+  );
+  return el(
+    "tr",
+    { className: `lane-${study.priority}`, dataset: { studyUid: study.study_uid, priority: study.priority } },
+    el("td", { className: "priority" }, badge(study.priority, study.raised)),
+    el("td", { className: "reason" }, study.reason || "No AI flag raised"),
+    el("td", { className: "accession" }, study.accession_number || "–"),
+    el("td", { className: "description" }, study.study_description || "–"),
+    el("td", { className: "modality" }, study.modalities.join(", ") || "–"),
+    el(
+      "td",
+      { className: "arrived" },
+      arrived,
+      el("br"),
+      el("span", { className: "ago", dataset: { epoch: study.arrived_at } }, ago(study.arrived_at, now)),
+    ),
+    el("td", { className: "time-to-flag" }, duration(study.last_image_to_flag_s)),
+    el("td", {}, el("ul", { className: "results" }, ...study.results.map((r) => resultItem(study, r)))),
+  );
+}
+
+function render(data) {
+  const focused = document.activeElement;
+  const focusedId = focused && focused.id ? focused.id : null;
+  const selection = focused && "selectionStart" in focused ? focused.selectionStart : null;
+  const body = document.querySelector("#worklist tbody");
+  body.replaceChildren(...data.studies.map((study) => studyRow(study, data.generated_at)));
+  document.getElementById("empty").hidden = data.studies.length > 0;
+  if (focusedId) {
+    const again = document.getElementById(focusedId);
+    if (again) {
+      again.focus();
+      if (selection !== null && "setSelectionRange" in again) again.setSelectionRange(selection, selection);
+    }
+  }
+}
+
+async function refresh() {
+  const status = document.getElementById("status");
+  try {
+    const response = await fetch("/api/worklist", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const text = await response.text();
+    const data = JSON.parse(text);
+    const comparable = JSON.stringify(data.studies);
+    if (comparable !== lastPayload) {
+      lastPayload = comparable;
+      render(data);
+    }
+    for (const span of document.querySelectorAll("span.ago")) {
+      span.textContent = ago(Number(span.dataset.epoch), data.generated_at);
+    }
+    status.classList.remove("error");
+    status.textContent = `${data.studies.length} studies · updated ${clock(data.generated_at)} · refreshes every ${POLL_MS / 1000} s`;
+  } catch (error) {
+    status.classList.add("error");
+    status.textContent = `Could not refresh the worklist (${error.message}); retrying.`;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const reader = document.getElementById("reader");
+  reader.value = localStorage.getItem("radrouter.reader") || "";
+  reader.addEventListener("change", () => localStorage.setItem("radrouter.reader", reader.value.trim()));
+  refresh();
+  setInterval(refresh, POLL_MS);
+});

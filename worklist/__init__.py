@@ -1,0 +1,1 @@
+"""Findings to worklist priority and reason, and the channels that deliver it."""
