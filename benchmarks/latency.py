@@ -4,7 +4,10 @@ Measured per run, from radrouter's own timestamps (SQLite) and Orthanc's push:
 - completion: association released -> study judged complete (target <= 1 s),
 - release -> job started,
 - last image received -> SR stored in Orthanc (C-STORE response), with and without the
-  time inside the model (target for everything but the model: <= 2 s for 300 slices).
+  time inside the model (target for everything but the model: <= 2 s for 300 slices),
+- last image received -> worklist flag raised (the priority decided and recorded, shown on
+  the worklist page) and -> HL7 ORU^R01 acknowledged by a real MLLP listener (hl7apy) on
+  loopback, with and without the model time.
 Orthanc's own push time for the same study is printed beside them as the reference.
 
 Run: ``.venv/bin/python -m benchmarks.latency [--slices 300] [--size 512] [--runs 3]``
@@ -24,9 +27,10 @@ from config.loader import parse_config
 from router.service import RouterService, wait_for
 from router.synthetic_dicom import new_patient_study, write_ct_series
 from tests.orthanc import Orthanc, free_port, running_orthanc
+from tests.worklist.listeners import running_hl7_listener
 
 
-def config_text(port: int, orthanc: Orthanc) -> str:
+def config_text(port: int, orthanc: Orthanc, hl7_port: int) -> str:
     return (
         f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
@@ -36,6 +40,13 @@ def config_text(port: int, orthanc: Orthanc) -> str:
         "    when: {Modality: CT}\n"
         "    run: lung_nodule\n"
         "    send_to: [pacs]\n"
+        "worklist:\n"
+        "  priority_policy:\n"
+        "    lung_nodule:\n"
+        "      - when: {finding: Nodule, measurements: {Long axis: {min: 8, unit: mm}}}\n"
+        "        raise_to: urgent\n"
+        "  notify:\n"
+        f"    hl7: {{host: 127.0.0.1, port: {hl7_port}, receiving_application: RIS}}\n"
     )
 
 
@@ -72,14 +83,35 @@ def one_run(
     dispatch = db.query_one("SELECT * FROM dispatches WHERE study_uid = ?", uid)
     assert s is not None and released is not None and job is not None and dispatch is not None
     assert dispatch["state"] == "done", dispatch["last_error"]
+
+    def delivered() -> bool:
+        row = db.query_one(
+            "SELECT state FROM deliveries WHERE study_uid = ? AND channel = 'hl7'", uid
+        )
+        return row is not None and row["state"] in {"done", "dead"}
+
+    if not wait_for(delivered, 120, 0.05):
+        raise TimeoutError("the HL7 delivery did not finish")
+    flag = db.query_one("SELECT * FROM flags WHERE study_uid = ?", uid)
+    hl7 = db.query_one("SELECT * FROM deliveries WHERE study_uid = ? AND channel = 'hl7'", uid)
+    assert flag is not None and hl7 is not None
+    assert flag["raised"] == 1, f"no flag raised: {flag['reason']}"
+    assert hl7["state"] == "done", hl7["last_error"]
     total = dispatch["finished_at"] - s["last_received_at"]
+    to_flag = flag["flagged_at"] - s["last_received_at"]
+    to_ack = hl7["finished_at"] - s["last_received_at"]
+    model = job["model_seconds"]
     return {
         "orthanc push (reference)": push_s,
         "release -> complete": s["completed_at"] - released["at"],
         "release -> job start": job["started_at"] - released["at"],
         "last image -> SR stored": total,
         "model time": job["model_seconds"],
-        "last image -> SR stored, without model": total - job["model_seconds"],
+        "last image -> SR stored, without model": total - model,
+        "last image -> flag raised": to_flag,
+        "last image -> flag raised, without model": to_flag - model,
+        "last image -> HL7 ACK received": to_ack,
+        "last image -> HL7 ACK received, without model": to_ack - model,
     }
 
 
@@ -92,9 +124,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     shape = (args.slices, args.size, args.size)
     results: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory() as tmp, running_orthanc(Path(tmp) / "orthanc") as orthanc:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_orthanc(Path(tmp) / "orthanc") as orthanc,
+        running_hl7_listener() as ris,
+    ):
         port = free_port()
-        config = parse_config(config_text(port, orthanc))
+        config = parse_config(config_text(port, orthanc, ris.port))
         service = RouterService(config, data_dir=Path(tmp) / "router")
         service.start()
         try:
@@ -107,10 +143,10 @@ def main() -> None:
         f"latency: chest CT {args.slices} slices {args.size}x{args.size}, pushed by Orthanc, "
         f"{args.runs} run(s), settle_after_release_s={config.completion.settle_after_release_s}"
     )
-    print(f"{'seconds':<42}{'median':>8}{'min':>8}{'max':>8}")
+    print(f"{'seconds':<48}{'median':>8}{'min':>8}{'max':>8}")
     for key in results[0]:
         values = [r[key] for r in results]
-        print(f"{key:<42}{statistics.median(values):>8.2f}{min(values):>8.2f}{max(values):>8.2f}")
+        print(f"{key:<48}{statistics.median(values):>8.2f}{min(values):>8.2f}{max(values):>8.2f}")
 
 
 if __name__ == "__main__":

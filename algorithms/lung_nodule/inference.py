@@ -14,7 +14,7 @@ SIZE_DIVISOR = 8
 """The U-Net needs spatial sizes that are multiples of this (three 2x poolings)."""
 MAX_TILE_VOXELS = 6_000_000
 """Volumes larger than this are run in overlapping z slabs to bound memory."""
-TILE_MARGIN = 16
+TILE_MARGIN = 32
 """Model-grid voxels of context on each side of a slab that are computed and thrown away."""
 
 

@@ -153,10 +153,11 @@ class LungNoduleDetector:
             probs = [float(p) for p in scores]
         else:
             probs = [c.peak for c in stage1.candidates]
+        threshold = self.threshold if study.threshold is None else study.threshold
         kept = [
             n
             for n in postprocess.suppress_duplicates(stage1.candidates, probs)
-            if probs[n] >= self.threshold
+            if probs[n] >= threshold
         ][: postprocess.MAX_FINDINGS]
         shape = (int(hu.shape[0]), int(hu.shape[1]), int(hu.shape[2]))
         detections = [
@@ -182,7 +183,7 @@ class LungNoduleDetector:
         if not detections:
             return AlgorithmResult(
                 Verdict.ABSENT,
-                reason=f"No lung nodule detected (probability threshold {self.threshold:g})",
+                reason=f"No lung nodule detected (probability threshold {threshold:g})",
             )
         findings = tuple(_finding(d, n) for n, d in enumerate(detections, start=1))
         return AlgorithmResult(

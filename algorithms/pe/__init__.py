@@ -1,1 +1,0 @@
-"""Pulmonary embolism flagging on contrast-enhanced chest CT (reference plugin, synthetic data)."""
