@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -176,10 +177,12 @@ def load_detector(device: str = "cpu", fp_reduction: bool = True) -> LungNoduleD
 
 
 def evaluate_with(detector: LungNoduleDetector, seeds: Iterable[int]) -> list[ScanOutcome]:
+    """Runs the plugin at the lowest reported threshold (as a site would set it), so that the
+    report can apply every higher one, the operating threshold included."""
     outcomes = []
     for n, seed in enumerate(seeds):
         ct = eval_scan(seed)
-        study = make_study(ct, seed)
+        study = dataclasses.replace(make_study(ct, seed), threshold=min(THRESHOLDS))
         start = time.monotonic()
         result = detector.run(study)
         seconds = time.monotonic() - start

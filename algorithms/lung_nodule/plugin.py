@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from algorithms import codes
+from algorithms import codes, packaged_model
 from algorithms.contract import (
     AlgorithmInfo,
     AlgorithmResult,
@@ -26,6 +23,7 @@ from algorithms.lung_nodule import fp_reduction, postprocess, preprocess
 
 logger = logging.getLogger(__name__)
 
+PACKAGE = "algorithms.lung_nodule"
 MODEL_FILE = "model.onnx"
 """Stage 1: the candidate U-Net."""
 FP_MODEL_FILE = "fp_reduction.onnx"
@@ -83,34 +81,16 @@ class LungNoduleDetector:
     def load(self, device: str) -> None:
         """Create the two onnxruntime sessions (CUDA first when asked for and available) after
         checking each model file against its sha256 in the model card, and warm them up."""
-        import onnxruntime as ort
-
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
-        package = resources.files("algorithms.lung_nodule")
-        card = json.loads(package.joinpath(MODEL_CARD).read_text())
-        model = package.joinpath(MODEL_FILE).read_bytes()
-        digest = hashlib.sha256(model).hexdigest()
-        if digest != card.get("sha256"):
-            raise RuntimeError(f"{MODEL_FILE} sha256 {digest} does not match {MODEL_CARD}")
-        fp_model = package.joinpath(FP_MODEL_FILE).read_bytes()
+        card = packaged_model.read_card(PACKAGE, MODEL_CARD)
         fp_card = card.get("fp_reduction") or {}
-        fp_digest = hashlib.sha256(fp_model).hexdigest()
-        if fp_digest != fp_card.get("sha256"):
-            raise RuntimeError(f"{FP_MODEL_FILE} sha256 {fp_digest} does not match {MODEL_CARD}")
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                logger.warning("CUDA requested but onnxruntime has no CUDA provider; using CPU")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(model, options, providers=providers)
+        model = packaged_model.read_checked(PACKAGE, MODEL_FILE, card.get("sha256"))
+        fp_model = packaged_model.read_checked(PACKAGE, FP_MODEL_FILE, fp_card.get("sha256"))
+        digest, fp_digest = str(card["sha256"]), str(fp_card["sha256"])
+        session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         warm = np.zeros((1, 1, 16, 16, 16), dtype=np.float32)
         session.run(None, {self._input_name: warm})
-        fp_session = ort.InferenceSession(fp_model, options, providers=providers)
+        fp_session = packaged_model.onnx_session(fp_model, device)
         self._fp_input_name = fp_session.get_inputs()[0].name
         cube = (1, fp_reduction.CHANNELS, *(fp_reduction.PATCH_SIZE,) * 3)
         fp_session.run(None, {self._fp_input_name: np.zeros(cube, dtype=np.float32)})
