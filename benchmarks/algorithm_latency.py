@@ -53,17 +53,29 @@ InputFactory = Callable[[], StudyInput]
 
 
 def _lung_nodule_example() -> StudyInput:
-    """A 160-slice synthetic chest CT (1.25 mm slices, 256 x 256 at 1.37 mm) with a 12 mm
-    nodule, made by the plugin's own generator."""
+    """A clinical-size synthetic chest CT (300 slices of 1 mm, 512 x 512 at 0.68 mm) with a
+    12 mm nodule, made by the plugin's own generator."""
     from algorithms.lung_nodule.evaluate import make_study
     from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
-    shape, spacing = (160, 256, 256), (1.25, 350.0 / 256, 350.0 / 256)
+    shape, spacing = (300, 512, 512), (1.0, 350.0 / 512, 350.0 / 512)
     nodule = NoduleSpec(right_lung_centre_mm(shape, spacing), 12.0)
     return make_study(generate_chest_ct(7, shape=shape, spacing_mm=spacing, nodules=[nodule]))
 
 
-BUILT_IN_FACTORIES: dict[str, InputFactory] = {"lung_nodule": _lung_nodule_example}
+def _ms_lesion_example() -> StudyInput:
+    """One synthetic brain FLAIR exam (the generator's random protocol for seed 710000, the
+    first held-out seed) without a prior, made by the plugin's own generator."""
+    from algorithms.ms_lesion.evaluate import make_study
+    from algorithms.ms_lesion.synth import generate_flair
+
+    return make_study(generate_flair(710_000))
+
+
+BUILT_IN_FACTORIES: dict[str, InputFactory] = {
+    "lung_nodule": _lung_nodule_example,
+    "ms_lesion": _ms_lesion_example,
+}
 """For plugins with a synthetic generator but no ``example_input()`` yet."""
 
 
