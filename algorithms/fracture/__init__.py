@@ -1,0 +1,1 @@
+"""Fracture detection on radiographs of the long bones (CR/DX): generator, model and plugin."""

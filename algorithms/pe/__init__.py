@@ -1,0 +1,1 @@
+"""Pulmonary embolism flagging on contrast-enhanced chest CT (reference plugin, synthetic data)."""

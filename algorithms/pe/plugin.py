@@ -1,0 +1,268 @@
+"""The pulmonary embolism plugin: input checks, model run, contrast check and findings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from importlib import resources
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from algorithms import codes
+from algorithms.contract import (
+    AlgorithmInfo,
+    AlgorithmResult,
+    Code,
+    Finding,
+    ImageRegion,
+    Measurement,
+    Qualifier,
+    StudyInput,
+    Verdict,
+)
+from algorithms.pe import inference, postprocess, preprocess
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+MODEL_CARD = "model.json"
+DEFAULT_THRESHOLD = 0.5
+"""Used only when model.json has no operating point chosen on the validation split."""
+MIN_SLICES = 40
+MIN_Z_EXTENT_MM = 100.0
+MAX_SLICE_MM = 3.0
+"""Thicker slices (spacing or SliceThickness) blur segmental arteries: not assessed."""
+MAX_PIXEL_SPACING_MM = 1.5
+MIN_MATRIX = 128
+MAX_AXIS_TILT_DEG = 20.0
+
+CENTRAL_SITE_CODES: dict[str | None, Code] = {
+    None: codes.PULMONARY_TRUNK,
+    "both": codes.PULMONARY_TRUNK,
+    "right": codes.RIGHT_PULMONARY_ARTERY,
+    "left": codes.LEFT_PULMONARY_ARTERY,
+}
+LATERALITY_CODES = {"right": codes.RIGHT, "left": codes.LEFT, "both": codes.BILATERAL}
+LEVEL_CODES = {"central": codes.CENTRAL, "lobar": codes.LOBAR, "segmental": codes.SEGMENTAL}
+
+
+class PulmonaryEmbolismDetector:
+    """Flags suspected pulmonary emboli (central, lobar, segmental) on contrast chest CT.
+
+    Trained on synthetic data only; a research demonstration, not for clinical use.
+    """
+
+    info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
+        name="pe",
+        display_name="radrouter Pulmonary Embolism Flagging",
+        version="0.1.0",
+        manufacturer="radrouter project",
+        device_uid="2.25.284674512985945613074896215965543746667",
+        modalities=frozenset({"CT"}),
+        intended_use=(
+            "Research and demonstration only: flags suspected pulmonary emboli in the central, "
+            "lobar and segmental pulmonary arteries on contrast-enhanced axial chest CT (CT "
+            "pulmonary angiography or venous-phase CT) so that a worklist can move the study "
+            "up. The model was trained on synthetic CT data only and has not been validated on "
+            "patient images. Not for clinical use."
+        ),
+        max_runtime_s=180.0,
+        target=codes.PULMONARY_EMBOLISM,
+        clinical_use=False,
+    )
+
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._input_name = "ct"
+        self.providers: list[str] = []
+        self.default_threshold = DEFAULT_THRESHOLD
+
+    def load(self, device: str) -> None:
+        """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
+        import onnxruntime as ort
+
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+        package = resources.files("algorithms.pe")
+        model = package.joinpath(MODEL_FILE).read_bytes()
+        card = json.loads(package.joinpath(MODEL_CARD).read_text())
+        digest = hashlib.sha256(model).hexdigest()
+        if digest != card.get("sha256"):
+            raise RuntimeError(f"{MODEL_FILE} sha256 {digest} does not match {MODEL_CARD}")
+        operating = card.get("operating_point", {})
+        self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                logger.warning("CUDA requested but onnxruntime has no CUDA provider; using CPU")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model, options, providers=providers)
+        self._input_name = session.get_inputs()[0].name
+        session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
+        self._session = session
+        self.providers = list(session.get_providers())
+        logger.info(
+            "pe model loaded (%s), providers %s, threshold %.3f",
+            digest[:12],
+            self.providers,
+            self.default_threshold,
+        )
+
+    def threshold_for(self, study: StudyInput) -> float:
+        """The site's operating point (``StudyInput.threshold``) or the validated default."""
+        return self.default_threshold if study.threshold is None else float(study.threshold)
+
+    def run(self, study: StudyInput) -> AlgorithmResult:
+        """Assess ``study.series``; NOT_ASSESSED with a reason for unsuitable input."""
+        if self._session is None:
+            raise RuntimeError("PulmonaryEmbolismDetector.run() called before load()")
+        threshold = self.threshold_for(study)
+        series = study.series
+        problem = check_input(series.header, series.array, series.geometry.affine)
+        if problem:
+            logger.info("pe not assessed: %s", problem)
+            return AlgorithmResult(Verdict.NOT_ASSESSED, reason=problem)
+        started = time.monotonic()
+        spacing = series.geometry.spacing_mm
+        box = preprocess.find_lung_box(series.array, spacing)
+        if box is None:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED, reason="No aerated lung found: not a chest CT"
+            )
+        model_hu, grid = preprocess.resample(
+            series.array, spacing, box, preprocess.MODEL_SPACING_MM
+        )
+        prob = inference.predict(self._session, self._input_name, preprocess.normalise(model_hu))
+        affine = series.geometry.affine
+        trunk = postprocess.locate_trunk(prob, model_hu, grid, affine)
+        if trunk is None:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED,
+                reason="The pulmonary trunk could not be located (no contrast in the pulmonary "
+                "arteries, or the central chest is not covered)",
+            )
+        if trunk.median_hu < postprocess.MIN_TRUNK_HU:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED,
+                reason=f"No contrast in the pulmonary arteries: pulmonary trunk median "
+                f"{trunk.median_hu:.0f} HU, at least {postprocess.MIN_TRUNK_HU:.0f} HU needed",
+            )
+        zone = postprocess.artery_zone(prob)
+        p_study = postprocess.study_probability(prob, zone)
+        shape = (int(series.array.shape[0]), int(series.array.shape[1]), int(series.array.shape[2]))
+        emboli = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, threshold)
+        logger.info(
+            "pe: p=%.3f, %d suspected embol(i) at threshold %.3f in %.1f s (trunk %.0f HU)",
+            p_study,
+            len(emboli),
+            threshold,
+            time.monotonic() - started,
+            trunk.median_hu,
+        )
+        if not emboli:
+            return AlgorithmResult(
+                Verdict.ABSENT,
+                probability=p_study,
+                reason=(
+                    "No pulmonary embolism detected in the central, lobar or segmental "
+                    f"pulmonary arteries (p={p_study:.2f}, threshold {threshold:.2f}; "
+                    f"pulmonary trunk {trunk.median_hu:.0f} HU)"
+                ),
+            )
+        findings = tuple(_finding(e, n) for n, e in enumerate(emboli, start=1))
+        more = f" (+{len(emboli) - 1} more)" if len(emboli) > 1 else ""
+        return AlgorithmResult(
+            Verdict.PRESENT,
+            findings=findings,
+            probability=max(p_study, emboli[0].probability),
+            reason=f"suspected PE, {location_text(emboli[0])}, p={emboli[0].probability:.2f}{more}",
+        )
+
+
+def location_text(embolus: postprocess.Embolus) -> str:
+    """Side and level in words, e.g. "right lobar artery", "saddle (both main arteries)"."""
+    if embolus.level == "central":
+        if embolus.side == "both":
+            return "saddle (pulmonary trunk bifurcation, both main arteries)"
+        if embolus.side is None:
+            return "pulmonary trunk"
+        return f"{embolus.side} main pulmonary artery"
+    side = embolus.side or "right"
+    return f"{side} {embolus.level} artery"
+
+
+def _finding(embolus: postprocess.Embolus, number: int) -> Finding:
+    qualifiers = [Qualifier(codes.TOPOGRAPHICAL_MODIFIER, LEVEL_CODES[embolus.level])]
+    if embolus.side is not None:
+        qualifiers.insert(0, Qualifier(codes.LATERALITY, LATERALITY_CODES[embolus.side]))
+    return Finding(
+        finding_type=codes.PULMONARY_EMBOLISM,
+        probability=embolus.probability,
+        centre_voxel=embolus.centre_voxel,
+        region=ImageRegion(slice_index=embolus.slice_index, points=embolus.outline),
+        measurements=(
+            Measurement(codes.VOLUME, round(embolus.volume_mm3, 1), codes.CUBIC_MILLIMETRE),
+        ),
+        finding_site=(
+            CENTRAL_SITE_CODES[embolus.side]
+            if embolus.level == "central"
+            else codes.PULMONARY_ARTERY
+        ),
+        tracking_id=f"Embolus {number}",
+        mask=embolus.mask,
+        qualifiers=tuple(qualifiers),
+    )
+
+
+def _slice_thickness(header: Any) -> float | None:
+    try:
+        return float(str(header.get("SliceThickness", "")).split("\\")[0])
+    except ValueError:
+        return None
+
+
+def check_input(
+    header: Any, array: npt.NDArray[np.float32], affine: npt.NDArray[np.float64]
+) -> str:
+    """Why this series cannot be assessed for PE, or "" if it can."""
+    modality = str(header.get("Modality", "")).strip().upper()
+    if modality != "CT":
+        return f"Modality is {modality or 'missing'!r}; this algorithm needs CT"
+    if "LOCALIZER" in str(header.get("ImageType", "")).upper():
+        return "The series is a localizer (scout), not an axial chest CT"
+    n_slices, rows, cols = array.shape
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(affine)) or np.any(spacing <= 0):
+        return "The volume geometry is invalid (degenerate affine)"
+    axes = affine[:3, :3] / spacing
+    tilt = np.radians(MAX_AXIS_TILT_DEG)
+    if abs(axes[2, 0]) < np.cos(tilt) or max(abs(axes[2, 1]), abs(axes[2, 2])) > np.sin(tilt):
+        return "The series is not axial (slice axis is not along the patient's head-feet axis)"
+    thickness = max(float(spacing[0]), _slice_thickness(header) or 0.0)
+    if thickness > MAX_SLICE_MM + 1e-3:
+        return (
+            f"Slices are {thickness:.1f} mm thick; at most {MAX_SLICE_MM:.0f} mm are needed to "
+            "assess segmental pulmonary arteries"
+        )
+    if n_slices < MIN_SLICES:
+        return f"Only {n_slices} slices; at least {MIN_SLICES} are needed"
+    z_extent = (n_slices - 1) * spacing[0]
+    if z_extent < MIN_Z_EXTENT_MM:
+        return f"Scan length {z_extent:.0f} mm is shorter than {MIN_Z_EXTENT_MM:.0f} mm"
+    if max(spacing[1], spacing[2]) > MAX_PIXEL_SPACING_MM:
+        return f"Pixel spacing {max(spacing[1:]):.2f} mm exceeds {MAX_PIXEL_SPACING_MM} mm"
+    if min(rows, cols) < MIN_MATRIX:
+        return f"Image matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
+    if not np.isfinite(array).all():
+        return "The volume contains non-finite values"
+    sample = array[:: max(1, n_slices // 16), ::8, ::8]
+    if float(np.percentile(sample, 1)) > -500.0 or float(sample.max()) < 0.0:
+        return "Pixel values do not look like Hounsfield units of a chest CT"
+    return ""

@@ -1,0 +1,255 @@
+"""Turns the model's embolus, artery and trunk maps into a contrast check, a study
+probability and located emboli (level, side, mask, outline) on the input grid."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from algorithms.pe.preprocess import MODEL_SPACING_MM, ModelGrid
+
+Level = Literal["central", "lobar", "segmental"]
+Side = Literal["right", "left", "both"]
+
+CLOT, ARTERY, TRUNK = range(3)
+"""Output channels of the model."""
+VOXEL_THRESHOLD = 0.5
+"""Model-grid voxels at or above min(this, the operating threshold) form embolus components."""
+MIN_TRUNK_ML = 3.0
+"""Smallest pulmonary trunk (largest trunk component) accepted as found."""
+MIN_TRUNK_HU = 90.0
+"""Median HU of the trunk lumen below which the pulmonary arteries count as unenhanced."""
+ARTERY_ZONE_DILATION = 2
+"""Model voxels by which the predicted arteries are grown to form the zone emboli must touch."""
+CENTRAL_RADIUS_MM = 7.5
+LOBAR_RADIUS_MM = 4.75
+"""Level from the lumen radius at the embolus (largest distance to the artery wall): trunk and
+main arteries are wider than 15 mm, lobar arteries 9.5-15 mm, segmental ones narrower
+(calibrated on the generator's trees at the 2 mm model grid)."""
+BIFURCATION_FRACTION = 0.25
+"""The top quarter of the trunk (towards the head) stands for the bifurcation."""
+SIDE_MARGIN_MM = 8.0
+"""A central embolus reaching this far on both sides of the bifurcation is called bilateral."""
+BILATERAL_FRACTION = 0.15
+MAX_FINDINGS = 8
+POLYGON_POINTS = 32
+
+BoolVolume = npt.NDArray[np.bool_]
+FloatVolume = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """The located pulmonary trunk and the enhancement of its lumen."""
+
+    mask: BoolVolume
+    """Model grid."""
+    volume_ml: float
+    median_hu: float
+    bifurcation_x_lps: float
+    """Patient x (LPS, + = left) of the top of the trunk, where it divides."""
+
+
+@dataclass(frozen=True)
+class Embolus:
+    """One suspected embolus on the input grid."""
+
+    probability: float
+    centre_voxel: tuple[float, float, float]
+    level: Level
+    in_trunk: bool
+    """Mostly inside the predicted pulmonary trunk."""
+    side: Side | None
+    """None for a central embolus confined to the trunk."""
+    radius_mm: float
+    """Lumen radius of the artery at the embolus."""
+    mask: BoolVolume
+    volume_mm3: float
+    slice_index: int
+    outline: tuple[tuple[float, float], ...]
+
+
+def _to_lps(
+    model_index: npt.NDArray[np.float64], grid: ModelGrid, affine: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Patient LPS positions (n, 3) of (n, 3) model-grid indices."""
+    idx = grid.to_input(model_index)
+    lps: npt.NDArray[np.float64] = idx @ affine[:3, :3].T + affine[:3, 3]
+    return lps
+
+
+def locate_trunk(
+    prob: FloatVolume, model_hu: FloatVolume, grid: ModelGrid, affine: npt.NDArray[np.float64]
+) -> Trunk | None:
+    """The largest trunk component, its lumen HU (eroded, emboli excluded) and the x of its
+    top; None if there is no trunk of at least ``MIN_TRUNK_ML``."""
+    labels, n = ndimage.label(prob[TRUNK] >= 0.5)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    biggest = int(np.argmax(sizes))
+    voxel_ml = MODEL_SPACING_MM**3 / 1000.0
+    if sizes[biggest] * voxel_ml < MIN_TRUNK_ML:
+        return None
+    mask = labels == biggest
+    lumen = ndimage.binary_erosion(mask) & (prob[CLOT] < VOXEL_THRESHOLD)
+    if not lumen.any():
+        lumen = mask
+    lps = _to_lps(np.argwhere(mask).astype(np.float64), grid, affine)
+    top = lps[:, 2] >= np.quantile(lps[:, 2], 1.0 - BIFURCATION_FRACTION)
+    return Trunk(
+        mask=mask,
+        volume_ml=float(sizes[biggest] * voxel_ml),
+        median_hu=float(np.median(model_hu[lumen])),
+        bifurcation_x_lps=float(lps[top, 0].mean()),
+    )
+
+
+def artery_zone(prob: FloatVolume) -> BoolVolume:
+    """Where emboli may be: predicted pulmonary arteries, slightly grown."""
+    arteries: BoolVolume = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5)
+    if not arteries.any():
+        return arteries
+    zone: BoolVolume = ndimage.binary_dilation(arteries, iterations=ARTERY_ZONE_DILATION)
+    return zone
+
+
+def study_probability(prob: FloatVolume, zone: BoolVolume) -> float:
+    """Highest embolus probability inside the artery zone (0 when there is no zone)."""
+    if not zone.any():
+        return 0.0
+    return float(np.clip(prob[CLOT][zone].max(), 0.0, 1.0))
+
+
+def level_of(radius_mm: float, in_trunk: bool) -> Level:
+    if in_trunk or radius_mm >= CENTRAL_RADIUS_MM:
+        return "central"
+    return "lobar" if radius_mm >= LOBAR_RADIUS_MM else "segmental"
+
+
+def side_of(x: npt.NDArray[np.float64], level: Level, reference_x: float) -> Side | None:
+    """Side of an embolus from its voxels' patient x and the bifurcation's."""
+    if level != "central":
+        return "left" if float(x.mean()) > reference_x else "right"
+    right = float(np.mean(x < reference_x - SIDE_MARGIN_MM))
+    left = float(np.mean(x > reference_x + SIDE_MARGIN_MM))
+    if right >= BILATERAL_FRACTION and left >= BILATERAL_FRACTION:
+        return "both"
+    if max(right, left) < BILATERAL_FRACTION:
+        return None
+    return "left" if left > right else "right"
+
+
+def _to_input(
+    component: BoolVolume,
+    box: tuple[slice, ...],
+    grid: ModelGrid,
+    input_shape: tuple[int, int, int],
+) -> BoolVolume:
+    """Nearest-neighbour copy of a model-grid component (cropped to ``box``) onto the input
+    grid."""
+    out = np.zeros(input_shape, dtype=bool)
+    lo = np.floor(grid.to_input([b.start - 0.5 for b in box])).astype(int)
+    hi = np.ceil(grid.to_input([b.stop - 0.5 for b in box])).astype(int) + 1
+    lo = np.clip(lo, 0, np.array(input_shape))
+    hi = np.clip(hi, 0, np.array(input_shape))
+    if np.any(hi <= lo):
+        return out
+    axes, valid = [], []
+    for a in range(3):
+        model = np.rint((np.arange(lo[a], hi[a]) - grid.origin[a]) / grid.step[a]).astype(int)
+        local = model - box[a].start
+        valid.append((local >= 0) & (local < component.shape[a]))
+        axes.append(np.clip(local, 0, component.shape[a] - 1))
+    sub = component[np.ix_(*axes)] & valid[0][:, None, None]
+    sub &= valid[1][None, :, None] & valid[2][None, None, :]
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sub
+    return out
+
+
+def outline(plane: BoolVolume) -> tuple[tuple[float, float], ...]:
+    """Closed (column, row) polygon: the radial extent of ``plane``'s mask on 32 rays from its
+    centre (at least a one-pixel circle)."""
+    rows, cols = np.nonzero(plane)
+    ci, cj = float(rows.mean()), float(cols.mean())
+    steps = np.arange(0.0, max(plane.shape), 0.25)
+    pts: list[tuple[float, float]] = []
+    for n in range(POLYGON_POINTS):
+        a = 2.0 * math.pi * n / POLYGON_POINTS
+        r_idx = np.rint(ci + steps * math.sin(a)).astype(int)
+        c_idx = np.rint(cj + steps * math.cos(a)).astype(int)
+        ok = (r_idx >= 0) & (r_idx < plane.shape[0]) & (c_idx >= 0) & (c_idx < plane.shape[1])
+        inside = np.zeros(len(steps), dtype=bool)
+        inside[ok] = plane[r_idx[ok], c_idx[ok]]
+        first_out = int(np.argmin(inside)) if not inside.all() else len(steps)
+        radius = max(float(steps[max(first_out - 1, 0)]) + 0.5, 1.0)
+        pts.append((round(cj + radius * math.cos(a), 2), round(ci + radius * math.sin(a), 2)))
+    return (*pts, pts[0])
+
+
+def find_emboli(
+    prob: FloatVolume,
+    zone: BoolVolume,
+    trunk: Trunk,
+    grid: ModelGrid,
+    input_shape: tuple[int, int, int],
+    affine: npt.NDArray[np.float64],
+    threshold: float,
+    max_findings: int = MAX_FINDINGS,
+) -> list[Embolus]:
+    """Embolus components touching the artery zone whose peak reaches ``threshold``, strongest
+    first, with level (lumen radius), side (against the bifurcation), mask and outline."""
+    clot = prob[CLOT]
+    candidates = (clot >= min(VOXEL_THRESHOLD, threshold)) & zone
+    labels, n = ndimage.label(candidates)
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    peaks = np.asarray(ndimage.maximum(clot, labels, index), dtype=np.float64)
+    keep = peaks >= threshold
+    order = [int(i) for i in index[keep][np.argsort(-peaks[keep], kind="stable")]]
+    lumen = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5) | candidates
+    radius = ndimage.distance_transform_edt(lumen) * MODEL_SPACING_MM
+    boxes = ndimage.find_objects(labels)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    found: list[Embolus] = []
+    for label in order[:max_findings]:
+        box = boxes[label - 1]
+        assert box is not None
+        component = labels[box] == label
+        grown = ndimage.binary_dilation(component, iterations=1)
+        radius_mm = float(radius[box][grown].max())
+        in_trunk = float(trunk.mask[box][component].mean()) >= 0.5
+        level = level_of(radius_mm, in_trunk)
+        points = np.argwhere(component).astype(np.float64) + [b.start for b in box]
+        side = side_of(_to_lps(points, grid, affine)[:, 0], level, trunk.bifurcation_x_lps)
+        weights = clot[box][component]
+        centre = grid.to_input((points * weights[:, None]).sum(0) / weights.sum())
+        mask = _to_input(component, box, grid, input_shape)
+        k = int(np.clip(round(float(centre[0])), 0, input_shape[0] - 1))
+        if not mask[k].any():
+            ks = np.flatnonzero(mask.any(axis=(1, 2)))
+            if not len(ks):
+                continue
+            k = int(ks[np.argmin(np.abs(ks - centre[0]))])
+        found.append(
+            Embolus(
+                probability=float(np.clip(peaks[label - 1], 0.0, 1.0)),
+                centre_voxel=(float(centre[0]), float(centre[1]), float(centre[2])),
+                level=level,
+                in_trunk=in_trunk,
+                side=side,
+                radius_mm=radius_mm,
+                mask=mask,
+                volume_mm3=float(mask.sum() * np.prod(spacing)),
+                slice_index=k,
+                outline=outline(mask[k]),
+            )
+        )
+    return found

@@ -1,0 +1,374 @@
+"""Tests of the PE generator, post-processing and plugin (the real ONNX model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from importlib import resources
+from typing import cast
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from algorithms import codes
+from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, VolumeGeometry
+from algorithms.pe import postprocess, preprocess
+from algorithms.pe.evaluate import auc, make_study, youden_threshold
+from algorithms.pe.plugin import PulmonaryEmbolismDetector, check_input
+from algorithms.pe.synth import (
+    LOBAR,
+    MAIN,
+    SEGMENTAL,
+    TRUNK,
+    ClotSpec,
+    Phase,
+    SyntheticContrastCT,
+    generate_contrast_chest_ct,
+)
+
+SHAPE = (100, 224, 224)
+SPACING = (2.0, 1.3, 1.3)
+
+
+@pytest.fixture(scope="module")
+def detector() -> PulmonaryEmbolismDetector:
+    det = PulmonaryEmbolismDetector()
+    det.load("cpu")
+    return det
+
+
+def _case(seed: int, phase: str, clots: list[ClotSpec]) -> SyntheticContrastCT:
+    return generate_contrast_chest_ct(
+        seed,
+        shape=SHAPE,
+        spacing_mm=SPACING,
+        phase=cast(Phase, phase),
+        clots=clots,
+    )
+
+
+def _lumen_hu(ct: SyntheticContrastCT, artery_class: int) -> float:
+    lumen = ndimage.binary_erosion(ct.artery_classes == artery_class) & (ct.clot_labels == 0)
+    return float(np.median(ct.hu[lumen]))
+
+
+# --- generator -------------------------------------------------------------------------------
+
+
+def test_generator_is_deterministic_by_seed() -> None:
+    kwargs = {"shape": (60, 160, 160), "spacing_mm": (2.5, 1.8, 1.8), "clots": 2}
+    a = generate_contrast_chest_ct(3, **kwargs)  # type: ignore[arg-type]
+    b = generate_contrast_chest_ct(3, **kwargs)  # type: ignore[arg-type]
+    c = generate_contrast_chest_ct(4, **kwargs)  # type: ignore[arg-type]
+    assert a.hu.dtype == np.int16 and a.hu.shape == (60, 160, 160)
+    assert np.array_equal(a.hu, b.hu) and a.clots == b.clots
+    assert np.array_equal(a.clot_labels, b.clot_labels)
+    assert not np.array_equal(a.hu, c.hu)
+
+
+@pytest.mark.parametrize("phase", ["ctpa", "venous"])
+def test_pulmonary_arteries_are_enhanced_as_the_phase_says(phase: str) -> None:
+    ct = _case(5, phase, [])
+    assert ct.phase == phase and ct.clots == ()
+    lo, hi = (150, 500) if phase == "ctpa" else (100, 200)
+    assert lo <= ct.artery_hu <= hi
+    assert abs(_lumen_hu(ct, TRUNK) - ct.artery_hu) < 25
+    classes = np.bincount(ct.artery_classes.ravel(), minlength=5)
+    assert np.all(classes[1:] > 100), classes  # trunk, main, lobar and segmental lumen
+    k, i, j = (round(c) for c in ct.trunk_centre_voxel)
+    assert ct.artery_classes[k, i, j] == TRUNK
+    lung = ct.hu[ct.lung_mask]
+    assert -900 < np.median(lung) < -750 and ct.hu[:, 0, 0].mean() < -900
+
+
+def test_unenhanced_scan_has_blood_below_60_hu() -> None:
+    ct = _case(6, "non_contrast", [])
+    assert _lumen_hu(ct, TRUNK) < 60
+
+
+@pytest.mark.parametrize(
+    ("spec", "classes"),
+    [
+        (ClotSpec("saddle"), {TRUNK, MAIN}),
+        (ClotSpec("central", "left"), {MAIN}),
+        (ClotSpec("lobar", "right", occlusive=True), {LOBAR}),
+        (ClotSpec("segmental", "left", occlusive=False), {SEGMENTAL}),
+    ],
+)
+def test_clots_are_hypodense_defects_in_the_artery_asked_for(
+    spec: ClotSpec, classes: set[int]
+) -> None:
+    ct = _case(7, "ctpa", [spec])
+    (truth,) = ct.clots
+    mask = ct.clot_labels == truth.label
+    # Partial volume: the >= 0.5 mask of a small clot is smaller than its summed fraction.
+    assert 0.4 < mask.sum() * np.prod(SPACING) / truth.volume_mm3 < 1.3
+    inside = set(np.unique(ct.artery_classes[mask]).tolist()) - {0}
+    assert inside and inside <= classes | {LOBAR, SEGMENTAL, MAIN, TRUNK}
+    assert np.bincount(ct.artery_classes[mask], minlength=5)[sorted(classes)].sum() > 0.5 * (
+        mask.sum()
+    )
+    assert truth.level == {"saddle": "central", "central": "central"}.get(spec.kind, spec.kind)
+    # Hypodense against the enhanced lumen, and on the side asked for.
+    assert np.median(ct.hu[mask]) < _lumen_hu(ct, TRUNK) - 60
+    trunk_x = ct.trunk_centre_voxel[2]
+    if spec.kind == "saddle":
+        cols = np.argwhere(mask)[:, 2]
+        assert truth.side == "both" and cols.min() < trunk_x < cols.max()
+    else:
+        assert truth.side == spec.side
+        assert (truth.centre_voxel[2] < trunk_x) == (spec.side == "right")
+
+
+def test_occlusion_starves_the_distal_tree_of_contrast() -> None:
+    open_ = _case(8, "ctpa", [])
+    occluded = _case(8, "ctpa", [ClotSpec("lobar", "right", occlusive=True)])
+    assert occluded.clots[0].occlusive
+    changed = (occluded.artery_classes == SEGMENTAL) & (occluded.hu < open_.hu - 60)
+    assert changed.sum() > 20
+
+
+def test_synth_and_plugin_do_not_import_torch() -> None:
+    code = (
+        "import sys, algorithms.pe.synth, algorithms.pe.plugin; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- model files, pre- and post-processing ------------------------------------------------
+
+
+def test_model_card_matches_the_shipped_model() -> None:
+    package = resources.files("algorithms.pe")
+    model = package.joinpath("model.onnx").read_bytes()
+    card = json.loads(package.joinpath("model.json").read_text())
+    assert card["sha256"] == hashlib.sha256(model).hexdigest()
+    assert len(model) < 2_000_000
+    assert card["input"]["spacing_mm"] == preprocess.MODEL_SPACING_MM
+    assert card["input"]["windows"] == [
+        list(preprocess.LUNG_WINDOW),
+        list(preprocess.VASCULAR_WINDOW),
+    ]
+    point = card["operating_point"]
+    assert 0.0 < point["threshold"] < 1.0 and "validation" in point["criterion"]
+
+
+def test_normalise_gives_a_lung_and_a_vascular_channel() -> None:
+    hu = np.array([[[-1000.0, 40.0, 300.0, 2000.0]]], dtype=np.float32)
+    x = preprocess.normalise(hu)
+    assert x.shape == (2, 1, 1, 4)
+    assert x[0, 0, 0, 0] == -1.0 and x[0, 0, 0, 3] == 1.0
+    assert x[1, 0, 0, 0] == -1.0 and -1.0 < x[1, 0, 0, 1] < x[1, 0, 0, 2] < 1.0
+
+
+def _prob_maps(shape: tuple[int, int, int]) -> np.ndarray:
+    """Embolus, artery and trunk maps on a 2 mm grid: a trunk at x 30, an artery to the right."""
+    prob = np.zeros((3, *shape), dtype=np.float32)
+    prob[postprocess.TRUNK, 10:30, 20:34, 24:36] = 0.9  # trunk, top at slice 29
+    prob[postprocess.ARTERY, 10:30, 20:34, 24:36] = 0.9
+    prob[postprocess.ARTERY, 20:24, 24:28, 4:30] = 0.9  # a 4-voxel (8 mm) wide artery
+    return prob
+
+
+def test_emboli_are_located_with_level_side_and_outline() -> None:
+    shape = (40, 48, 48)
+    prob = _prob_maps(shape)
+    prob[postprocess.CLOT, 21:23, 25:27, 8:12] = 0.8  # in the narrow artery, patient right
+    grid = preprocess.ModelGrid(origin=(0.0, 0.0, 0.0), step=(1.0, 1.0, 1.0), shape=shape)
+    affine = np.array([[0, 0, 2.0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    model_hu = np.full(shape, 250.0, dtype=np.float32)
+    trunk = postprocess.locate_trunk(prob, model_hu, grid, affine)
+    assert trunk is not None and trunk.median_hu == 250.0
+    assert trunk.bifurcation_x_lps == pytest.approx(2.0 * 29.5, abs=1.0)
+    zone = postprocess.artery_zone(prob)
+    assert postprocess.study_probability(prob, zone) == pytest.approx(0.8)
+    (embolus,) = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, 0.5)
+    assert embolus.side == "right" and embolus.level == "segmental" and not embolus.in_trunk
+    assert embolus.probability == pytest.approx(0.8)
+    assert embolus.centre_voxel == pytest.approx((21.5, 25.5, 9.5))
+    assert embolus.mask.sum() == 16 and embolus.volume_mm3 == pytest.approx(16 * 8.0)
+    cols = [p[0] for p in embolus.outline]
+    assert embolus.outline[0] == embolus.outline[-1] and min(cols) < 9.5 < max(cols)
+    assert postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, 0.9) == []
+
+
+def test_a_clot_across_the_bifurcation_is_central_and_bilateral() -> None:
+    shape = (40, 48, 48)
+    prob = _prob_maps(shape)
+    prob[postprocess.CLOT, 26:29, 24:30, 20:42] = 0.9  # spans x 40-82 mm, trunk top at 59
+    grid = preprocess.ModelGrid(origin=(0.0, 0.0, 0.0), step=(1.0, 1.0, 1.0), shape=shape)
+    affine = np.array([[0, 0, 2.0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    trunk = postprocess.locate_trunk(prob, np.full(shape, 200.0, np.float32), grid, affine)
+    assert trunk is not None
+    zone = postprocess.artery_zone(prob) | (prob[postprocess.CLOT] > 0)
+    (embolus,) = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, 0.5)
+    assert embolus.level == "central" and embolus.side == "both"
+
+
+def test_auc_and_youden_threshold() -> None:
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auc([0.5], [0.5]) == 0.5
+    assert 0.2 < youden_threshold([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) <= 0.7
+
+
+# --- plugin ------------------------------------------------------------------------------------
+
+
+def test_plugin_satisfies_the_algorithm_protocol() -> None:
+    assert isinstance(PulmonaryEmbolismDetector(), Algorithm)
+    info = PulmonaryEmbolismDetector.info
+    assert info.name == "pe" and info.modalities == frozenset({"CT"})
+    assert info.target == codes.PULMONARY_EMBOLISM and info.clinical_use is False
+    assert "not for clinical use" in info.intended_use.lower()
+    assert "synthetic" in info.intended_use.lower()
+
+
+def test_run_before_load_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="load"):
+        PulmonaryEmbolismDetector().run(make_study(_case(1, "ctpa", [])))
+
+
+def _distance_mm(point: tuple[float, ...], mask: np.ndarray) -> float:
+    voxels = np.argwhere(mask).astype(float)
+    return float(np.min(np.linalg.norm((voxels - np.array(point)) * np.array(SPACING), axis=1)))
+
+
+POSITIVES = [
+    (101, "ctpa", ClotSpec("lobar", "right", occlusive=True), "right", "lobar"),
+    (102, "ctpa", ClotSpec("saddle"), "both", "central"),
+    (103, "venous", ClotSpec("central", "left", occlusive=False), "left", "central"),
+]
+
+
+@pytest.mark.parametrize(("seed", "phase", "spec", "side", "level"), POSITIVES)
+def test_plugin_flags_an_embolus_where_it_is(
+    detector: PulmonaryEmbolismDetector,
+    seed: int,
+    phase: str,
+    spec: ClotSpec,
+    side: str,
+    level: str,
+) -> None:
+    ct = _case(seed, phase, [spec])
+    result = detector.run(make_study(ct, seed))
+    assert result.verdict is Verdict.PRESENT, result.reason
+    assert result.probability is not None and result.probability >= detector.default_threshold
+    truth = ct.clot_labels > 0
+    best = min(result.findings, key=lambda f: _distance_mm(f.centre_voxel, truth))
+    assert _distance_mm(best.centre_voxel, truth) < 6.0
+    assert best.mask is not None and (best.mask & truth).any()
+    assert best.finding_type == codes.PULMONARY_EMBOLISM
+    qualifiers = {q.name: q.value for q in best.qualifiers}
+    assert (
+        qualifiers[codes.LATERALITY]
+        == {
+            "right": codes.RIGHT,
+            "left": codes.LEFT,
+            "both": codes.BILATERAL,
+        }[side]
+    )
+    assert (
+        qualifiers[codes.TOPOGRAPHICAL_MODIFIER]
+        == {
+            "central": codes.CENTRAL,
+            "lobar": codes.LOBAR,
+        }[level]
+    )
+    assert truth[best.region.slice_index].any()
+    top = result.findings[0]
+    assert (
+        result.reason.startswith("suspected PE, ") and f"p={top.probability:.2f}" in result.reason
+    )
+    assert side.replace("both", "saddle") in result.reason
+    assert [f.tracking_id for f in result.findings] == [
+        f"Embolus {n}" for n in range(1, len(result.findings) + 1)
+    ]
+
+
+@pytest.mark.parametrize(("seed", "phase"), [(111, "ctpa"), (112, "venous")])
+def test_plugin_says_absent_for_an_embolus_free_scan(
+    detector: PulmonaryEmbolismDetector, seed: int, phase: str
+) -> None:
+    result = detector.run(make_study(_case(seed, phase, []), seed))
+    assert result.verdict is Verdict.ABSENT, [
+        (f.centre_voxel, f.probability) for f in result.findings
+    ]
+    assert result.findings == ()
+    assert result.probability is not None and result.probability < detector.default_threshold
+    assert "no pulmonary embolism" in result.reason.lower()
+
+
+def _with_threshold(study: StudyInput, threshold: float) -> StudyInput:
+    return dataclasses.replace(study, threshold=threshold)
+
+
+def test_the_studys_threshold_overrides_the_operating_point(
+    detector: PulmonaryEmbolismDetector,
+) -> None:
+    seed, phase, spec, _, _ = POSITIVES[0]
+    study = make_study(_case(seed, phase, [spec]), seed)
+    default = detector.run(study)
+    assert default.verdict is Verdict.PRESENT and default.probability is not None
+    strict = detector.run(_with_threshold(study, min(0.9999, (default.probability + 1) / 2)))
+    assert strict.verdict is Verdict.ABSENT and strict.probability == default.probability
+
+
+def test_unenhanced_scan_is_not_assessed(detector: PulmonaryEmbolismDetector) -> None:
+    result = detector.run(make_study(_case(121, "non_contrast", []), 121))
+    assert result.verdict is Verdict.NOT_ASSESSED
+    assert "contrast" in result.reason
+
+
+def _study(array: np.ndarray, affine: np.ndarray | None = None, **header: str) -> StudyInput:
+    if affine is None:
+        affine = np.array([[0, 0, 1.3, 0], [0, 1.3, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    geometry = VolumeGeometry(affine, (array.shape[0], array.shape[1], array.shape[2]), "1.2")
+    series = SeriesInput("2.25.1", array.astype(np.float32), geometry, {"Modality": "CT", **header})
+    return StudyInput("2.25.2", series)
+
+
+@pytest.mark.parametrize(
+    ("header", "affine", "reason"),
+    [
+        ({"Modality": "MR"}, None, "needs CT"),
+        ({"ImageType": "ORIGINAL\\PRIMARY\\LOCALIZER"}, None, "localizer"),
+        ({"SliceThickness": "5"}, None, "5.0 mm thick"),
+        ({}, np.diag([4.0, 1.3, 1.3, 1.0])[[2, 1, 0, 3]], "4.0 mm thick"),
+        ({}, np.array([[2.0, 0, 0, 0], [0, 0, 1.3, 0], [0, 1.3, 0, 0], [0, 0, 0, 1.0]]), "axial"),
+    ],
+)
+def test_unsuitable_series_are_not_assessed_with_the_reason(
+    detector: PulmonaryEmbolismDetector,
+    header: dict[str, str],
+    affine: np.ndarray | None,
+    reason: str,
+) -> None:
+    array = np.full((80, 160, 160), -1000.0)
+    array[:, 30:130, 30:130] = 40.0
+    result = detector.run(_study(array, affine, **header))
+    assert result.verdict is Verdict.NOT_ASSESSED
+    assert reason in result.reason
+
+
+def test_check_input_rejects_short_scans_and_non_hu_values() -> None:
+    array = np.full((80, 160, 160), -1000.0, dtype=np.float32)
+    array[:, 30:130, 30:130] = 40.0
+    axial = np.array([[0, 0, 1.3, 0], [0, 1.3, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    assert check_input({"Modality": "CT"}, array, axial) == ""
+    assert "20 slices" in check_input({"Modality": "CT"}, array[:20], axial)
+    assert "shorter" in check_input({"Modality": "CT"}, array[:45], axial)
+    assert "Hounsfield" in check_input({"Modality": "CT"}, array + 2000.0, axial)
+
+
+def test_a_head_ct_without_lungs_is_not_assessed(detector: PulmonaryEmbolismDetector) -> None:
+    array = np.full((80, 160, 160), -1000.0)
+    yy, xx = np.mgrid[:160, :160]
+    array[:, (yy - 80) ** 2 + (xx - 80) ** 2 < 60**2] = 35.0
+    result = detector.run(_study(array))
+    assert result.verdict is Verdict.NOT_ASSESSED
+    assert "No aerated lung" in result.reason
