@@ -397,7 +397,8 @@ def test_check_algorithms_without_source_has_no_lines() -> None:
 
 def test_default_config_loads_and_is_clean() -> None:
     config = load_default_config()
-    assert check_algorithms(config, {"lung_nodule"}) == []
+    assert check_algorithms(config, {"lung_nodule", "ms_lesion"}) == []
+    assert [r.run for r in config.rules] == ["lung_nodule", "lung_nodule", "ms_lesion"]
     assert config.node.ae_title == "RADROUTER"
     assert config.node.port == 11112
     assert config.node.bind == "0.0.0.0"
