@@ -3,7 +3,9 @@
 The same sender (dcmtk ``storescu``, TCP_NODELAY=1) sends the same files to:
 - radrouter (``radrouter serve``; every instance fsync'd and indexed before Success),
 - dcmtk ``storescp`` (writes files, no fsync),
-- Orthanc (Debian package; its own storage and SQLite index).
+- Orthanc (Debian package; its own storage and SQLite index),
+- a bare pynetdicom SCP whose C-STORE handler returns Success at once (the floor that
+  pynetdicom's network layer sets for anything built on it, radrouter included).
 
 Run: ``.venv/bin/python -m benchmarks.ingest [--slices 200] [--repeat 3]``
 """
@@ -120,6 +122,28 @@ def storescp(workdir: Path) -> Iterator[int]:
         process.wait()
 
 
+@contextmanager
+def bare_pynetdicom() -> Iterator[int]:
+    """A pynetdicom SCP that stores nothing, with radrouter's PDU size."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+    from router.scp import MAX_PDU_BYTES
+
+    ae = AE("BARE")
+    ae.maximum_pdu_size = MAX_PDU_BYTES
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    )
+    assert server is not None
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=200)
@@ -129,7 +153,12 @@ def main() -> None:
         root = Path(tmp)
         files = make_series(root / "series", args.slices)
         megabytes = sum(f.stat().st_size for f in files) / 2**20
-        results: dict[str, list[float]] = {"radrouter": [], "dcmtk storescp": [], "Orthanc": []}
+        results: dict[str, list[float]] = {
+            "radrouter": [],
+            "dcmtk storescp": [],
+            "Orthanc": [],
+            "bare pynetdicom": [],
+        }
         for run in range(args.repeat):
             work = root / f"run{run}"
             work.mkdir()
@@ -139,22 +168,25 @@ def main() -> None:
                 results["dcmtk storescp"].append(time_storescu(port, "STORESCP", files))
             with running_orthanc(work / "orthanc") as orthanc:
                 results["Orthanc"].append(time_storescu(orthanc.dicom_port, "ORTHANC", files))
+            with bare_pynetdicom() as port:
+                results["bare pynetdicom"].append(time_storescu(port, "BARE", files))
             shutil.rmtree(work)
     print(
         f"ingest: {args.slices} CT slices 512x512 ({megabytes:.0f} MiB), one association, "
         f"dcmtk storescu sender, TCP_NODELAY=1, best of {args.repeat}"
     )
     best = {name: min(times) for name, times in results.items()}
-    print(f"{'receiver':<16}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}")
+    print(f"{'receiver':<18}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}")
     for name, seconds in best.items():
         print(
-            f"{name:<16}{seconds:>10.2f}{args.slices / seconds:>12.0f}{megabytes / seconds:>10.0f}"
+            f"{name:<18}{seconds:>10.2f}{args.slices / seconds:>12.0f}{megabytes / seconds:>10.0f}"
         )
     ratio_dcmtk = best["dcmtk storescp"] / best["radrouter"]
     ratio_orthanc = best["Orthanc"] / best["radrouter"]
     print(
         f"radrouter = {ratio_dcmtk:.2f}x dcmtk storescp (target >= 0.5), "
-        f"{ratio_orthanc:.2f}x Orthanc (target >= 3)"
+        f"{ratio_orthanc:.2f}x Orthanc (target >= 3); a bare pynetdicom SCP that stores "
+        f"nothing = {best['dcmtk storescp'] / best['bare pynetdicom']:.2f}x dcmtk storescp"
     )
 
 
