@@ -180,7 +180,17 @@ def build_dataset(config: TrainConfig, cache_dir: Path | None = None) -> list[Ex
     return examples
 
 
+RANDOM_CENTRE_FRACTION = 0.15
+"""Share of patches centred anywhere in the volume. Without them the upper abdomen under the
+diaphragm was almost never seen, and a model trained only on patches at emboli, arteries and
+lungs called it pulmonary trunk (larger than the real trunk, so the contrast check failed)."""
+
+
 def _sample_centre(ex: Example, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    if rng.uniform() < RANDOM_CENTRE_FRACTION:
+        inner = np.array(ex.hu.shape, dtype=np.int64) - 2 * DATA_PAD
+        anywhere: npt.NDArray[np.int64] = DATA_PAD + rng.integers(0, inner)
+        return anywhere
     kind = float(rng.uniform())
     choices = (
         (0.55, ex.clot_points),
