@@ -92,6 +92,8 @@ def one_run(
 
     if not wait_for(delivered, 120, 0.05):
         raise TimeoutError("the HL7 delivery did not finish")
+    result = db.query_one("SELECT MAX(created_at) AS at FROM results WHERE study_uid = ?", uid)
+    assert result is not None and result["at"] is not None
     flag = db.query_one("SELECT * FROM flags WHERE study_uid = ?", uid)
     hl7 = db.query_one("SELECT * FROM deliveries WHERE study_uid = ? AND channel = 'hl7'", uid)
     assert flag is not None and hl7 is not None
@@ -105,6 +107,10 @@ def one_run(
         "orthanc push (reference)": push_s,
         "release -> complete": s["completed_at"] - released["at"],
         "release -> job start": job["started_at"] - released["at"],
+        "  job start -> results written, without model": result["at"]
+        - job["started_at"]
+        - job["model_seconds"],
+        "  results written -> SR stored (dispatch)": dispatch["finished_at"] - result["at"],
         "last image -> SR stored": total,
         "model time": job["model_seconds"],
         "last image -> SR stored, without model": total - model,
