@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
 
-from algorithms import codes
+from algorithms import codes, packaged_model
 from algorithms.contract import (
     AlgorithmInfo,
     AlgorithmResult,
@@ -26,6 +23,7 @@ from algorithms.fracture import pipeline, postprocess
 
 logger = logging.getLogger(__name__)
 
+PACKAGE = "algorithms.fracture"
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "model.json"
 MODALITIES = frozenset({"CR", "DX"})
@@ -93,30 +91,15 @@ class FractureDetector:
 
     def load(self, device: str) -> None:
         """Check the model against its card, create the onnxruntime session, warm up."""
-        import onnxruntime as ort
-
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
-        package = resources.files("algorithms.fracture")
-        model = package.joinpath(MODEL_FILE).read_bytes()
-        card = json.loads(package.joinpath(MODEL_CARD).read_text())
-        digest = hashlib.sha256(model).hexdigest()
-        if digest != card.get("sha256"):
-            raise RuntimeError(f"{MODEL_FILE} sha256 {digest} does not match {MODEL_CARD}")
+        card = packaged_model.read_card(PACKAGE, MODEL_CARD)
+        model = packaged_model.read_checked(PACKAGE, MODEL_FILE, card.get("sha256"))
+        digest = str(card["sha256"])
         threshold = float(card["operating_point"]["threshold"])
         if not 0.0 < threshold < 1.0:
             raise RuntimeError(
                 f"{MODEL_CARD} operating_point.threshold {threshold} is not in (0, 1)"
             )
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                logger.warning("CUDA requested but onnxruntime has no CUDA provider; using CPU")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(model, options, providers=providers)
+        session = packaged_model.onnx_session(model, device)
         size = int(card["input"]["working_size"])
         session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, size, size), np.float32)})
         self.session = session

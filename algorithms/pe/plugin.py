@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from algorithms import codes
+from algorithms import codes, packaged_model
 from algorithms.contract import (
     AlgorithmInfo,
     AlgorithmResult,
@@ -28,6 +25,7 @@ from algorithms.pe import inference, postprocess, preprocess
 
 logger = logging.getLogger(__name__)
 
+PACKAGE = "algorithms.pe"
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "model.json"
 DEFAULT_THRESHOLD = 0.5
@@ -83,27 +81,12 @@ class PulmonaryEmbolismDetector:
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
-        import onnxruntime as ort
-
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
-        package = resources.files("algorithms.pe")
-        model = package.joinpath(MODEL_FILE).read_bytes()
-        card = json.loads(package.joinpath(MODEL_CARD).read_text())
-        digest = hashlib.sha256(model).hexdigest()
-        if digest != card.get("sha256"):
-            raise RuntimeError(f"{MODEL_FILE} sha256 {digest} does not match {MODEL_CARD}")
+        card = packaged_model.read_card(PACKAGE, MODEL_CARD)
+        model = packaged_model.read_checked(PACKAGE, MODEL_FILE, card.get("sha256"))
+        digest = str(card["sha256"])
         operating = card.get("operating_point", {})
         self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            else:
-                logger.warning("CUDA requested but onnxruntime has no CUDA provider; using CPU")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(model, options, providers=providers)
+        session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
         self._session = session
