@@ -72,9 +72,26 @@ def _ms_lesion_example() -> StudyInput:
     return make_study(generate_flair(710_000))
 
 
+def _pe_example() -> StudyInput:
+    """A clinical-size synthetic CT pulmonary angiogram (300 slices of 1 mm, 512 x 512 at
+    0.68 mm) with a right lobar embolus, made by the plugin's own generator."""
+    from algorithms.pe.evaluate import make_study
+    from algorithms.pe.synth import ClotSpec, generate_contrast_chest_ct
+
+    ct = generate_contrast_chest_ct(
+        7,
+        shape=(300, 512, 512),
+        spacing_mm=(1.0, 350.0 / 512, 350.0 / 512),
+        phase="ctpa",
+        clots=[ClotSpec("lobar", "right", occlusive=True)],
+    )
+    return make_study(ct)
+
+
 BUILT_IN_FACTORIES: dict[str, InputFactory] = {
     "lung_nodule": _lung_nodule_example,
     "ms_lesion": _ms_lesion_example,
+    "pe": _pe_example,
 }
 """For plugins with a synthetic generator but no ``example_input()`` yet."""
 

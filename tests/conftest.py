@@ -13,12 +13,20 @@ from algorithms.registry import Registry
 from config.loader import parse_config
 from router.service import RouterService
 from tests.orthanc import Orthanc, free_port, running_orthanc
+from tests.storescp import ReceivingPacs, running_storescp
 
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as client:
         yield client
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[ReceivingPacs]:
+    """A dcmtk storescp standing in for the PACS that results go to."""
+    with running_storescp(tmp_path / "pacs") as pacs:
+        yield pacs
 
 
 class StartRouter(Protocol):

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from algorithms.contract import (
     Verdict,
     VolumeGeometry,
 )
-from algorithms.pe.plugin import PulmonaryEmbolismDetector
+from algorithms.pe import postprocess
+from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
 from algorithms.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
 SPLITS = {"validation": 700_000, "test": 900_000}
@@ -229,42 +230,103 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     return "\n".join(lines)
 
 
-def evaluate(
-    seeds: Iterable[int], threshold: float | None, device: str = "cpu"
-) -> tuple[list[ScanOutcome], float]:
-    detector = PulmonaryEmbolismDetector()
-    detector.load(device)
-    used = detector.default_threshold if threshold is None else threshold
-    outcomes = []
+@dataclass
+class AnalysedScan:
+    seed: int
+    truth: SyntheticContrastCT
+    """The generated scan without its pixels (``hu`` emptied to save memory)."""
+    analysis: Analysis | AlgorithmResult
+    """The model's analysis, or the NOT_ASSESSED result."""
+    seconds: float
+
+
+def analyse_scans(detector: PulmonaryEmbolismDetector, seeds: Iterable[int]) -> list[AnalysedScan]:
+    """Generate each held-out scan and run the model on it (the expensive part)."""
+    scans = []
     for n, seed in enumerate(seeds):
         ct = eval_scan(seed)
-        study = make_study(ct, seed)
-        detector.default_threshold = used
         start = time.monotonic()
-        result = detector.run(study)
+        analysis = detector.analyse(make_study(ct, seed))
         seconds = time.monotonic() - start
-        outcome = score(ct, result, seed, seconds)
+        print(f"analysed {n + 1} (seed {seed}) in {seconds:.1f} s", flush=True)
+        pixels_dropped = replace(ct, hu=np.zeros((0, 0, 0), np.int16))
+        scans.append(AnalysedScan(seed, pixels_dropped, analysis, seconds))
+    return scans
+
+
+def decide_and_score(
+    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], threshold: float
+) -> list[ScanOutcome]:
+    """Verdicts at ``threshold`` with the detector's calibration, scored against the truth."""
+    outcomes = []
+    for n, scan in enumerate(scans):
+        ct = scan.truth
+        start = time.monotonic()
+        if isinstance(scan.analysis, AlgorithmResult):
+            result = scan.analysis
+        else:
+            result = detector.decide(scan.analysis, threshold)
+        seconds = scan.seconds + time.monotonic() - start
+        outcome = score(ct, result, scan.seed, seconds)
         outcomes.append(outcome)
         levels = ",".join(t.level[0] for t in ct.clots) or "-"
         print(
-            f"scan {n + 1:3d} seed {seed} {ct.phase:<12} {ct.hu.shape} slice {ct.spacing_mm[0]:.2f}"
-            f" emboli [{levels}] -> {result.verdict.value} p={result.probability or 0:.3f}"
-            f" detected {sum(outcome.detected)}/{len(ct.clots)} extra {outcome.false_findings}"
-            f" {seconds:.1f} s",
+            f"scan {n + 1:3d} seed {scan.seed} {ct.phase:<12} {ct.clot_labels.shape} "
+            f"slice {ct.spacing_mm[0]:.2f} emboli [{levels}] -> {result.verdict.value} "
+            f"p={result.probability or 0:.3f} detected {sum(outcome.detected)}/{len(ct.clots)} "
+            f"extra {outcome.false_findings} {seconds:.1f} s",
             flush=True,
         )
-    return outcomes, used
+    return outcomes
 
 
-def write_operating_point(outcomes: list[ScanOutcome], seeds: range, card_path: Path) -> float:
-    """Choose the threshold on validation outcomes and store it in model.json."""
-    assessed = [o for o in outcomes if o.verdict is not Verdict.NOT_ASSESSED]
-    pos = [float(o.probability or 0.0) for o in assessed if o.truths]
-    neg = [float(o.probability or 0.0) for o in assessed if not o.truths]
-    threshold = youden_threshold(pos, neg)
+def candidate_masses(scans: list[AnalysedScan]) -> tuple[list[float], list[bool]]:
+    """Every candidate component of the assessed scans (no threshold): its probability mass
+    and whether it overlaps a true embolus."""
+    masses: list[float] = []
+    labels: list[bool] = []
+    for scan in scans:
+        a = scan.analysis
+        if isinstance(a, AlgorithmResult):
+            continue
+        truth = scan.truth.clot_labels > 0
+        for e in postprocess.find_emboli(
+            a.prob, a.zone, a.trunk, a.grid, a.input_shape, a.affine, 0.0, None, 10_000
+        ):
+            masses.append(e.mass_ml)
+            labels.append(bool(np.any(truth & e.mask)))
+    return masses, labels
+
+
+def fit_operating_point(
+    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], seeds: range, card_path: Path
+) -> float:
+    """Fit the candidate calibration and choose the threshold (max Youden J) on these
+    validation scans; store both in model.json and in ``detector``."""
+    masses, labels = candidate_masses(scans)
+    calibration = postprocess.fit_calibration(masses, labels)
+    detector.calibration = calibration
+    pos: list[float] = []
+    neg: list[float] = []
+    for scan in scans:
+        a = scan.analysis
+        if isinstance(a, AlgorithmResult):
+            continue
+        p = postprocess.study_probability(a.prob, a.zone, calibration)
+        (pos if scan.truth.clots else neg).append(p)
+    threshold = round(youden_threshold(pos, neg), 4)
     card = json.loads(card_path.read_text())
+    card["calibration"] = {
+        "intercept": round(calibration.intercept, 6),
+        "slope": round(calibration.slope, 6),
+        "formula": "sigmoid(intercept + slope * ln(mass_ml + 0.01)); mass_ml = sum of the "
+        "embolus probabilities of a candidate component's voxels (>= 0.5) times 0.008 mL",
+        "method": "logistic regression of 'overlaps a true embolus' on every candidate "
+        "component of the validation split",
+        "candidates": {"emboli": int(sum(labels)), "not_emboli": len(labels) - int(sum(labels))},
+    }
     card["operating_point"] = {
-        "threshold": round(threshold, 4),
+        "threshold": threshold,
         "criterion": "maximum Youden J (sensitivity + specificity) on the validation split",
         "validation_seeds": [seeds.start, seeds.stop - 1],
         "validation_studies": {"with_pe": len(pos), "without_pe": len(neg)},
@@ -274,6 +336,7 @@ def write_operating_point(outcomes: list[ScanOutcome], seeds: range, card_path: 
         "chosen": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
+    detector.default_threshold = threshold
     return threshold
 
 
@@ -285,21 +348,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--write-operating-point",
         action="store_true",
-        help="choose the threshold (max Youden J) on these scans and write it to model.json",
+        help="fit the candidate calibration and choose the threshold (max Youden J) on these "
+        "scans; write both to model.json",
     )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
-    outcomes, used = evaluate(seeds, args.threshold, args.device)
+    detector = PulmonaryEmbolismDetector()
+    detector.load(args.device)
+    scans = analyse_scans(detector, seeds)
+    used = detector.default_threshold if args.threshold is None else args.threshold
     if args.write_operating_point:
         card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
-        used = write_operating_point(outcomes, seeds, card)
-        print(f"\noperating point {used:.4f} written to {card}")
-        for o in outcomes:  # re-label verdicts at the chosen threshold for the report
-            if o.verdict is not Verdict.NOT_ASSESSED and o.probability is not None:
-                o.verdict = Verdict.PRESENT if o.probability >= used else Verdict.ABSENT
+        used = fit_operating_point(detector, scans, seeds, card)
+        print(f"{detector.calibration} and operating point {used:.4f} written to {card}")
+    outcomes = decide_and_score(detector, scans, used)
     print()
     print(f"split {args.split}, seeds {seeds.start}-{seeds.stop - 1}")
     print(report(outcomes, used))

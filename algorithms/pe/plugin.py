@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +49,21 @@ LATERALITY_CODES = {"right": codes.RIGHT, "left": codes.LEFT, "both": codes.BILA
 LEVEL_CODES = {"central": codes.CENTRAL, "lobar": codes.LOBAR, "segmental": codes.SEGMENTAL}
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What the model found in one study, before a threshold is applied."""
+
+    prob: postprocess.FloatVolume
+    """(3, D, H, W) embolus, artery and trunk probabilities on the model grid."""
+    zone: postprocess.BoolVolume
+    trunk: postprocess.Trunk
+    grid: preprocess.ModelGrid
+    affine: npt.NDArray[np.float64]
+    input_shape: tuple[int, int, int]
+    seconds: float
+    """Pre-processing and model run time."""
+
+
 class PulmonaryEmbolismDetector:
     """Flags suspected pulmonary emboli (central, lobar, segmental) on contrast chest CT.
 
@@ -78,6 +94,7 @@ class PulmonaryEmbolismDetector:
         self._input_name = "ct"
         self.providers: list[str] = []
         self.default_threshold = DEFAULT_THRESHOLD
+        self.calibration: postprocess.Calibration | None = None
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
@@ -86,16 +103,18 @@ class PulmonaryEmbolismDetector:
         digest = str(card["sha256"])
         operating = card.get("operating_point", {})
         self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
+        self.calibration = calibration_from_card(card)
         session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
         self._session = session
         self.providers = list(session.get_providers())
         logger.info(
-            "pe model loaded (%s), providers %s, threshold %.3f",
+            "pe model loaded (%s), providers %s, threshold %.3f, %s",
             digest[:12],
             self.providers,
             self.default_threshold,
+            "calibrated" if self.calibration else "uncalibrated (peak probabilities)",
         )
 
     def threshold_for(self, study: StudyInput) -> float:
@@ -104,9 +123,16 @@ class PulmonaryEmbolismDetector:
 
     def run(self, study: StudyInput) -> AlgorithmResult:
         """Assess ``study.series``; NOT_ASSESSED with a reason for unsuitable input."""
+        analysis = self.analyse(study)
+        if isinstance(analysis, AlgorithmResult):
+            return analysis
+        return self.decide(analysis, self.threshold_for(study))
+
+    def analyse(self, study: StudyInput) -> Analysis | AlgorithmResult:
+        """Input checks, model run, trunk and contrast check: the analysis, or a NOT_ASSESSED
+        result with the reason."""
         if self._session is None:
             raise RuntimeError("PulmonaryEmbolismDetector.run() called before load()")
-        threshold = self.threshold_for(study)
         series = study.series
         problem = check_input(series.header, series.array, series.geometry.affine)
         if problem:
@@ -137,17 +163,38 @@ class PulmonaryEmbolismDetector:
                 reason=f"No contrast in the pulmonary arteries: pulmonary trunk median "
                 f"{trunk.median_hu:.0f} HU, at least {postprocess.MIN_TRUNK_HU:.0f} HU needed",
             )
-        zone = postprocess.artery_zone(prob)
-        p_study = postprocess.study_probability(prob, zone)
         shape = (int(series.array.shape[0]), int(series.array.shape[1]), int(series.array.shape[2]))
-        emboli = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, threshold)
+        return Analysis(
+            prob=prob,
+            zone=postprocess.artery_zone(prob),
+            trunk=trunk,
+            grid=grid,
+            affine=affine,
+            input_shape=shape,
+            seconds=time.monotonic() - started,
+        )
+
+    def decide(self, analysis: Analysis, threshold: float) -> AlgorithmResult:
+        """The verdict at ``threshold``: the study probability and the emboli reaching it."""
+        p_study = postprocess.study_probability(analysis.prob, analysis.zone, self.calibration)
+        emboli = postprocess.find_emboli(
+            analysis.prob,
+            analysis.zone,
+            analysis.trunk,
+            analysis.grid,
+            analysis.input_shape,
+            analysis.affine,
+            threshold,
+            self.calibration,
+        )
+        trunk_hu = analysis.trunk.median_hu
         logger.info(
-            "pe: p=%.3f, %d suspected embol(i) at threshold %.3f in %.1f s (trunk %.0f HU)",
+            "pe: p=%.3f, %d suspected embol(i) at threshold %.3f, model %.1f s (trunk %.0f HU)",
             p_study,
             len(emboli),
             threshold,
-            time.monotonic() - started,
-            trunk.median_hu,
+            analysis.seconds,
+            trunk_hu,
         )
         if not emboli:
             return AlgorithmResult(
@@ -156,7 +203,7 @@ class PulmonaryEmbolismDetector:
                 reason=(
                     "No pulmonary embolism detected in the central, lobar or segmental "
                     f"pulmonary arteries (p={p_study:.2f}, threshold {threshold:.2f}; "
-                    f"pulmonary trunk {trunk.median_hu:.0f} HU)"
+                    f"pulmonary trunk {trunk_hu:.0f} HU)"
                 ),
             )
         findings = tuple(_finding(e, n) for n, e in enumerate(emboli, start=1))
@@ -167,6 +214,14 @@ class PulmonaryEmbolismDetector:
             probability=max(p_study, emboli[0].probability),
             reason=f"suspected PE, {location_text(emboli[0])}, p={emboli[0].probability:.2f}{more}",
         )
+
+
+def calibration_from_card(card: dict[str, Any]) -> postprocess.Calibration | None:
+    """The candidate calibration stored in model.json by the evaluation, if any."""
+    fitted = card.get("calibration")
+    if not isinstance(fitted, dict):
+        return None
+    return postprocess.Calibration(float(fitted["intercept"]), float(fitted["slope"]))
 
 
 def location_text(embolus: postprocess.Embolus) -> str:

@@ -1,5 +1,5 @@
-"""Turns the model's embolus, artery and trunk maps into a contrast check, a study
-probability and located emboli (level, side, mask, outline) on the input grid."""
+"""Turns the model's embolus, artery and trunk maps into a contrast check, calibrated embolus
+probabilities and located emboli (level, side, mask, outline) on the input grid."""
 
 from __future__ import annotations
 
@@ -19,28 +19,77 @@ Side = Literal["right", "left", "both"]
 CLOT, ARTERY, TRUNK = range(3)
 """Output channels of the model."""
 VOXEL_THRESHOLD = 0.5
-"""Model-grid voxels at or above min(this, the operating threshold) form embolus components."""
+"""Model-grid voxels at or above this form candidate embolus components."""
+MASS_FLOOR_ML = 0.01
+"""Added to a component's probability mass before the logarithm of the calibration."""
 MIN_TRUNK_ML = 3.0
 """Smallest pulmonary trunk (largest trunk component) accepted as found."""
 MIN_TRUNK_HU = 90.0
 """Median HU of the trunk lumen below which the pulmonary arteries count as unenhanced."""
 ARTERY_ZONE_DILATION = 2
 """Model voxels by which the predicted arteries are grown to form the zone emboli must touch."""
-CENTRAL_RADIUS_MM = 7.5
+CENTRAL_RADIUS_MM = 9.5
 LOBAR_RADIUS_MM = 4.75
-"""Level from the lumen radius at the embolus (largest distance to the artery wall): trunk and
-main arteries are wider than 15 mm, lobar arteries 9.5-15 mm, segmental ones narrower
-(calibrated on the generator's trees at the 2 mm model grid)."""
+"""Level from the lumen radius at the embolus (largest distance to the artery wall in the
+predicted lumen, which the 2 mm grid widens by about 1 mm): main arteries are 14-24 mm wide,
+lobar arteries 8-16 mm, segmental ones narrower; the ranges overlap, so a radius alone calls
+only the clearly wide (central) and clearly narrow (segmental) arteries."""
+NEAR_BIFURCATION_MM = 7.0
+"""An embolus reaching within this distance (patient x) of the bifurcation lies in a main
+artery or the trunk: central, whatever its radius. Lobar arteries leave the main arteries at
+least 10 mm out (the left main artery is short, so its lobar clots are the close ones)."""
 BIFURCATION_FRACTION = 0.25
 """The top quarter of the trunk (towards the head) stands for the bifurcation."""
-SIDE_MARGIN_MM = 8.0
-"""A central embolus reaching this far on both sides of the bifurcation is called bilateral."""
-BILATERAL_FRACTION = 0.15
+SADDLE_RIGHT_MM = 10.0
+SADDLE_LEFT_MM = 4.5
+"""A central embolus reaching at least this far right and this far left of the bifurcation
+(patient x) straddles it: a saddle embolus, called bilateral. The left main artery climbs
+before it turns left, so a saddle embolus reaches less far left than right."""
 MAX_FINDINGS = 8
 POLYGON_POINTS = 32
 
 BoolVolume = npt.NDArray[np.bool_]
 FloatVolume = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Probability that a candidate component is an embolus, from its probability mass (the
+    sum of its voxels' embolus probabilities, in mL): ``sigmoid(intercept + slope *
+    ln(mass_ml + MASS_FLOOR_ML))``, fitted on the validation split (Platt scaling).
+
+    The network's voxel probabilities saturate at 1.0 on true and false candidates alike, so
+    their peak cannot rank or threshold findings; the mass grows with how much of an artery
+    the network is sure is occluded, and ranks studies as well as the peak does."""
+
+    intercept: float
+    slope: float
+
+    def probability(self, mass_ml: float) -> float:
+        z = self.intercept + self.slope * math.log(max(mass_ml, 0.0) + MASS_FLOOR_ML)
+        return float(1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0))))
+
+
+def fit_calibration(
+    masses_ml: npt.ArrayLike, is_embolus: npt.ArrayLike, ridge: float = 1e-3
+) -> Calibration:
+    """Logistic regression of ``is_embolus`` on ln(mass + floor) (Newton's method, with a
+    small ridge so that separable data still gives finite weights)."""
+    x = np.log(np.asarray(masses_ml, dtype=np.float64) + MASS_FLOOR_ML)
+    y = np.asarray(is_embolus, dtype=np.float64)
+    if x.shape != y.shape or len(x) < 2 or y.min() == y.max():
+        raise ValueError("calibration needs candidates that are emboli and ones that are not")
+    design = np.stack([np.ones_like(x), x], axis=1)
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ w, -50.0, 50.0)))
+        gradient = design.T @ (p - y) + ridge * w
+        hessian = (design * (p * (1.0 - p))[:, None]).T @ design + ridge * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    return Calibration(intercept=float(w[0]), slope=float(w[1]))
 
 
 @dataclass(frozen=True)
@@ -60,6 +109,11 @@ class Embolus:
     """One suspected embolus on the input grid."""
 
     probability: float
+    """Calibrated (``Calibration``), or the peak voxel probability when there is none."""
+    peak: float
+    """Highest voxel embolus probability in the component."""
+    mass_ml: float
+    """Sum of the component's voxel embolus probabilities times the voxel volume."""
     centre_voxel: tuple[float, float, float]
     level: Level
     in_trunk: bool
@@ -120,30 +174,58 @@ def artery_zone(prob: FloatVolume) -> BoolVolume:
     return zone
 
 
-def study_probability(prob: FloatVolume, zone: BoolVolume) -> float:
-    """Highest embolus probability inside the artery zone (0 when there is no zone)."""
+def study_probability(
+    prob: FloatVolume, zone: BoolVolume, calibration: Calibration | None = None
+) -> float:
+    """Probability that the study shows an embolus: the most probable candidate component
+    in the artery zone (``calibration`` of its mass; a study without candidates gets the
+    calibrated probability of zero mass). Without a calibration, the highest voxel embolus
+    probability in the zone. 0 when there is no zone."""
     if not zone.any():
         return 0.0
-    return float(np.clip(prob[CLOT][zone].max(), 0.0, 1.0))
+    if calibration is None:
+        return float(np.clip(prob[CLOT][zone].max(), 0.0, 1.0))
+    labels, n = ndimage.label((prob[CLOT] >= VOXEL_THRESHOLD) & zone)
+    masses = component_masses(prob[CLOT], labels, n)
+    return calibration.probability(float(masses.max()) if n else 0.0)
 
 
-def level_of(radius_mm: float, in_trunk: bool) -> Level:
-    if in_trunk or radius_mm >= CENTRAL_RADIUS_MM:
+def component_masses(
+    clot: FloatVolume, labels: npt.NDArray[np.int32], n: int
+) -> npt.NDArray[np.float64]:
+    """Probability mass (mL) of components 1..n of ``labels``."""
+    sums = np.asarray(ndimage.sum(clot, labels, np.arange(1, n + 1)), dtype=np.float64)
+    return sums * (MODEL_SPACING_MM**3 / 1000.0)
+
+
+def bifurcation_gap(x: npt.NDArray[np.float64], reference_x: float) -> float:
+    """Patient-x distance from the bifurcation to the nearest voxel of an embolus (0 when it
+    spans the bifurcation)."""
+    lo, hi = float(x.min()) - reference_x, float(x.max()) - reference_x
+    return 0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi))
+
+
+def level_of(radius_mm: float, in_trunk: bool, gap_mm: float = math.inf) -> Level:
+    """Central (trunk or main artery), lobar or segmental from the lumen radius at the
+    embolus, whether it lies in the trunk and its distance to the bifurcation."""
+    if in_trunk or gap_mm <= NEAR_BIFURCATION_MM or radius_mm >= CENTRAL_RADIUS_MM:
         return "central"
     return "lobar" if radius_mm >= LOBAR_RADIUS_MM else "segmental"
 
 
-def side_of(x: npt.NDArray[np.float64], level: Level, reference_x: float) -> Side | None:
-    """Side of an embolus from its voxels' patient x and the bifurcation's."""
-    if level != "central":
-        return "left" if float(x.mean()) > reference_x else "right"
-    right = float(np.mean(x < reference_x - SIDE_MARGIN_MM))
-    left = float(np.mean(x > reference_x + SIDE_MARGIN_MM))
-    if right >= BILATERAL_FRACTION and left >= BILATERAL_FRACTION:
-        return "both"
-    if max(right, left) < BILATERAL_FRACTION:
-        return None
-    return "left" if left > right else "right"
+def side_of(
+    x: npt.NDArray[np.float64], level: Level, reference_x: float, in_trunk: bool = False
+) -> Side | None:
+    """Side of an embolus from its voxels' patient x and the bifurcation's: bilateral for a
+    central embolus straddling the bifurcation, None for one confined to the trunk."""
+    right_reach = reference_x - float(x.min())
+    left_reach = float(x.max()) - reference_x
+    if level == "central":
+        if right_reach >= SADDLE_RIGHT_MM and left_reach >= SADDLE_LEFT_MM:
+            return "both"
+        if in_trunk:
+            return None
+    return "left" if float(np.median(x)) > reference_x else "right"
 
 
 def _to_input(
@@ -201,19 +283,25 @@ def find_emboli(
     input_shape: tuple[int, int, int],
     affine: npt.NDArray[np.float64],
     threshold: float,
+    calibration: Calibration | None = None,
     max_findings: int = MAX_FINDINGS,
 ) -> list[Embolus]:
-    """Embolus components touching the artery zone whose peak reaches ``threshold``, strongest
-    first, with level (lumen radius), side (against the bifurcation), mask and outline."""
+    """Candidate components (voxels >= ``VOXEL_THRESHOLD`` touching the artery zone) whose
+    probability (``calibration`` of their mass, else their peak) reaches ``threshold``, most
+    probable first, with level, side, mask and outline."""
     clot = prob[CLOT]
-    candidates = (clot >= min(VOXEL_THRESHOLD, threshold)) & zone
+    candidates = (clot >= VOXEL_THRESHOLD) & zone
     labels, n = ndimage.label(candidates)
     if n == 0:
         return []
     index = np.arange(1, n + 1)
-    peaks = np.asarray(ndimage.maximum(clot, labels, index), dtype=np.float64)
-    keep = peaks >= threshold
-    order = [int(i) for i in index[keep][np.argsort(-peaks[keep], kind="stable")]]
+    peaks = np.clip(np.asarray(ndimage.maximum(clot, labels, index), dtype=np.float64), 0, 1)
+    masses = component_masses(clot, labels, n)
+    probabilities = (
+        peaks if calibration is None else np.array([calibration.probability(m) for m in masses])
+    )
+    keep = probabilities >= threshold
+    order = [int(i) for i in index[keep][np.argsort(-probabilities[keep], kind="stable")]]
     lumen = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5) | candidates
     radius = ndimage.distance_transform_edt(lumen) * MODEL_SPACING_MM
     boxes = ndimage.find_objects(labels)
@@ -226,9 +314,10 @@ def find_emboli(
         grown = ndimage.binary_dilation(component, iterations=1)
         radius_mm = float(radius[box][grown].max())
         in_trunk = float(trunk.mask[box][component].mean()) >= 0.5
-        level = level_of(radius_mm, in_trunk)
         points = np.argwhere(component).astype(np.float64) + [b.start for b in box]
-        side = side_of(_to_lps(points, grid, affine)[:, 0], level, trunk.bifurcation_x_lps)
+        x = _to_lps(points, grid, affine)[:, 0]
+        level = level_of(radius_mm, in_trunk, bifurcation_gap(x, trunk.bifurcation_x_lps))
+        side = side_of(x, level, trunk.bifurcation_x_lps, in_trunk)
         weights = clot[box][component]
         centre = grid.to_input((points * weights[:, None]).sum(0) / weights.sum())
         mask = _to_input(component, box, grid, input_shape)
@@ -240,7 +329,9 @@ def find_emboli(
             k = int(ks[np.argmin(np.abs(ks - centre[0]))])
         found.append(
             Embolus(
-                probability=float(np.clip(peaks[label - 1], 0.0, 1.0)),
+                probability=float(probabilities[label - 1]),
+                peak=float(peaks[label - 1]),
+                mass_ml=float(masses[label - 1]),
                 centre_voxel=(float(centre[0]), float(centre[1]), float(centre[2])),
                 level=level,
                 in_trunk=in_trunk,

@@ -3,9 +3,6 @@ manifest-only model running through a rule in a real router to an SR read back."
 
 from __future__ import annotations
 
-import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +44,6 @@ from algorithms.manifest.schema import (
 from algorithms.registry import Registry
 from dicom_sr.read import read_measurement_report
 from router.check_config import check_config_file
-from router.service import wait_for
 from tests.algorithms.manifest_support import (
     EXAMPLES,
     SEGMENTER_MANIFEST,
@@ -59,8 +55,8 @@ from tests.algorithms.manifest_support import (
 )
 from tests.conftest import StartRouter
 from tests.dicom_tools import make_ct_slices, run_dciodvfy
-from tests.orthanc import free_port
-from tests.router.test_pipeline import DCMTK_ENV, storescu, study_uid_of, wait_state
+from tests.router.test_pipeline import storescu, study_uid_of, wait_state
+from tests.storescp import ReceivingPacs
 
 VENDOR = example_builder()
 
@@ -577,33 +573,16 @@ def test_series_outside_accepts_are_not_assessed_with_the_reason(vendor_dir: Pat
 # End to end: a manifest-only model through a rule in a running router
 
 
-@pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port = free_port()
-    received = tmp_path / "received"
-    received.mkdir()
-    process = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)],
-        env=DCMTK_ENV,
-    )
-    try:
-        yield port, received
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_a_manifest_only_model_runs_through_a_rule_to_an_sr(
-    vendor_dir: Path, tmp_path: Path, start_router: StartRouter, storescp: tuple[int, Path]
+    vendor_dir: Path, tmp_path: Path, start_router: StartRouter, storescp: ReceivingPacs
 ) -> None:
-    port, received = storescp
     yaml_text = (
         "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
         f"model_dirs: [{vendor_dir}]\n"
         "destinations:\n"
-        f"  pacs: {{ae_title: STORESCP, host: 127.0.0.1, port: {port}, timeout_s: 5}}\n"
+        f"  pacs: {storescp.destination_yaml(timeout_s=5)}\n"
         "completion: {settle_after_release_s: 0.2, series_idle_s: 3, study_idle_s: 10, "
         "hard_cap_s: 60}\n"
         "rules:\n"
@@ -630,13 +609,7 @@ def test_a_manifest_only_model_runs_through_a_rule_to_an_sr(
     view = wait_state(router, study_uid, {"done", "attention"}, timeout_s=120)
     assert view["state"] == "done", view
     assert view["jobs"][0]["verdict"] == "present"
-
-    def sr_files() -> list[Path]:
-        files = [pydicom.dcmread(p, stop_before_pixels=True) for p in received.iterdir()]
-        return [Path(str(ds.filename)) for ds in files if ds.Modality == "SR"]
-
-    assert wait_for(lambda: len(sr_files()) == 1, 30)
-    (sr_path,) = sr_files()
+    (sr_path,) = storescp.wait_for("SR", {study_uid}, timeout_s=30)[study_uid]
     assert run_dciodvfy(sr_path).errors == []
     report = read_measurement_report(pydicom.dcmread(sr_path))
     assert report.verdict is Verdict.PRESENT and report.study_instance_uid == study_uid

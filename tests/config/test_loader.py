@@ -397,8 +397,8 @@ def test_check_algorithms_without_source_has_no_lines() -> None:
 
 def test_default_config_loads_and_is_clean() -> None:
     config = load_default_config()
-    assert check_algorithms(config, {"lung_nodule", "ms_lesion"}) == []
-    assert [r.run for r in config.rules] == ["lung_nodule", "lung_nodule", "ms_lesion"]
+    assert check_algorithms(config, {"lung_nodule", "ms_lesion", "pe"}) == []
+    assert [r.run for r in config.rules] == ["pe", "lung_nodule", "lung_nodule", "ms_lesion"]
     assert config.node.ae_title == "RADROUTER"
     assert config.node.port == 11112
     assert config.node.bind == "0.0.0.0"
@@ -406,7 +406,11 @@ def test_default_config_loads_and_is_clean() -> None:
     assert str(config.storage.data_dir) == "var"
     pacs = config.destinations["pacs"]
     assert (pacs.ae_title, pacs.host, pacs.port) == ("ORTHANC", "127.0.0.1", 4242)
-    rule = config.rules[0]
+    pe = config.rules[0]
+    assert (pe.name, pe.priority, pe.continue_) == ("contrast-chest-ct-pe", Priority.STAT, True)
+    (pe_flag,) = config.worklist.priority_policy["pe"]
+    assert pe_flag.raise_to is Priority.STAT
+    rule = config.rules[1]
     assert rule.name == "chest-ct-lung-nodules"
     assert rule.run == "lung_nodule"
     assert rule.priority is Priority.ROUTINE
@@ -429,6 +433,12 @@ def test_default_spells_out_the_schema_defaults() -> None:
                 "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242},
             },
             "rules": [r.model_dump(by_alias=True) for r in shipped.rules],
+            "worklist": {
+                "priority_policy": {
+                    name: [flag.model_dump(by_alias=True) for flag in flags]
+                    for name, flags in shipped.worklist.priority_policy.items()
+                }
+            },
         }
     )
     assert shipped == schema

@@ -210,6 +210,73 @@ def test_a_clot_across_the_bifurcation_is_central_and_bilateral() -> None:
     assert embolus.level == "central" and embolus.side == "both"
 
 
+def test_level_comes_from_the_lumen_radius_and_the_distance_to_the_bifurcation() -> None:
+    assert postprocess.level_of(3.0, in_trunk=True) == "central"
+    assert postprocess.level_of(10.0, in_trunk=False) == "central"
+    assert postprocess.level_of(7.0, in_trunk=False) == "lobar"
+    assert postprocess.level_of(7.0, in_trunk=False, gap_mm=4.0) == "central"
+    assert postprocess.level_of(7.0, in_trunk=False, gap_mm=12.0) == "lobar"
+    assert postprocess.level_of(3.5, in_trunk=False) == "segmental"
+    x = np.array([10.0, 14.0, 20.0])
+    assert postprocess.bifurcation_gap(x, 0.0) == 10.0
+    assert postprocess.bifurcation_gap(x, 30.0) == 10.0
+    assert postprocess.bifurcation_gap(x, 12.0) == 0.0
+
+
+def test_side_of_a_central_embolus_needs_reach_to_both_sides_for_a_saddle() -> None:
+    saddle = np.linspace(-22.0, 6.0, 30)
+    assert postprocess.side_of(saddle, "central", 0.0) == "both"
+    right_main = np.linspace(-40.0, 2.0, 30)  # reaches across by the artery's radius only
+    assert postprocess.side_of(right_main, "central", 0.0) == "right"
+    left_main = np.linspace(-3.0, 25.0, 30)
+    assert postprocess.side_of(left_main, "central", 0.0) == "left"
+    assert postprocess.side_of(np.linspace(-3.0, 3.0, 9), "central", 0.0, in_trunk=True) is None
+    assert postprocess.side_of(np.linspace(-60.0, -50.0, 9), "lobar", 0.0) == "right"
+    assert postprocess.side_of(saddle, "segmental", 0.0) == "right"  # median x decides
+
+
+def test_calibration_is_fitted_by_logistic_regression_on_the_mass() -> None:
+    truth = postprocess.Calibration(intercept=1.0, slope=2.0)
+    rng = np.random.default_rng(0)
+    masses = np.exp(rng.uniform(np.log(0.02), np.log(10.0), 4000))
+    labels = rng.uniform(size=masses.size) < [truth.probability(m) for m in masses]
+    fitted = postprocess.fit_calibration(masses, labels)
+    assert fitted.intercept == pytest.approx(1.0, abs=0.2)
+    assert fitted.slope == pytest.approx(2.0, abs=0.2)
+    probabilities = [fitted.probability(m) for m in (0.0, 0.1, 1.0, 10.0)]
+    assert probabilities == sorted(probabilities) and 0.0 < probabilities[0] < probabilities[-1] < 1
+    with pytest.raises(ValueError, match="emboli"):
+        postprocess.fit_calibration([0.1, 0.2], [True, True])
+
+
+def test_calibrated_probabilities_rank_components_by_mass() -> None:
+    shape = (40, 48, 48)
+    prob = _prob_maps(shape)
+    prob[postprocess.CLOT, 21:23, 25:27, 8:12] = 1.0  # 16 voxels, 0.128 mL
+    prob[postprocess.CLOT, 12:16, 22:26, 26:30] = 1.0  # 64 voxels in the trunk, 0.512 mL
+    grid = preprocess.ModelGrid(origin=(0.0, 0.0, 0.0), step=(1.0, 1.0, 1.0), shape=shape)
+    affine = np.array([[0, 0, 2.0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    trunk = postprocess.locate_trunk(prob, np.full(shape, 250.0, np.float32), grid, affine)
+    assert trunk is not None
+    zone = postprocess.artery_zone(prob)
+    calibration = postprocess.Calibration(intercept=0.5, slope=1.5)
+    p_large, p_small = calibration.probability(0.512), calibration.probability(0.128)
+    assert postprocess.study_probability(prob, zone, calibration) == pytest.approx(p_large)
+    assert postprocess.study_probability(prob, zone) == 1.0  # saturated peaks tell nothing
+    found = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, 0.0, calibration)
+    assert [e.probability for e in found] == pytest.approx([p_large, p_small])
+    assert [e.mass_ml for e in found] == pytest.approx([0.512, 0.128])
+    assert found[0].in_trunk and found[0].level == "central" and found[1].level == "segmental"
+    between = (p_large + p_small) / 2
+    (only,) = postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, between, calibration)
+    assert only.probability == pytest.approx(p_large)
+    empty = np.zeros_like(prob)
+    empty[1:] = prob[1:]
+    assert postprocess.study_probability(empty, zone, calibration) == pytest.approx(
+        calibration.probability(0.0)
+    )
+
+
 def test_auc_and_youden_threshold() -> None:
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auc([0.5], [0.5]) == 0.5
