@@ -305,6 +305,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def test_page_orders_studies_shows_flags_and_stores_feedback_in_a_browser(
     start_router: StartRouter, tmp_path: Path, browser: Any
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -331,7 +332,9 @@ def test_page_orders_studies_shows_flags_and_stores_feedback_in_a_browser(
     notify(router, d, Priority.STAT, raised=True, reason="AI: dark region 19 mm, right, p=0.90")
 
     browser.get(f"http://127.0.0.1:{router.http_port}/worklist")
-    wait = WebDriverWait(browser, 20)
+    # The page re-renders the list when it changes: an element read between two renders is
+    # stale, and the wait simply looks again.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")) == 4)
     rows = browser.find_elements(By.CSS_SELECTOR, "#worklist tbody tr")
 
