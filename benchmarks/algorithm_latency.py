@@ -88,10 +88,20 @@ def _pe_example() -> StudyInput:
     return make_study(ct)
 
 
+def _fracture_example() -> StudyInput:
+    """A detector-size synthetic radiograph (2500 pixels on the long side) of a fractured
+    long bone, made by the plugin's own generator."""
+    from algorithms.fracture.evaluate import make_study
+    from algorithms.fracture.synth import generate_radiograph
+
+    return make_study(generate_radiograph(7, fracture=True, size=2500))
+
+
 BUILT_IN_FACTORIES: dict[str, InputFactory] = {
     "lung_nodule": _lung_nodule_example,
     "ms_lesion": _ms_lesion_example,
     "pe": _pe_example,
+    "fracture": _fracture_example,
 }
 """For plugins with a synthetic generator but no ``example_input()`` yet."""
 

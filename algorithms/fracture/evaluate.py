@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -84,6 +85,8 @@ class ImageOutcome:
     """The plugin's verdict at the model card's operating point."""
     seconds: float
     """The plugin's run time."""
+    reason: str = ""
+    """The plugin's reason when it did not assess the image."""
 
 
 def boxes_at(
@@ -110,6 +113,7 @@ def score(
         boxes=boxes,
         verdict=result.verdict,
         seconds=seconds,
+        reason=result.reason if result.verdict is Verdict.NOT_ASSESSED else "",
     )
 
 
@@ -149,12 +153,22 @@ def localisation(outcomes: list[ImageOutcome], threshold: float) -> Localisation
 
 
 def report(outcomes: list[ImageOutcome], operating_point: float) -> str:
-    positives = [o for o in outcomes if o.truths]
-    negatives = [o for o in outcomes if not o.truths]
+    # Images the plugin refuses (e.g. a matrix under 256 pixels) get no probability: they are
+    # counted here, not scored as 0, which would call every refused fracture a miss.
+    refused = [o for o in outcomes if o.verdict is Verdict.NOT_ASSESSED]
+    reasons: dict[str, int] = defaultdict(int)
+    for o in refused:
+        reasons[re.sub(r"\d+", "N", o.reason)] += 1  # group matrix sizes etc.
+    assessed = [o for o in outcomes if o.verdict is not Verdict.NOT_ASSESSED]
+    positives = [o for o in assessed if o.truths]
+    negatives = [o for o in assessed if not o.truths]
     auc = roc_auc([o.probability for o in positives], [o.probability for o in negatives])
     lines = [
-        f"images: {len(outcomes)} ({len(positives)} with fracture, {len(negatives)} without), "
-        f"fractures: {sum(len(o.truths) for o in positives)}",
+        f"not assessed by the plugin: {len(refused)} "
+        f"({sum(1 for o in refused if o.truths)} with fracture), left out of every figure below",
+        *(f"  {count} x {reason}" for reason, count in sorted(reasons.items())),
+        f"images assessed: {len(assessed)} ({len(positives)} with fracture, "
+        f"{len(negatives)} without), fractures: {sum(len(o.truths) for o in positives)}",
         f"study-level AUC (fracture probability): {auc:.3f}",
         f"box hit: a reported box with IoU >= {HIT_IOU} with the true box; centre hit: the "
         "fracture centre lies inside a reported box",

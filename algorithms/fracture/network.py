@@ -59,14 +59,20 @@ class FractureNet(nn.Module):
 
 
 class ExportModel(nn.Module):
-    """For ONNX: input (N, 1, H, W) in [0, 1]; output (N, 1, H/4, W/4) probabilities."""
+    """For ONNX: input (N, 1, H, W) in [0, 1]; output (N, 1, H/4, W/4) probabilities,
+    sigmoid(scale * logit + shift). The scale and shift (Platt scaling, fitted on validation
+    images after training) keep the probabilities below float32's 1.0, which a network
+    trained with heavily weighted positives otherwise reaches, and make the study-level
+    maximum a calibrated probability; they do not change the ranking of cells or images."""
 
-    def __init__(self, net: FractureNet) -> None:
+    def __init__(self, net: FractureNet, scale: float = 1.0, shift: float = 0.0) -> None:
         super().__init__()
         self.net = net
+        self.scale = float(scale)
+        self.shift = float(shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        return torch.sigmoid(self.net(x) * self.scale + self.shift)
 
 
 def parameter_count(net: nn.Module) -> int:

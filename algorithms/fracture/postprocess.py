@@ -17,6 +17,10 @@ CORE_FRACTION = 0.5
 """A box spans the cells of its component that reach this fraction of the component's peak."""
 MIN_BOX_PX = 4.0
 """Smallest box side, in network input pixels."""
+GROW_FRACTION = 0.5
+"""A region is grown from its cells at or above the threshold through the cells that reach
+this fraction of the threshold (hysteresis), so that one fracture line whose heat dips in
+the middle is one region and one box, not two."""
 
 
 @dataclass(frozen=True)
@@ -85,25 +89,27 @@ def decode(
     threshold: float,
     max_boxes: int = MAX_BOXES,
 ) -> list[Box]:
-    """Connected regions of ``heatmap`` (H, W) at or above ``threshold``, strongest first.
+    """Connected regions of ``heatmap`` (H, W) that reach ``threshold``, strongest first.
 
-    Each region becomes a box around the centres of its cells that reach CORE_FRACTION of
-    its peak, mapped to radiograph pixels and clipped to the image; its probability is the
-    region's peak.
+    A region is an 8-connected set of cells at or above GROW_FRACTION of ``threshold``
+    holding at least one cell at or above ``threshold``. Each region becomes a box around the
+    centres of its cells that reach CORE_FRACTION of its peak, mapped to radiograph pixels
+    and clipped to the image; its probability is the region's peak.
     """
     valid = valid_cells(letterbox, (int(heatmap.shape[0]), int(heatmap.shape[1])))
-    candidates = (heatmap >= threshold) & valid
-    labels, count = ndimage.label(candidates, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
+    grown = (heatmap >= GROW_FRACTION * threshold) & valid
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
+    index = np.unique(labels[(heatmap >= threshold) & valid])
+    index = index[index > 0]
+    if index.size == 0:
         return []
-    index = np.arange(1, count + 1)
     peaks = np.asarray(ndimage.maximum(heatmap, labels, index), dtype=np.float64)
     rows_c = cell_centres(heatmap.shape[0])
     cols_c = cell_centres(heatmap.shape[1])
     in_rows, in_cols = letterbox.input_shape
     boxes: list[Box] = []
-    for label in index[np.argsort(-peaks, kind="stable")][:max_boxes]:
-        peak = float(peaks[label - 1])
+    for k in np.argsort(-peaks, kind="stable")[:max_boxes]:
+        label, peak = int(index[k]), float(peaks[k])
         core = (labels == label) & (heatmap >= CORE_FRACTION * peak)
         ii, jj = np.nonzero(core)
         r0, r1 = float(rows_c[ii.min()]), float(rows_c[ii.max()])

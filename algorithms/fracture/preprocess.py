@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-WORKING_SIZE = 320
+WORKING_SIZE = 448
 """The network sees a WORKING_SIZE x WORKING_SIZE image; the long side of the radiograph
 fills it and the short side is padded (letterbox)."""
 WINDOW_PERCENTILES = (0.5, 99.5)

@@ -33,9 +33,11 @@ MU_LEAD = 0.5
 EDGE_MM = 0.35
 """Width of the soft edge given to fracture lines and fragment boundaries (anti-aliasing)."""
 MIN_GAP_MM = 1.0
-"""Narrowest fracture gap drawn. Thinner hairlines vanish when a 300-430 mm radiograph is
-seen at 320 pixels (1-1.35 mm per pixel); labelling invisible fractures would teach the
-detector to guess."""
+"""Narrowest fracture gap drawn. Thinner hairlines vanish once a 220-430 mm radiograph is
+letterboxed to the detector's working size (448 pixels: 0.5-0.96 mm per pixel); labelling
+invisible fractures would teach the detector to guess."""
+MAX_GAP_MM = 3.0
+"""Widest fracture gap drawn (before any distraction of a displaced fracture)."""
 BOX_MARGIN_MM = 3.0
 """Truth boxes enclose the fracture line(s) on both fragments plus this margin."""
 PATTERNS = ("transverse", "oblique", "spiral", "segmental", "incomplete")
@@ -222,9 +224,10 @@ class _Bone:
         return s, d
 
     def to_image(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image (y, x) mm of bone coordinates (s, d): the inverse of ``local``."""
         ay, ax = self.direction
         d_full = d + self.bow * s * s
-        return (self.origin[0] + s * ay + d_full * ax, self.origin[1] + s * ax - d_full * ay)
+        return (self.origin[0] + s * ay - d_full * ax, self.origin[1] + s * ax + d_full * ay)
 
     def outer_radius(self, s: npt.NDArray[np.float32]) -> tuple[FloatImage, FloatImage]:
         """Outer radius at ``s`` and the metaphysis weight (0 in the shaft, 1 at the end)."""
@@ -398,7 +401,7 @@ def _random_line(rng: np.random.Generator, s0: float, radius: float, pattern: st
         amplitude=amplitude,
         wavelength=wavelength,
         phase=float(rng.uniform(0.0, 2.0 * math.pi)),
-        gap=float(rng.uniform(MIN_GAP_MM, 3.0)),
+        gap=float(rng.uniform(MIN_GAP_MM, MAX_GAP_MM)),
         depth=float(rng.uniform(0.6, 1.0)),
         d_range=(-4.0 * radius, 4.0 * radius),
     )
@@ -420,7 +423,9 @@ def _add_fracture(
         return 0.0, 0.0
     displaced = rng.uniform() < 0.6
     shift_d = float(rng.uniform(-0.7, 0.7)) * r if displaced else float(rng.uniform(-0.4, 0.4))
-    shift_s = float(rng.uniform(-4.0, 3.0)) if displaced else float(rng.uniform(-0.3, 0.5))
+    # An undisplaced fracture never overlaps its fragments: that would close the gap below
+    # MIN_GAP_MM and leave nothing to see.
+    shift_s = float(rng.uniform(-4.0, 3.0)) if displaced else float(rng.uniform(0.0, 0.5))
     angle = math.radians(float(rng.uniform(-18.0, 18.0))) if displaced else 0.0
     main = _random_line(rng, s0, r, pattern if pattern != "segmental" else "transverse")
     bone.lines.append(main)

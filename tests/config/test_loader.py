@@ -18,6 +18,7 @@ from config.loader import (
     parse_config,
 )
 from config.schema import MatchOperator, Priority, RouterConfig
+from router.rules import SeriesFacts, route
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
@@ -397,8 +398,14 @@ def test_check_algorithms_without_source_has_no_lines() -> None:
 
 def test_default_config_loads_and_is_clean() -> None:
     config = load_default_config()
-    assert check_algorithms(config, {"lung_nodule", "ms_lesion", "pe"}) == []
-    assert [r.run for r in config.rules] == ["pe", "lung_nodule", "lung_nodule", "ms_lesion"]
+    assert check_algorithms(config, {"lung_nodule", "ms_lesion", "pe", "fracture"}) == []
+    assert [r.run for r in config.rules] == [
+        "pe",
+        "lung_nodule",
+        "lung_nodule",
+        "ms_lesion",
+        "fracture",
+    ]
     assert config.node.ae_title == "RADROUTER"
     assert config.node.port == 11112
     assert config.node.bind == "0.0.0.0"
@@ -410,6 +417,8 @@ def test_default_config_loads_and_is_clean() -> None:
     assert (pe.name, pe.priority, pe.continue_) == ("contrast-chest-ct-pe", Priority.STAT, True)
     (pe_flag,) = config.worklist.priority_policy["pe"]
     assert pe_flag.raise_to is Priority.STAT
+    (fracture_flag,) = config.worklist.priority_policy["fracture"]
+    assert fracture_flag.raise_to is Priority.URGENT
     rule = config.rules[1]
     assert rule.name == "chest-ct-lung-nodules"
     assert rule.run == "lung_nodule"
@@ -453,3 +462,30 @@ def test_examples_load_and_are_clean(path: Path) -> None:
 
 def test_there_are_examples() -> None:
     assert len(list(EXAMPLES.glob("*.yaml"))) >= 3
+
+
+@pytest.mark.parametrize(
+    ("header", "algorithms"),
+    [
+        ({"Modality": "CR", "BodyPartExamined": "EXTREMITY"}, ["fracture"]),
+        ({"Modality": "DX", "BodyPartExamined": "Lower Leg"}, ["fracture"]),
+        ({"Modality": "CR", "BodyPartExamined": "CHEST"}, []),
+        ({"Modality": "DX", "BodyPartExamined": "KNEE"}, []),
+        (
+            {
+                "Modality": "CT",
+                "BodyPartExamined": "CHEST",
+                "ContrastBolusAgent": "IOHEXOL",
+                "SliceThickness": "1.0",
+            },
+            ["pe", "lung_nodule"],
+        ),
+        ({"Modality": "CT", "BodyPartExamined": "CHEST", "SliceThickness": "1.0"}, ["lung_nodule"]),
+        ({"Modality": "MR", "SeriesDescription": "AX T2 FLAIR"}, ["ms_lesion"]),
+    ],
+)
+def test_the_default_rules_send_each_kind_of_series_to_its_algorithms(
+    header: dict[str, str], algorithms: list[str]
+) -> None:
+    decision = route(load_default_config(), SeriesFacts(header, "PACS", "RADROUTER"))
+    assert [action.run for action in decision.actions] == algorithms

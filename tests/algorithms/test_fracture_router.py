@@ -1,12 +1,8 @@
-"""End to end: radiographs sent to a running router come back as TID 1500 SRs about fractures."""
+"""End to end: radiographs sent to a running router come back as TID 1500 SRs about fractures;
+a suspected fracture raises the study to urgent with the reason."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,31 +11,26 @@ import pytest
 from algorithms import codes
 from algorithms.contract import Verdict
 from algorithms.fracture.evaluate import box_of
-from algorithms.fracture.plugin import FractureDetector
 from algorithms.fracture.postprocess import iou
 from algorithms.fracture.synth import SyntheticRadiograph, generate_radiograph
-from algorithms.registry import Registry
 from dicom_sr.read import ReportSummary, read_measurement_report
 from router.synthetic_dicom import new_patient_study, write_radiograph
 from tests.conftest import StartRouter
 from tests.corpus import pydicom_test_file
 from tests.dicom_tools import run_dciodvfy
-from tests.orthanc import free_port
-
-REGISTRY = Registry({"fracture": FractureDetector})
-"""Incubating: not an entry point yet, so the router gets it explicitly."""
+from tests.router.test_pipeline import storescu, wait_state
+from tests.storescp import ReceivingPacs
 
 pytestmark = pytest.mark.slow
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
-
-def config(destination_port: int) -> str:
+def config(pacs: ReceivingPacs) -> str:
+    """Every radiograph to the fracture detector (the shipped default routes long-bone body
+    parts only), and the default's worklist policy for it."""
     return (
         "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
-        "destinations:\n"
-        f"  pacs: {{ae_title: STORESCP, host: 127.0.0.1, port: {destination_port}, timeout_s: 10}}\n"
+        f"destinations:\n  pacs: {pacs.destination_yaml()}\n"
         "completion: {settle_after_release_s: 0.2, series_idle_s: 3, study_idle_s: 10, hard_cap_s: 60}\n"
         "rules:\n"
         "  - name: radiographs-fracture\n"
@@ -47,52 +38,13 @@ def config(destination_port: int) -> str:
         "    run: fracture\n"
         "    priority: urgent\n"
         "    send_to: [pacs]\n"
+        "worklist:\n"
+        "  priority_policy:\n"
+        "    fracture:\n"
+        "      - when: {finding: Fracture of bone}\n"
+        "        raise_to: urgent\n"
+        "        label: fracture\n"
     )
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A dcmtk storescp standing in for the PACS: (port, folder it writes received files to)."""
-    port = free_port()
-    received = tmp_path / "pacs"
-    received.mkdir()
-    process = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)],
-        env=DCMTK_ENV,
-    )
-    time.sleep(0.3)
-    yield port, received
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=10)
-
-
-def storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["/usr/bin/storescu", "-aet", "PACS", "-aec", "RADROUTER", "127.0.0.1", str(port)]
-        + [str(p) for p in paths],
-        check=True,
-        capture_output=True,
-        env=DCMTK_ENV,
-        timeout=60,
-    )
-
-
-def wait_for_reports(folder: Path, study_uids: set[str], timeout_s: float = 120) -> dict[str, Path]:
-    """Received SR files by StudyInstanceUID, once one has arrived for every study."""
-    found: dict[str, Path] = {}
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for path in folder.iterdir():
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:  # a file still being written
-                continue
-            if ds.get("Modality") == "SR":
-                found[str(ds.StudyInstanceUID)] = path
-        if study_uids <= set(found):
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"SRs for {study_uids - set(found)} did not arrive in {timeout_s} s")
 
 
 def read_report(path: Path) -> ReportSummary:
@@ -116,6 +68,11 @@ def study_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
+def only(reports: dict[str, list[Path]], uid: str) -> Path:
+    (path,) = reports[uid]
+    return path
+
+
 def first_displaced_fracture() -> tuple[int, SyntheticRadiograph]:
     seed = 0
     while True:
@@ -126,17 +83,18 @@ def first_displaced_fracture() -> tuple[int, SyntheticRadiograph]:
 
 
 def test_radiographs_get_an_sr_with_the_fracture_boxed_or_stated_absent(
-    start_router: StartRouter, pacs: tuple[int, Path], tmp_path: Path
+    start_router: StartRouter, storescp: ReceivingPacs, tmp_path: Path
 ) -> None:
     seed, fractured = first_displaced_fracture()
     intact = generate_radiograph(1, fracture=False, size=448)
     positive = write_case(fractured, 7001, tmp_path / "positive")
     negative = write_case(intact, 7002, tmp_path / "negative")
-    router = start_router(config(pacs[0]), registry=REGISTRY)
-    storescu(router.dicom_port, [positive, negative])
+    router = start_router(config(storescp))
+    assert "fracture" in router.service.registry  # the installed entry point
+    storescu(router, [positive, negative])
 
-    reports = wait_for_reports(pacs[1], {study_uid(positive), study_uid(negative)})
-    present = read_report(reports[study_uid(positive)])
+    reports = storescp.wait_for("SR", {study_uid(positive), study_uid(negative)})
+    present = read_report(only(reports, study_uid(positive)))
     assert present.verdict is Verdict.PRESENT, present.reason
     assert present.algorithm_name == "fracture"
     assert present.target.value == codes.FRACTURE.value
@@ -152,23 +110,29 @@ def test_radiographs_get_an_sr_with_the_fracture_boxed_or_stated_absent(
     assert max(overlaps) >= 0.3, f"seed {seed}: boxes {overlaps} miss the fracture {truth}"
     assert present.findings[0].finding_site is not None
 
-    absent = read_report(reports[study_uid(negative)])
+    absent = read_report(only(reports, study_uid(negative)))
     assert absent.verdict is Verdict.ABSENT and absent.findings == ()
     assert "low risk" in absent.reason.lower()
     assert any("not for clinical use" in s.lower() for s in absent.statements)
 
+    (flag,) = wait_state(router, study_uid(positive), {"done"})["flags"]
+    assert flag["priority"] == "urgent" and flag["raised"] == 1
+    assert flag["reason"].startswith("AI: suspected fracture, ")
+    quiet = wait_state(router, study_uid(negative), {"done"})
+    assert all(f["raised"] == 0 for f in quiet["flags"])
+
 
 def test_real_radiographs_go_through_with_a_result_or_not_assessed(
-    start_router: StartRouter, pacs: tuple[int, Path]
+    start_router: StartRouter, storescp: ReceivingPacs
 ) -> None:
     leg = pydicom_test_file("RG3_UNCR.dcm")
     chest = pydicom_test_file("RG1_UNCR.dcm")
-    router = start_router(config(pacs[0]), registry=REGISTRY)
-    storescu(router.dicom_port, [leg, chest])
+    router = start_router(config(storescp))
+    storescu(router, [leg, chest])
 
-    reports = wait_for_reports(pacs[1], {study_uid(leg), study_uid(chest)})
-    chest_report = read_report(reports[study_uid(chest)])
+    reports = storescp.wait_for("SR", {study_uid(leg), study_uid(chest)})
+    chest_report = read_report(only(reports, study_uid(chest)))
     assert chest_report.verdict is Verdict.NOT_ASSESSED
     assert "not a long-bone radiograph" in chest_report.reason
-    leg_report = read_report(reports[study_uid(leg)])
+    leg_report = read_report(only(reports, study_uid(leg)))
     assert leg_report.verdict in (Verdict.PRESENT, Verdict.ABSENT)

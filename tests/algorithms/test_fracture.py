@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from algorithms import codes
@@ -22,12 +25,13 @@ from algorithms.fracture.synth import (
     SyntheticRadiograph,
     _Bone,
     _bone_image,
+    _fracture_points,
     _Line,
     _Rigid,
     generate_radiograph,
 )
 from router.volume import load_series
-from tests.corpus import pydicom_test_file
+from tests.corpus import pydicom_data_files, pydicom_test_file
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,60 @@ def test_a_fracture_line_is_a_lucent_gap_across_the_bone() -> None:
     assert intact[:, :40].max() == 0.0
 
 
+def _bowed_oblique_bone() -> _Bone:
+    return _Bone(
+        name="tibia",
+        origin=(80.0, 80.0),
+        direction=(math.cos(0.5), math.sin(0.5)),
+        radius=10.0,
+        cortex=3.0,
+        taper=0.0,
+        bow=4e-4,
+        depth_scale=1.0,
+        end_s=None,
+        flare=0.5,
+        flare_len=20.0,
+    )
+
+
+def test_bone_to_image_is_the_inverse_of_local() -> None:
+    bone = _bowed_oblique_bone()
+    s = np.array([-40.0, 0.0, 5.0, 35.0], dtype=np.float32)
+    d = np.array([6.0, -9.0, 0.0, 2.5], dtype=np.float32)
+    y, x = bone.to_image(s, d)
+    s2, d2 = bone.local(np.asarray(y, np.float32), np.asarray(x, np.float32))
+    np.testing.assert_allclose(s2, s, atol=1e-3)
+    np.testing.assert_allclose(d2, d, atol=1e-3)
+
+
+def test_fracture_truth_points_lie_in_the_drawn_gap() -> None:
+    """The truth line (training target and box) is where the lucent line is drawn, also for an
+    oblique line on a rotated, bowed bone (a mirrored truth would miss it)."""
+    bone = _bowed_oblique_bone()
+    bone.lines.append(_Line(30.0, 0.6, 0.0, 40.0, 0.0, 2.0, 1.0, (-40.0, 40.0)))
+    bone.transforms.append(_Rigid())
+    step = 0.25
+    y, x = np.meshgrid(
+        np.arange(0, 160, step, dtype=np.float32),
+        np.arange(0, 160, step, dtype=np.float32),
+        indexing="ij",
+    )
+    texture = np.zeros_like(y)
+    broken = _bone_image(bone, y, x, texture)
+    ys, xs = _fracture_points(bone)
+    rows = np.rint(ys / step).astype(int)
+    cols = np.rint(xs / step).astype(int)
+    assert len(ys) == 50  # 25 points across the bone, on each of the two fragments
+    inner = np.r_[3:22, 28:47]  # points well inside the bone's outline
+    assert broken[rows[inner], cols[inner]].max() < 0.05
+    # 3 mm along the bone from the line there is bone on both sides.
+    ay, ax = bone.direction
+    for sign in (1.0, -1.0):
+        r2 = np.rint((ys + sign * 3.0 * ay) / step).astype(int)
+        c2 = np.rint((xs + sign * 3.0 * ax) / step).astype(int)
+        assert broken[r2[inner], c2[inner]].min() > 0.1
+
+
 # --- pre- and post-processing ---------------------------------------------------------------
 
 
@@ -204,6 +262,24 @@ def test_decode_turns_heatmap_regions_into_boxes_on_the_radiograph() -> None:
     valid = postprocess.valid_cells(box, (80, 80))
     assert not valid[10, 5] and valid[41, 33]
     assert postprocess.study_probability(heat, valid) == pytest.approx(0.9)
+
+
+def test_decode_keeps_one_fracture_line_with_a_weaker_middle_in_one_box() -> None:
+    image = np.zeros((640, 640), dtype=np.float32)
+    _, box = preprocess.letterbox(image, 320)
+    heat = np.zeros((80, 80), dtype=np.float32)
+    heat[40, 20:26] = 0.8  # one line: strong ends, a dip to 0.35 (>= half of 0.5) between
+    heat[40, 26:30] = 0.35
+    heat[40, 30:36] = 0.9
+    heat[10, 10:14] = 0.4  # a weak region that never reaches the threshold: no box
+    (only,) = postprocess.decode(heat, box, threshold=0.5)
+    centres = postprocess.cell_centres(80)
+    assert only.probability == pytest.approx(0.9)
+    assert only.col_min == pytest.approx(box.to_input(0.0, centres[20])[1])
+    assert only.col_max == pytest.approx(box.to_input(0.0, centres[35])[1])
+    # Below half the threshold the gap splits the line into two regions.
+    heat[40, 26:30] = 0.2
+    assert len(postprocess.decode(heat, box, threshold=0.5)) == 2
 
 
 def test_training_target_marks_the_fracture_line_cells() -> None:
@@ -374,3 +450,43 @@ def test_real_lower_leg_radiograph_is_assessed(detector: FractureDetector, name:
     for finding in result.findings:
         r0, c0, r1, c1 = box_of(finding.region.points)
         assert 0 <= r0 < r1 <= rows - 1 and 0 <= c0 < c1 <= cols - 1
+
+
+def _local_radiograph_files() -> list[tuple[str, str]]:
+    """(path, BodyPartExamined) of every CR and DX file of the installed pydicom-data wheel."""
+    found = []
+    for path in pydicom_data_files():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM (the wheel also holds a few other files)
+            continue
+        if ds.get("Modality") in ("CR", "DX"):
+            found.append((str(path), str(ds.get("BodyPartExamined", ""))))
+    return found
+
+
+def test_every_real_cr_image_of_pydicom_data_gets_a_result_or_not_assessed(
+    detector: FractureDetector,
+) -> None:
+    """Every CR/DX radiograph available offline goes through the plugin without an error:
+    the extremity images (RG3, lossless and lossy JPEG 2000 and uncompressed) get a verdict
+    and a probability, the chest images (RG1) are not assessed because of their body part."""
+    files = _local_radiograph_files()
+    names = {Path(path).name for path, _ in files}
+    expected = {f"RG{n}_{kind}.dcm" for n in (1, 3) for kind in ("UNCR", "UNCI", "J2KR", "J2KI")}
+    assert expected <= names, f"pydicom-data CR files missing: {sorted(expected - names)}"
+    for path, body_part in files:
+        loaded = load_series([Path(path)])
+        result = detector.run(StudyInput("2.25.6", loaded.series))
+        name = Path(path).name
+        if body_part.upper() == "CHEST":
+            assert result.verdict is Verdict.NOT_ASSESSED, name
+            assert "not a long-bone radiograph" in result.reason, name
+            continue
+        assert result.verdict in (Verdict.PRESENT, Verdict.ABSENT), (name, result.reason)
+        assert result.probability is not None and 0.0 <= result.probability <= 1.0, name
+        assert result.reason, name
+        rows, cols = loaded.series.array.shape[1:]
+        for finding in result.findings:
+            r0, c0, r1, c1 = box_of(finding.region.points)
+            assert 0 <= r0 < r1 <= rows - 1 and 0 <= c0 < c1 <= cols - 1, name
