@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 
+from algorithms import onnx_export
 from algorithms.fracture import pipeline, postprocess, preprocess
 from algorithms.fracture.evaluate import roc_auc
 from algorithms.fracture.inference import INPUT_NAME, OUTPUT_NAME
@@ -40,7 +41,6 @@ TRAIN_SEED_BASE = 1_000_000
 """Training images use seeds TRAIN_SEED_BASE + i."""
 VALIDATION_SEED_BASE = 2_000_000
 """Operating-point images use seeds VALIDATION_SEED_BASE + i; evaluation uses 9_000_000 + i."""
-ONNX_OPSET = 17
 DATA_VERSION = 6
 """Bump when the generator or make_example changes, to invalidate cached training images."""
 TARGET_SENSITIVITY = 0.90
@@ -304,33 +304,15 @@ def fit_platt(
 
 def export_onnx(net: FractureNet, path: Path, scale: float = 1.0, shift: float = 0.0) -> None:
     net = with_memory_format(net, torch.contiguous_format)
-    net.eval()
-    model = ExportModel(net, scale, shift)
     size = preprocess.WORKING_SIZE
-    dummy = torch.zeros(1, 1, size, size)
-    axes = {2: "height", 3: "width"}
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        opset_version=ONNX_OPSET,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch", **axes}, OUTPUT_NAME: {0: "batch", **axes}},
-        dynamo=False,
-    )
+    model = ExportModel(net, scale, shift)
+    onnx_export.export(model, path, torch.zeros(1, 1, size, size), INPUT_NAME, OUTPUT_NAME)
 
 
 def check_onnx(net: FractureNet, path: Path, scale: float = 1.0, shift: float = 0.0) -> float:
     """Largest difference between torch and onnxruntime outputs on a random input."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).uniform(size=(1, 1, 320, 256)).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
-    with torch.no_grad():
-        ref = ExportModel(net.eval(), scale, shift)(torch.from_numpy(x)).numpy()
-    return float(np.abs(out - ref).max())
+    return onnx_export.max_difference(ExportModel(net, scale, shift), path, x, INPUT_NAME)
 
 
 def choose_operating_point(positive: list[float], negative: list[float], target: float) -> float:
@@ -476,7 +458,7 @@ def finish(
     meta: dict[str, object] = {
         "model_file": out.name,
         "sha256": digest,
-        "format": f"ONNX opset {ONNX_OPSET}",
+        "format": f"ONNX opset {onnx_export.ONNX_OPSET}",
         "input": {
             "name": INPUT_NAME,
             "layout": "N,1,H,W; the plugin feeds one letterboxed "

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 
+from algorithms import onnx_export
 from algorithms.lung_nodule import preprocess
 from algorithms.lung_nodule.network import (
     DEFAULT_WIDTHS,
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 TRAIN_SEED_BASE = 100_000
 """Training volumes use seeds TRAIN_SEED_BASE + i; evaluation uses seeds far from these."""
-ONNX_OPSET = 17
 FP_MODEL_FILE = "fp_reduction.onnx"
 NODULE_LOSS_WEIGHT = 3000.0
 """Total BCE weight of one nodule's voxels (capped at MAX_VOXEL_WEIGHT per voxel), so that a
@@ -261,32 +261,13 @@ def mine_hard_negatives(net: NoduleUNet, examples: list[Example], limit: int) ->
 
 
 def export_onnx(net: NoduleUNet, path: Path) -> None:
-    net.eval()
-    model = ProbabilityModel(net)
-    dummy = torch.zeros(1, 1, 32, 32, 32)
-    axes = {2: "depth", 3: "height", 4: "width"}
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        opset_version=ONNX_OPSET,
-        input_names=["ct"],
-        output_names=["probability"],
-        dynamic_axes={"ct": {0: "batch", **axes}, "probability": {0: "batch", **axes}},
-        dynamo=False,
-    )
+    onnx_export.export(ProbabilityModel(net), path, torch.zeros(1, 1, 32, 32, 32), "ct")
 
 
 def check_onnx(net: NoduleUNet, path: Path) -> float:
     """Largest difference between torch and onnxruntime on a random input."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).normal(size=(1, 1, 40, 48, 56)).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"ct": x})
-    with torch.no_grad():
-        torch_out = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()
-    return float(np.abs(onnx_out - torch_out).max())
+    return onnx_export.max_difference(ProbabilityModel(net), path, x, "ct")
 
 
 def train(config: TrainConfig, out: Path) -> dict[str, object]:
@@ -353,7 +334,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
     meta: dict[str, object] = {
         "model_file": out.name,
         "sha256": digest,
-        "format": f"ONNX opset {ONNX_OPSET}",
+        "format": f"ONNX opset {onnx_export.ONNX_OPSET}",
         "input": {
             "name": "ct",
             "layout": "N,1,D,H,W (slice, row, column), any size that is a multiple of "

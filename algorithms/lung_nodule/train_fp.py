@@ -36,6 +36,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from algorithms import onnx_export
 from algorithms.lung_nodule import fp_reduction, preprocess
 from algorithms.lung_nodule.network import CLASSIFIER_WIDTHS, CandidateNet, CandidateProbability
 
@@ -54,7 +55,6 @@ OPERATING_FP_PER_SCAN = 0.25
 """The operating threshold written to the model card is the lowest of 0.50, 0.52, ..., 0.98 at
 which the validation scans have at most this many false positives per scan (they are smaller
 than the evaluation's scans, which have about 1.5x as many)."""
-ONNX_OPSET = 17
 VALIDATION_EVERY = 7
 """Every 7th stage-2 scan is held out for validation (reported in the model card)."""
 
@@ -391,7 +391,7 @@ def train_classifier(config: FPConfig, model_path: Path, out: Path) -> dict[str,
         f"{OPERATING_FP_PER_SCAN} false positives per validation scan",
         "model_file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "format": f"ONNX opset {ONNX_OPSET}",
+        "format": f"ONNX opset {onnx_export.ONNX_OPSET}",
         "input": {
             "name": "patch",
             "layout": f"N,{fp_reduction.CHANNELS},{patch},{patch},{patch}: channel 0 the "
@@ -440,32 +440,17 @@ def train_classifier(config: FPConfig, model_path: Path, out: Path) -> dict[str,
 
 
 def export_onnx(net: CandidateNet, path: Path) -> None:
-    net.eval()
     size = fp_reduction.PATCH_SIZE
-    torch.onnx.export(
-        CandidateProbability(net),
-        (torch.zeros(2, fp_reduction.CHANNELS, size, size, size),),
-        str(path),
-        opset_version=ONNX_OPSET,
-        input_names=["patch"],
-        output_names=["probability"],
-        dynamic_axes={"patch": {0: "batch"}, "probability": {0: "batch"}},
-        dynamo=False,
-    )
+    example = torch.zeros(2, fp_reduction.CHANNELS, size, size, size)
+    onnx_export.export(CandidateProbability(net), path, example, "patch", spatial_dynamic=False)
 
 
 def check_onnx(net: CandidateNet, path: Path) -> float:
     """Largest difference between torch and onnxruntime on random input."""
-    import onnxruntime as ort
-
     size = fp_reduction.PATCH_SIZE
     shape = (5, fp_reduction.CHANNELS, size, size, size)
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"patch": x})
-    with torch.no_grad():
-        torch_out = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()
-    return float(np.abs(onnx_out - torch_out).max())
+    return onnx_export.max_difference(CandidateProbability(net), path, x, "patch")
 
 
 def _utc_now() -> str:

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from algorithms import onnx_export
 from algorithms.ms_lesion import preprocess, synth
 from algorithms.ms_lesion.network import (
     DEFAULT_WIDTHS,
@@ -36,7 +37,6 @@ TRAIN_SEED_BASE = 300_000
 EXAMS_PER_PHANTOM = 2
 """Each synthetic brain is scanned twice (different protocol, pose, lesions): anatomy is the
 expensive part of generation."""
-ONNX_OPSET = 17
 DATA_VERSION = 1
 """Bump when make_examples changes, to invalidate cached training data."""
 INTENSITY_QUANTUM = 50.0
@@ -213,30 +213,13 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def export_onnx(net: FlairUNet, path: Path) -> None:
-    model = ProbabilityModel(net).eval()
-    dummy = torch.zeros(2, 1, 64, 64)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        input_names=["flair"],
-        output_names=["probability"],
-        dynamic_axes={"flair": {0: "n", 2: "h", 3: "w"}, "probability": {0: "n", 2: "h", 3: "w"}},
-        opset_version=ONNX_OPSET,
-        dynamo=False,
-    )
+    onnx_export.export(ProbabilityModel(net), path, torch.zeros(2, 1, 64, 64), "flair")
 
 
 def check_onnx(net: FlairUNet, path: Path) -> float:
     """Largest difference between torch and onnxruntime on a random input."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).uniform(0, 2, size=(3, 1, 96, 112)).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"flair": x})
-    with torch.no_grad():
-        torch_out = torch.sigmoid(net.eval()(torch.from_numpy(x))).numpy()
-    return float(np.abs(onnx_out - torch_out).max())
+    return onnx_export.max_difference(ProbabilityModel(net), path, x, "flair")
 
 
 def train(config: TrainConfig, out: Path) -> dict[str, object]:
@@ -304,7 +287,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
     meta: dict[str, object] = {
         "model_file": out.name,
         "sha256": digest,
-        "format": f"ONNX opset {ONNX_OPSET}",
+        "format": f"ONNX opset {onnx_export.ONNX_OPSET}",
         "input": {
             "name": "flair",
             "layout": "N,1,H,W: axial slices on the model grid (rows posterior, columns left), "

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage
 
+from algorithms import onnx_export
 from algorithms.pe import preprocess
 from algorithms.pe.network import DEFAULT_WIDTHS, EmbolusUNet, ProbabilityModel
 from algorithms.pe.synth import PHASES, generate_contrast_chest_ct
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 TRAIN_SEED_BASE = 300_000
 """Training volumes use seeds TRAIN_SEED_BASE + i; validation and test use seeds far away."""
-ONNX_OPSET = 17
 CLOT_LOSS_WEIGHT = 300.0
 """Total BCE weight of one embolus' voxels (capped at 40 per voxel), so that a small
 segmental clot counts about as much as a saddle embolus."""
@@ -293,32 +293,13 @@ def mine_hard_negatives(
 
 
 def export_onnx(net: EmbolusUNet, path: Path) -> None:
-    net.eval()
-    model = ProbabilityModel(net)
-    dummy = torch.zeros(1, 2, 32, 32, 32)
-    axes = {2: "depth", 3: "height", 4: "width"}
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        opset_version=ONNX_OPSET,
-        input_names=["ct"],
-        output_names=["probability"],
-        dynamic_axes={"ct": {0: "batch", **axes}, "probability": {0: "batch", **axes}},
-        dynamo=False,
-    )
+    onnx_export.export(ProbabilityModel(net), path, torch.zeros(1, 2, 32, 32, 32), "ct")
 
 
 def check_onnx(net: EmbolusUNet, path: Path) -> float:
     """Largest difference between torch and onnxruntime on a random input."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).normal(size=(1, 2, 40, 48, 56)).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"ct": x})
-    with torch.no_grad():
-        torch_out = ProbabilityModel(net.eval())(torch.from_numpy(x)).numpy()
-    return float(np.abs(onnx_out - torch_out).max())
+    return onnx_export.max_difference(ProbabilityModel(net), path, x, "ct")
 
 
 def train(config: TrainConfig, out: Path) -> dict[str, object]:
@@ -417,7 +398,7 @@ def model_card(
     return {
         "model_file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "format": f"ONNX opset {ONNX_OPSET}",
+        "format": f"ONNX opset {onnx_export.ONNX_OPSET}",
         "input": {
             "name": "ct",
             "layout": "N,2,D,H,W (slice, row, column), any size that is a multiple of "
