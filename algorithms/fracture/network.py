@@ -73,7 +73,3 @@ class ExportModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(x) * self.scale + self.shift)
-
-
-def parameter_count(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())

@@ -31,9 +31,9 @@ from algorithms.fracture.network import (
     OUTPUT_STRIDE,
     ExportModel,
     FractureNet,
-    parameter_count,
 )
 from algorithms.fracture.synth import generate_radiograph
+from algorithms.unet import parameter_count
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from algorithms.lung_nodule import preprocess
 from algorithms.lung_nodule.network import (
     DEFAULT_WIDTHS,
     NoduleUNet,
-    ProbabilityModel,
 )
 from algorithms.lung_nodule.synth import SyntheticChestCT, generate_chest_ct
 from algorithms.lung_nodule.train_fp import FPConfig, train_classifier
+from algorithms.unet import ProbabilityModel, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
             "type": "3-D U-Net, 2 conv3x3x3+BN+ReLU per level, max-pool down, "
             "transposed-conv up, sigmoid head",
             "widths": list(config.widths),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": parameter_count(net),
             "size_divisor": net.divisor,
         },
         "training": {

@@ -38,7 +38,8 @@ import torch.nn.functional as F  # noqa: N812
 
 from algorithms import onnx_export
 from algorithms.lung_nodule import fp_reduction, preprocess
-from algorithms.lung_nodule.network import CLASSIFIER_WIDTHS, CandidateNet, CandidateProbability
+from algorithms.lung_nodule.network import CLASSIFIER_WIDTHS, CandidateNet
+from algorithms.unet import ProbabilityModel, parameter_count
 
 STAGE2_SEED_BASE = 200_000
 """Stage-2 scans use seeds STAGE2_SEED_BASE + i: unseen by the U-Net, far from evaluation."""
@@ -409,7 +410,7 @@ def train_classifier(config: FPConfig, model_path: Path, out: Path) -> dict[str,
             "type": "3-D CNN: conv3x3x3+BN+ReLU at 1/1, 2 at 1/2, 2 at 1/4 (max-pool "
             "between), 1x1x1 to 16 channels at 1/8, FC 1024-32-1, sigmoid",
             "widths": list(config.widths),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": parameter_count(net),
         },
         "training": {
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
@@ -442,7 +443,7 @@ def train_classifier(config: FPConfig, model_path: Path, out: Path) -> dict[str,
 def export_onnx(net: CandidateNet, path: Path) -> None:
     size = fp_reduction.PATCH_SIZE
     example = torch.zeros(2, fp_reduction.CHANNELS, size, size, size)
-    onnx_export.export(CandidateProbability(net), path, example, "patch", spatial_dynamic=False)
+    onnx_export.export(ProbabilityModel(net), path, example, "patch", spatial_dynamic=False)
 
 
 def check_onnx(net: CandidateNet, path: Path) -> float:
@@ -450,7 +451,7 @@ def check_onnx(net: CandidateNet, path: Path) -> float:
     size = fp_reduction.PATCH_SIZE
     shape = (5, fp_reduction.CHANNELS, size, size, size)
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    return onnx_export.max_difference(CandidateProbability(net), path, x, "patch")
+    return onnx_export.max_difference(ProbabilityModel(net), path, x, "patch")
 
 
 def _utc_now() -> str:

@@ -27,8 +27,8 @@ from algorithms.ms_lesion.network import (
     DEFAULT_WIDTHS,
     OUTPUT_CHANNELS,
     FlairUNet,
-    ProbabilityModel,
 )
+from algorithms.unet import ProbabilityModel, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
             "type": "2-D U-Net, 2 conv3x3+BN+ReLU per level, max-pool down, transposed-conv up, "
             "sigmoid head",
             "widths": list(config.widths),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": parameter_count(net),
             "size_divisor": net.divisor,
         },
         "training": {

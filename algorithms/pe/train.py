@@ -23,8 +23,9 @@ from scipy import ndimage
 
 from algorithms import onnx_export
 from algorithms.pe import preprocess
-from algorithms.pe.network import DEFAULT_WIDTHS, EmbolusUNet, ProbabilityModel
+from algorithms.pe.network import DEFAULT_WIDTHS, EmbolusUNet
 from algorithms.pe.synth import PHASES, generate_contrast_chest_ct
+from algorithms.unet import ProbabilityModel, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,7 @@ def model_card(
             "type": "3-D U-Net, 2 conv3x3x3+BN+ReLU per level, max-pool down, "
             "transposed-conv up, three sigmoid outputs",
             "widths": list(config.widths),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": parameter_count(net),
             "size_divisor": net.divisor,
         },
         "training": {
