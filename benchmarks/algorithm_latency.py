@@ -6,14 +6,10 @@ checks, preprocessing, model, postprocessing), and beside it, from the same runs
 spent inside the model sessions alone (onnxruntime ``InferenceSession.run`` and TorchScript
 session calls, timed by wrapping them in this process) - the bare-model reference.
 
-Inputs come from the algorithm's own factory, looked up in this order:
-1. ``example_input()`` on the plugin class (manifest models have one),
-2. ``example_input()`` in the plugin's module,
-3. ``example_input()`` in the ``synth`` module of the plugin's package,
-4. a factory in this script (``BUILT_IN_FACTORIES``) for plugins that have a generator but
-   no ``example_input()`` yet.
-``example_input()`` takes no arguments and returns a ``StudyInput``. An algorithm without a
-factory is listed as skipped.
+Inputs are synthetic: a manifest model gets a study its manifest accepts
+(``testing.manifest_examples``), a shipped algorithm one from its training generator
+(``BUILT_IN_FACTORIES``, from ``training/<name>/synth.py``). An algorithm without a factory is
+listed as skipped.
 
 Run: ``.venv/bin/python -m benchmarks.algorithm_latency [--runs 10] [--device cpu]
 [--models-dir DIR ...] [--no-examples] [--only NAME ...]``. The example manifest models of
@@ -29,7 +25,6 @@ import importlib.util
 import logging
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +40,7 @@ from algorithms.backends import TorchScriptSession
 from algorithms.contract import StudyInput
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
+from testing.manifest_examples import example_study
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,8 +51,8 @@ InputFactory = Callable[[], StudyInput]
 def _lung_nodule_example() -> StudyInput:
     """A clinical-size synthetic chest CT (300 slices of 1 mm, 512 x 512 at 0.68 mm) with a
     12 mm nodule, made by the plugin's own generator."""
-    from algorithms.lung_nodule.evaluate import make_study
-    from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
+    from training.lung_nodule.evaluate import make_study
+    from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
     shape, spacing = (300, 512, 512), (1.0, 350.0 / 512, 350.0 / 512)
     nodule = NoduleSpec(right_lung_centre_mm(shape, spacing), 12.0)
@@ -66,8 +62,8 @@ def _lung_nodule_example() -> StudyInput:
 def _ms_lesion_example() -> StudyInput:
     """One synthetic brain FLAIR exam (the generator's random protocol for seed 710000, the
     first held-out seed) without a prior, made by the plugin's own generator."""
-    from algorithms.ms_lesion.evaluate import make_study
-    from algorithms.ms_lesion.synth import generate_flair
+    from training.ms_lesion.evaluate import make_study
+    from training.ms_lesion.synth import generate_flair
 
     return make_study(generate_flair(710_000))
 
@@ -75,8 +71,8 @@ def _ms_lesion_example() -> StudyInput:
 def _pe_example() -> StudyInput:
     """A clinical-size synthetic CT pulmonary angiogram (300 slices of 1 mm, 512 x 512 at
     0.68 mm) with a right lobar embolus, made by the plugin's own generator."""
-    from algorithms.pe.evaluate import make_study
-    from algorithms.pe.synth import ClotSpec, generate_contrast_chest_ct
+    from training.pe.evaluate import make_study
+    from training.pe.synth import ClotSpec, generate_contrast_chest_ct
 
     ct = generate_contrast_chest_ct(
         7,
@@ -91,8 +87,8 @@ def _pe_example() -> StudyInput:
 def _fracture_example() -> StudyInput:
     """A detector-size synthetic radiograph (2500 pixels on the long side) of a fractured
     long bone, made by the plugin's own generator."""
-    from algorithms.fracture.evaluate import make_study
-    from algorithms.fracture.synth import generate_radiograph
+    from training.fracture.evaluate import make_study
+    from training.fracture.synth import generate_radiograph
 
     return make_study(generate_radiograph(7, fracture=True, size=2500))
 
@@ -103,23 +99,15 @@ BUILT_IN_FACTORIES: dict[str, InputFactory] = {
     "pe": _pe_example,
     "fracture": _fracture_example,
 }
-"""For plugins with a synthetic generator but no ``example_input()`` yet."""
+"""Synthetic inputs of the shipped algorithms, from their training generators."""
 
 
 def input_factory(plugin: type) -> InputFactory | None:
-    """The synthetic-input factory of ``plugin`` (see the module docstring for the order)."""
-    method = getattr(plugin, "example_input", None)
-    if callable(method):
-        return method  # type: ignore[no-any-return]
-    module = sys.modules.get(plugin.__module__)
-    function = getattr(module, "example_input", None)
-    if callable(function):
-        return function  # type: ignore[no-any-return]
-    package = plugin.__module__.rpartition(".")[0]
-    if package and importlib.util.find_spec(f"{package}.synth") is not None:
-        function = getattr(importlib.import_module(f"{package}.synth"), "example_input", None)
-        if callable(function):
-            return function  # type: ignore[no-any-return]
+    """The synthetic-input factory of ``plugin`` (see the module docstring)."""
+    loaded = getattr(plugin, "loaded_manifest", None)
+    if loaded is not None:
+        manifest = loaded.manifest
+        return lambda: example_study(manifest)
     info = getattr(plugin, "info", None)
     return BUILT_IN_FACTORIES.get(getattr(info, "name", ""))
 

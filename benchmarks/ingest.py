@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router.synthetic_dicom import new_patient_study, write_ct_series
-from tests.orthanc import free_port, running_orthanc
+from testing.orthanc import free_port, running_orthanc
+from testing.synthetic_dicom import new_patient_study, write_ct_series
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -127,7 +127,7 @@ def bare_pynetdicom() -> Iterator[int]:
     """A pynetdicom SCP that stores nothing, with radrouter's PDU size."""
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-    from router.scp import MAX_PDU_BYTES
+    from router.receive.node import MAX_PDU_BYTES
 
     ae = AE("BARE")
     ae.maximum_pdu_size = MAX_PDU_BYTES

@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 from config.loader import parse_config
 from router.service import RouterService, wait_for
-from router.synthetic_dicom import new_patient_study, write_ct_series
-from tests.orthanc import Orthanc, free_port, running_orthanc
-from tests.worklist.listeners import running_hl7_listener
+from testing.listeners import running_hl7_listener
+from testing.orthanc import Orthanc, free_port, running_orthanc
+from testing.synthetic_dicom import new_patient_study, write_ct_series
+from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
 
 def config_text(port: int, orthanc: Orthanc, hl7_port: int) -> str:

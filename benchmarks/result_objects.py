@@ -43,7 +43,7 @@ from dicom_sr import codes
 from dicom_sr.context import ResultVersion, SourceImage, StudyContext
 from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import build_result_objects
-from tests.dicom_tools import make_ct_slices
+from testing.dicom_tools import make_ct_slices
 
 SHAPE = (300, 512, 512)
 SPACING_MM = (1.0, 0.7, 0.7)

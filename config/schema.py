@@ -240,7 +240,7 @@ class AlgorithmSettings(Strict):
     """Run and record the result, but send nothing and raise no worklist flag."""
     priors: PriorsConfig | None = None
     """For follow-up algorithms: find the patient's most recent earlier exam and pass it in
-    ``StudyInput.priors`` (``router.priors``); ``None``: no priors."""
+    ``StudyInput.priors`` (``router.run.priors``); ``None``: no priors."""
 
     @field_validator("thresholds_by_model")
     @classmethod

@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     service = RouterService(config, args.config, data_dir=args.data_dir)
     from config.loader import check_algorithms
-    from router.check_config import check_attribute_names
+    from router.route.check_config import check_attribute_names
 
     problems = check_algorithms(config, service.registry.names()) + check_attribute_names(config)
     if problems:
@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from algorithms.registry import Registry
-    from router.check_config import run_check
+    from router.route.check_config import run_check
 
     outcome = run_check(
         args.file,
@@ -73,7 +73,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from router.dicom_send import FileToSend, Peer, SendError, send_files
+    from router.deliver.dicom_send import FileToSend, Peer, SendError, send_files
 
     paths: list[Path] = []
     for item in args.paths:
@@ -102,7 +102,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _database(args: argparse.Namespace) -> object:
-    from router.db import Database
+    from router.store.database import Database
 
     config = _load(args.config)
     data_dir = (args.data_dir or config.storage.data_dir).resolve()
@@ -110,7 +110,7 @@ def _database(args: argparse.Namespace) -> object:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from router.db import Database
+    from router.store.database import Database
 
     db = _database(args)
     assert isinstance(db, Database)
@@ -166,8 +166,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from router.db import Database
-    from router.dead_letters import requeue_dead
+    from router.deliver.dead_letters import requeue_dead
+    from router.store.database import Database
 
     db = _database(args)
     assert isinstance(db, Database)
@@ -191,8 +191,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_study(args: argparse.Namespace) -> int:
-    from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
-    from router.synthetic_dicom import new_patient_study, write_ct_series
+    from testing.synthetic_dicom import new_patient_study, write_ct_series
+    from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
     shape = (args.slices, args.size, args.size)
     # 0.8 mm pixels: inside the range the reference nodule model was trained on (0.6-0.9 mm).

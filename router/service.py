@@ -16,21 +16,21 @@ from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
 from config.loader import ConfigError, check_algorithms, load_config
 from config.schema import RouterConfig
-from router.api import ApiDependencies, Readiness, create_app
-from router.assembler import Assembler
-from router.check_config import check_attribute_names
-from router.completion import CompletionReason
-from router.db import Database
-from router.dicom_send import send_files
-from router.dispatch import Dispatcher, SendFunction
-from router.ingest import Ingestor, IngestOutcome, Origin, read_header
-from router.jobs import Job, JobQueue
+from router.api.app import ApiDependencies, Readiness, create_app
+from router.assemble.assembler import Assembler
+from router.assemble.completion import CompletionReason
+from router.deliver.dicom_send import send_files
+from router.deliver.dispatch import Dispatcher, SendFunction
+from router.deliver.notify import ChannelFactory, Notifier
 from router.metrics import Metrics
-from router.notify import ChannelFactory, Notifier
-from router.planner import Planner
-from router.scp import AssociationTracker, DicomNode
-from router.spool import Spool
-from router.worker import JobOutcome, JobRunner, WorkerPool
+from router.receive.ingest import Ingestor, IngestOutcome, Origin, read_header
+from router.receive.node import AssociationTracker, DicomNode
+from router.receive.spool import Spool
+from router.route.check_config import check_attribute_names
+from router.route.planner import Planner
+from router.run.job_queue import Job, JobQueue
+from router.run.worker import JobOutcome, JobRunner, WorkerPool
+from router.store.database import Database
 from worklist.channels import channels_from_config
 
 LOGGER = logging.getLogger(__name__)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from algorithms.registry import Registry
 from config.loader import parse_config
 from router.service import RouterService
-from tests.orthanc import Orthanc, free_port, running_orthanc
-from tests.storescp import ReceivingPacs, running_storescp
+from testing.orthanc import Orthanc, free_port, running_orthanc
+from testing.router_process import RouterUnderTest, StartRouter
+from testing.storescp import ReceivingPacs, running_storescp
 
 
 @pytest.fixture(scope="session")
@@ -27,43 +26,6 @@ def storescp(tmp_path: Path) -> Iterator[ReceivingPacs]:
     """A dcmtk storescp standing in for the PACS that results go to."""
     with running_storescp(tmp_path / "pacs") as pacs:
         yield pacs
-
-
-class StartRouter(Protocol):
-    def __call__(
-        self, yaml_text: str, data_dir: Path | None = None, registry: Registry | None = None
-    ) -> RouterUnderTest: ...
-
-
-@dataclass
-class RouterUnderTest:
-    service: RouterService
-    dicom_port: int
-    http_port: int
-
-
-def router_yaml(
-    pacs: Orthanc | None, *, pacs_port: int | None = None, extra: str = "", retry: str = ""
-) -> str:
-    destination = ""
-    send_to = "[]"
-    if pacs is not None or pacs_port is not None:
-        port = pacs_port if pacs_port is not None else pacs.dicom_port  # type: ignore[union-attr]
-        destination = f"destinations:\n  pacs: {{ae_title: ORTHANC, host: 127.0.0.1, port: {port}, timeout_s: 10}}\n"
-        send_to = "[pacs]"
-    return (
-        "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
-        "http: {host: 127.0.0.1, port: 0}\n"
-        f"{destination}"
-        "completion: {settle_after_release_s: 0.3, series_idle_s: 5, study_idle_s: 20, hard_cap_s: 300}\n"
-        f"{retry}"
-        "rules:\n"
-        "  - name: chest-ct-lung-nodules\n"
-        "    when: {Modality: CT, BodyPartExamined: {in: [CHEST, THORAX, LUNG]}, SliceThickness: {max: 3}}\n"
-        "    run: lung_nodule\n"
-        f"    send_to: {send_to}\n"
-        f"{extra}"
-    )
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import pydicom
 import pytest
 
 from algorithms.contract import Verdict
-from algorithms.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 from dicom_sr.read import ReportSummary, read_measurement_report
-from router.synthetic_dicom import new_patient_study, write_ct_series
-from tests.conftest import StartRouter, router_yaml
-from tests.dicom_tools import run_dciodvfy
-from tests.orthanc import Orthanc
+from testing.dicom_tools import run_dciodvfy
+from testing.orthanc import Orthanc
+from testing.router_process import StartRouter, router_yaml
+from testing.synthetic_dicom import new_patient_study, write_ct_series
+from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
 pytestmark = pytest.mark.slow
 

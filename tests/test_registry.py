@@ -9,7 +9,7 @@ import pytest
 from algorithms.contract import Algorithm, AlgorithmInfo
 from algorithms.registry import PluginError, Registry, validate_plugin
 from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime, choose_device
-from tests.plugins import AlwaysNegative, HangingAlgorithm
+from testing.plugins import AlwaysNegative, HangingAlgorithm
 
 
 def test_the_installed_lung_nodule_plugin_is_discovered_and_valid() -> None:
@@ -56,7 +56,7 @@ def test_auto_device_is_cpu_without_cuda_and_explicit_choice_is_kept() -> None:
 
 
 def test_runtime_times_out_a_hanging_model_and_replaces_it() -> None:
-    from tests.test_end_to_end_support import tiny_study
+    from testing.study_inputs import tiny_study
 
     HangingAlgorithm.release.clear()
     runtime = ModelRuntime(Registry({"hanging": HangingAlgorithm}), lambda: {})

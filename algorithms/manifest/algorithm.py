@@ -205,13 +205,6 @@ class ManifestAlgorithm:
             return AlgorithmResult(Verdict.PRESENT, numbered, f"{len(numbered)} finding(s)")
         return AlgorithmResult(Verdict.ABSENT, reason=f"No {target.meaning.lower()} found")
 
-    @classmethod
-    def example_input(cls) -> StudyInput:
-        """A synthetic study this model accepts (for ``benchmarks/algorithm_latency.py``)."""
-        from algorithms.manifest.examples import example_study
-
-        return example_study(cls.loaded_manifest.manifest)
-
 
 def _numbered(findings: list[Finding]) -> tuple[Finding, ...]:
     """Tracking identifiers numbered per finding type: "Lesion 1", "Lesion 2", "Mass 1"."""

@@ -18,9 +18,11 @@ import pytest
 from algorithms import codes
 from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, VolumeGeometry
 from algorithms.fracture import postprocess, preprocess
-from algorithms.fracture.evaluate import box_of, make_study
 from algorithms.fracture.plugin import FractureDetector, check_input
-from algorithms.fracture.synth import (
+from router.run.series_loader import load_series
+from testing.corpus import pydicom_data_files, pydicom_test_file
+from training.fracture.evaluate import box_of, make_study
+from training.fracture.synth import (
     LIMBS,
     SyntheticRadiograph,
     _Bone,
@@ -30,8 +32,6 @@ from algorithms.fracture.synth import (
     _Rigid,
     generate_radiograph,
 )
-from router.volume import load_series
-from tests.corpus import pydicom_data_files, pydicom_test_file
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +283,7 @@ def test_decode_keeps_one_fracture_line_with_a_weaker_middle_in_one_box() -> Non
 
 
 def test_training_target_marks_the_fracture_line_cells() -> None:
-    from algorithms.fracture.train import targets
+    from training.fracture.train import targets
 
     line = np.array([[41.0, 10.0], [41.0, 30.0]], dtype=np.float32)  # row 41 -> cell 10
     heat = targets(line, 160)
@@ -307,7 +307,7 @@ def test_model_card_matches_the_shipped_model() -> None:
 
 def test_synth_and_plugin_do_not_import_torch() -> None:
     code = (
-        "import sys, algorithms.fracture.synth, algorithms.fracture.plugin; "
+        "import sys, training.fracture.synth, algorithms.fracture.plugin; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -10,16 +10,15 @@ import pytest
 
 from algorithms import codes
 from algorithms.contract import Verdict
-from algorithms.fracture.evaluate import box_of
 from algorithms.fracture.postprocess import iou
-from algorithms.fracture.synth import SyntheticRadiograph, generate_radiograph
 from dicom_sr.read import ReportSummary, read_measurement_report
-from router.synthetic_dicom import new_patient_study, write_radiograph
-from tests.conftest import StartRouter
-from tests.corpus import pydicom_test_file
-from tests.dicom_tools import run_dciodvfy
-from tests.router.test_pipeline import storescu, wait_state
-from tests.storescp import ReceivingPacs
+from testing.corpus import pydicom_test_file
+from testing.dicom_tools import run_dciodvfy
+from testing.router_process import StartRouter, storescu, wait_state
+from testing.storescp import ReceivingPacs
+from testing.synthetic_dicom import new_patient_study, write_radiograph
+from training.fracture.evaluate import box_of
+from training.fracture.synth import SyntheticRadiograph, generate_radiograph
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pytest
 from algorithms import codes
 from algorithms.contract import Algorithm, StudyInput, Verdict
 from algorithms.lung_nodule import fp_reduction, inference, postprocess, preprocess
-from algorithms.lung_nodule.evaluate import make_study
 from algorithms.lung_nodule.plugin import LungNoduleDetector, check_input
-from algorithms.lung_nodule.synth import (
+from training.lung_nodule.evaluate import make_study
+from training.lung_nodule.synth import (
     NoduleSpec,
     generate_chest_ct,
     left_lung_centre_mm,
@@ -117,7 +117,7 @@ def test_lung_centre_helpers_are_inside_the_lungs(seed: int) -> None:
 
 def test_synth_and_plugin_do_not_import_torch() -> None:
     code = (
-        "import sys, algorithms.lung_nodule.synth, algorithms.lung_nodule.plugin; "
+        "import sys, training.lung_nodule.synth, algorithms.lung_nodule.plugin; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -43,7 +43,10 @@ from algorithms.manifest.schema import (
 )
 from algorithms.registry import Registry
 from dicom_sr.read import read_measurement_report
-from router.check_config import check_config_file
+from router.route.check_config import check_config_file
+from testing.dicom_tools import make_ct_slices, run_dciodvfy
+from testing.router_process import StartRouter, storescu, study_uid_of, wait_state
+from testing.storescp import ReceivingPacs
 from tests.algorithms.manifest_support import (
     EXAMPLES,
     SEGMENTER_MANIFEST,
@@ -53,10 +56,6 @@ from tests.algorithms.manifest_support import (
     study,
     write_manifest,
 )
-from tests.conftest import StartRouter
-from tests.dicom_tools import make_ct_slices, run_dciodvfy
-from tests.router.test_pipeline import storescu, study_uid_of, wait_state
-from tests.storescp import ReceivingPacs
 
 VENDOR = example_builder()
 

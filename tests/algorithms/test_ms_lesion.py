@@ -19,22 +19,23 @@ import pytest
 
 from algorithms import codes
 from algorithms.contract import Algorithm, Finding, PriorStudy, StudyInput, Verdict
-from algorithms.ms_lesion import change, inputs, preprocess, synth
-from algorithms.ms_lesion.evaluate import (
+from algorithms.ms_lesion import change, inputs, preprocess
+from algorithms.ms_lesion.plugin import MSLesionSegmenter
+from algorithms.ms_lesion.registration import register_rigid
+from dicom_sr.read import read_measurement_report
+from router.service import wait_for
+from testing.dicom_tools import run_dciodvfy
+from testing.mr_dicom import write_mr_series
+from testing.orthanc import free_port
+from testing.router_process import StartRouter
+from testing.synthetic_dicom import new_patient_study
+from training.ms_lesion import synth
+from training.ms_lesion.evaluate import (
     FLAIR_HEADER,
     make_study,
     prior_findings_of,
     series_of,
 )
-from algorithms.ms_lesion.plugin import MSLesionSegmenter
-from algorithms.ms_lesion.registration import register_rigid
-from dicom_sr.read import read_measurement_report
-from router.service import wait_for
-from router.synthetic_dicom import new_patient_study
-from tests.conftest import StartRouter
-from tests.dicom_tools import run_dciodvfy
-from tests.mr_dicom import write_mr_series
-from tests.orthanc import free_port
 
 SEED = 4242
 SMALL_2D = synth.Protocol(
@@ -177,7 +178,7 @@ def test_followup_pair_shares_the_brain_and_records_each_change(
 
 def test_synth_and_plugin_do_not_import_torch() -> None:
     code = (
-        "import sys, algorithms.ms_lesion.synth, algorithms.ms_lesion.plugin; "
+        "import sys, training.ms_lesion.synth, algorithms.ms_lesion.plugin; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

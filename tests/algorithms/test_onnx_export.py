@@ -1,4 +1,4 @@
-"""The training scripts' ONNX export (shared ``algorithms.onnx_export``): every network
+"""The training scripts' ONNX export (shared ``training.onnx_export``): every network
 exports, with dynamic axes where the plugin needs them, and onnxruntime agrees with torch."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from algorithms.fracture import train as fracture_train
-from algorithms.fracture.network import FractureNet
-from algorithms.lung_nodule import train as nodule_train
-from algorithms.lung_nodule import train_fp as candidate_train
-from algorithms.lung_nodule.network import CandidateNet, NoduleUNet
-from algorithms.ms_lesion import train as flair_train
-from algorithms.ms_lesion.network import FlairUNet
-from algorithms.pe import train as pe_train
-from algorithms.pe.network import EmbolusUNet
+from training.fracture import train as fracture_train
+from training.fracture.network import FractureNet
+from training.lung_nodule import train as nodule_train
+from training.lung_nodule import train_fp as candidate_train
+from training.lung_nodule.network import CandidateNet, NoduleUNet
+from training.ms_lesion import train as flair_train
+from training.ms_lesion.network import FlairUNet
+from training.pe import train as pe_train
+from training.pe.network import EmbolusUNet
 
 Exporter = Callable[..., None]
 Checker = Callable[..., float]

@@ -17,9 +17,9 @@ from scipy import ndimage
 from algorithms import codes
 from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, VolumeGeometry
 from algorithms.pe import postprocess, preprocess
-from algorithms.pe.evaluate import auc, make_study, youden_threshold
 from algorithms.pe.plugin import PulmonaryEmbolismDetector, check_input
-from algorithms.pe.synth import (
+from training.pe.evaluate import auc, make_study, youden_threshold
+from training.pe.synth import (
     LOBAR,
     MAIN,
     SEGMENTAL,
@@ -134,7 +134,7 @@ def test_occlusion_starves_the_distal_tree_of_contrast() -> None:
 
 def test_synth_and_plugin_do_not_import_torch() -> None:
     code = (
-        "import sys, algorithms.pe.synth, algorithms.pe.plugin; "
+        "import sys, training.pe.synth, algorithms.pe.plugin; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -12,14 +12,13 @@ import pytest
 
 from algorithms import codes
 from algorithms.contract import Verdict
-from algorithms.pe.synth import ClotSpec, SyntheticContrastCT, generate_contrast_chest_ct
 from dicom_sr.read import ReportSummary, read_measurement_report
 from dicom_sr.read_seg import read_segmentation
-from router.synthetic_dicom import new_patient_study, write_ct_series
-from tests.conftest import StartRouter
-from tests.dicom_tools import run_dciodvfy
-from tests.router.test_pipeline import storescu, study_uid_of, wait_state
-from tests.storescp import ReceivingPacs
+from testing.dicom_tools import run_dciodvfy
+from testing.router_process import StartRouter, storescu, study_uid_of, wait_state
+from testing.storescp import ReceivingPacs
+from testing.synthetic_dicom import new_patient_study, write_ct_series
+from training.pe.synth import ClotSpec, SyntheticContrastCT, generate_contrast_chest_ct
 
 pytestmark = pytest.mark.slow
 

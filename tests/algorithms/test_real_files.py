@@ -11,8 +11,8 @@ import pytest
 
 from algorithms.contract import Algorithm, StudyInput, Verdict
 from algorithms.registry import Registry
-from router.volume import VolumeError, load_series
-from tests.corpus import pydicom_data_files, real_corpus
+from router.run.series_loader import VolumeError, load_series
+from testing.corpus import pydicom_data_files, real_corpus
 
 SHIPPED = ("lung_nodule", "ms_lesion", "pe", "fracture")
 

@@ -25,9 +25,9 @@ from algorithms.backends import (
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
 from algorithms.registry import Registry
 from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
+from testing.plugins import HangingAlgorithm, _info
+from testing.study_inputs import tiny_study
 from tests.algorithms.manifest_support import ROOT, example_builder
-from tests.plugins import HangingAlgorithm, _info
-from tests.test_end_to_end_support import tiny_study
 
 VENDOR = example_builder()
 
@@ -292,11 +292,13 @@ sys.modules["torch"] = None  # as if torch were not installed: `import torch` ra
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
 import router.service  # the router imports without torch
+from testing.manifest_examples import example_study
 registry = Registry.discover(manifest_dirs=[Path(sys.argv[1])])
 runtime = ModelRuntime(registry, lambda: {})
 runtime.warm(["example_ct_bright_lesion", "example_ct_bright_lesion_ts"])
 plugin = registry.plugin("example_ct_bright_lesion")
-outcome = runtime.run("example_ct_bright_lesion", plugin.example_input(), 60.0)
+study = example_study(plugin.loaded_manifest.manifest)
+outcome = runtime.run("example_ct_bright_lesion", study, 60.0)
 print("verdict", outcome.result.verdict.value, outcome.device)
 print("errors", runtime.load_errors())
 """

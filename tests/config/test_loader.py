@@ -18,7 +18,7 @@ from config.loader import (
     parse_config,
 )
 from config.schema import MatchOperator, Priority, RouterConfig
-from router.rules import SeriesFacts, route
+from router.route.matching import SeriesFacts, route
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 

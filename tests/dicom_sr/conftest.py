@@ -27,7 +27,8 @@ from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import ResultObjects, build_result_objects
 from dicom_sr.tid1500 import ResultVersion, SourceImage, StudyContext, build_measurement_report
 from dicom_sr.uids import output_instance_uid, output_series_uid
-from tests.corpus import pydicom_test_file
+from testing.corpus import pydicom_test_file
+from testing.dicom_tools import make_ct_slices
 from tests.dicom_sr.support import (
     BuildObjects,
     BuildReport,
@@ -36,7 +37,6 @@ from tests.dicom_sr.support import (
     geometry_of,
     square_region,
 )
-from tests.dicom_tools import make_ct_slices
 
 N_SLICES = 6
 CT_SHAPE = (N_SLICES, 64, 64)

@@ -15,7 +15,7 @@ from algorithms.contract import AlgorithmInfo, AlgorithmResult, ImageRegion, Vol
 from dicom_sr.context import InstanceReference
 from dicom_sr.result_objects import ResultObjects
 from dicom_sr.tid1500 import ResultVersion, SourceImage, StudyContext
-from tests.dicom_tools import run_dciodvfy
+from testing.dicom_tools import run_dciodvfy
 
 # dciodvfy warnings accepted on every object radrouter writes, and why:
 ACCEPTED_DCIODVFY_WARNINGS = frozenset(

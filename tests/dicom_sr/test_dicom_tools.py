@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom.uid import CTImageStorage
 
-from tests.dicom_tools import make_ct_slices, run_dciodvfy
+from testing.dicom_tools import make_ct_slices, run_dciodvfy
 
 
 def test_make_ct_slices_pass_dciodvfy_without_errors_or_warnings(tmp_path: Path) -> None:

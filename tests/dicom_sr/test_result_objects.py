@@ -25,12 +25,12 @@ from dicom_sr.read_kos import read_key_object_selection
 from dicom_sr.read_seg import read_segmentation
 from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
 from dicom_sr.uids import derive_uid
+from testing.orthanc import Orthanc
 from tests.dicom_sr.support import (
     KOS_PREDECESSOR_DCIODVFY_WARNINGS,
     BuildObjects,
     assert_valid_dicom,
 )
-from tests.orthanc import Orthanc
 
 PRIOR_STUDY_UID = derive_uid("test", "prior study")
 PRIOR_EVIDENCE = (

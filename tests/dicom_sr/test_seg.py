@@ -28,10 +28,10 @@ from dicom_sr.read_seg import read_segment_volumes, read_segmentation
 from dicom_sr.seg import build_segmentation
 from dicom_sr.tracking import finding_tracking
 from dicom_sr.uids import derive_uid
-from tests.corpus import pydicom_test_file
+from testing.corpus import pydicom_test_file
+from testing.dicom_tools import run_dciodvfy
 from tests.dicom_sr.conftest import CT_SHAPE
 from tests.dicom_sr.support import assert_valid_dicom, box_mask, square_region, write_object
-from tests.dicom_tools import run_dciodvfy
 
 SEG_SERIES_UID = derive_uid("test", "seg series")
 

@@ -26,13 +26,13 @@ from dicom_sr.tid1500 import (
     series_description,
 )
 from dicom_sr.uids import derive_uid
+from testing.dicom_tools import run_dciodvfy
 from tests.dicom_sr.support import (
     ACCEPTED_DCIODVFY_WARNINGS,
     BuildReport,
     WriteReport,
     square_region,
 )
-from tests.dicom_tools import run_dciodvfy
 
 VERDICTS = [Verdict.PRESENT, Verdict.ABSENT, Verdict.NOT_ASSESSED]
 

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from router.db import Database
-from tests.dicom_tools import make_ct_slices
-from tests.orthanc import free_port
+from router.store.database import Database
+from testing.dicom_tools import make_ct_slices
+from testing.orthanc import free_port
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
@@ -16,17 +14,24 @@ import pytest
 from algorithms.registry import Registry
 from dicom_sr.read import read_measurement_report
 from router.service import wait_for
-from tests.conftest import RouterUnderTest, StartRouter
-from tests.dicom_tools import make_ct_slices, run_dciodvfy
-from tests.orthanc import free_port
-from tests.plugins import AlwaysNegative, CrashingAlgorithm, HangingAlgorithm
+from testing.dicom_tools import make_ct_slices, run_dciodvfy
+from testing.orthanc import free_port
+from testing.plugins import AlwaysNegative, CrashingAlgorithm, HangingAlgorithm
+from testing.router_process import (
+    DCMTK_ENV,
+    StartRouter,
+    api_get,
+    storescu,
+    study_uid_of,
+    wait_state,
+    write_series,
+)
 
 pytestmark = pytest.mark.slow
 
 TEST_REGISTRY = Registry(
     {"crashing": CrashingAlgorithm, "hanging": HangingAlgorithm, "always_negative": AlwaysNegative}
 )
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def config(run: str, destination_port: int | None = None, extra: str = "") -> str:
@@ -50,57 +55,6 @@ def config(run: str, destination_port: int | None = None, extra: str = "") -> st
         f"    run: {run}\n"
         f"{send_to}{extra}"
     )
-
-
-def write_series(folder: Path, n: int = 8) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in make_ct_slices(n):
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def storescu(router: RouterUnderTest, paths: list[Path], calling: str = "PACS") -> None:
-    subprocess.run(
-        [
-            "/usr/bin/storescu",
-            "-aet",
-            calling,
-            "-aec",
-            "RADROUTER",
-            "127.0.0.1",
-            str(router.dicom_port),
-            *map(str, paths),
-        ],
-        check=True,
-        capture_output=True,
-        env=DCMTK_ENV,
-        timeout=60,
-    )
-
-
-def study_uid_of(paths: list[Path]) -> str:
-    return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
-
-
-def api_get(router: RouterUnderTest, path: str) -> Any:
-    return httpx.get(f"http://127.0.0.1:{router.http_port}{path}", timeout=10).json()
-
-
-def wait_state(
-    router: RouterUnderTest, study_uid: str, states: set[str], timeout_s: float = 60
-) -> dict[str, Any]:
-    view: dict[str, Any] = {}
-
-    def reached() -> bool:
-        nonlocal view
-        view = api_get(router, f"/studies/{study_uid}")
-        return view.get("state") in states
-
-    assert wait_for(reached, timeout_s, 0.1), f"study stuck in {view.get('state')}: {view}"
-    return view
 
 
 def test_crashing_model_fails_the_job_with_its_reason_after_retries(

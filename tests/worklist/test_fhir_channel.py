@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from config.schema import FhirNotifyConfig
-from tests.orthanc import free_port
+from testing.listeners import HttpAnswer, RecordedRequest, running_http_listener
+from testing.orthanc import free_port
 from tests.worklist import support
-from tests.worklist.listeners import HttpAnswer, RecordedRequest, running_http_listener
 from worklist import fhir
 from worklist.channel import DeliveryError
 from worklist.fhir_channel import FhirChannel

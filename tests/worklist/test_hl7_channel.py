@@ -10,9 +10,9 @@ import time
 import pytest
 
 from config.schema import Hl7NotifyConfig
-from tests.orthanc import free_port
+from testing.listeners import Hl7Listener, running_hl7_listener
+from testing.orthanc import free_port
 from tests.worklist import support
-from tests.worklist.listeners import Hl7Listener, running_hl7_listener
 from worklist import codes, hl7, mllp
 from worklist.channel import DeliveryError
 from worklist.hl7_channel import Hl7Channel

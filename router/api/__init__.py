@@ -1,0 +1,1 @@
+"""The HTTP API: study, job and dead-letter views, health, metrics, retries."""

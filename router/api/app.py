@@ -1,0 +1,203 @@
+"""The HTTP API (FastAPI): health, readiness, studies, jobs, dead letters and /metrics."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Response
+
+from router.deliver.result_writer import result_object_paths
+from router.metrics import Metrics
+from router.store.database import Database
+from router.worklist_page.api import create_worklist_router
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApiDependencies:
+    db: Database
+    metrics: Metrics
+    readiness: Callable[[], Readiness]
+    retry_dispatch: Callable[[int | None], int]
+    retry_job: Callable[[int], bool]
+    retry_delivery: Callable[[int | None], int] = lambda _id: 0
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    return {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row needs keys()
+
+
+def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
+    """Everything about one study: state, rule per series, jobs, results, dispatches, timings."""
+    study = db.query_one("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
+    if study is None:
+        return None
+    view = _row(study)
+    view["series"] = [
+        {
+            "series_uid": s["series_uid"],
+            "modality": s["modality"],
+            "series_description": s["series_description"],
+            "instances": s["instance_count"],
+            "rules": [name for name in s["rule_names"].split(",") if name],
+            "route_explanation": s["route_explanation"],
+        }
+        for s in db.query(
+            "SELECT * FROM series WHERE study_uid = ? ORDER BY first_received_at", (study_uid,)
+        )
+    ]
+    view["jobs"] = [
+        _row(j)
+        for j in db.query("SELECT * FROM jobs WHERE study_uid = ? ORDER BY id", (study_uid,))
+    ]
+    for job in view["jobs"]:
+        job["send_to"] = json.loads(job["send_to"])
+    view["results"] = [
+        {**_row(r), "summary": json.loads(r["summary"] or "{}")}
+        for r in db.query("SELECT * FROM results WHERE study_uid = ? ORDER BY id", (study_uid,))
+    ]
+    view["dispatches"] = [
+        _row(d)
+        for d in db.query("SELECT * FROM dispatches WHERE study_uid = ? ORDER BY id", (study_uid,))
+    ]
+    view["flags"] = [
+        _row(f)
+        for f in db.query("SELECT * FROM flags WHERE study_uid = ? ORDER BY id", (study_uid,))
+    ]
+    view["deliveries"] = [
+        _row(d)
+        for d in db.query("SELECT * FROM deliveries WHERE study_uid = ? ORDER BY id", (study_uid,))
+    ]
+    view["timings"] = _timings(view)
+    return view
+
+
+def _timings(view: dict[str, Any]) -> dict[str, float | None]:
+    last_image = view["last_received_at"]
+
+    def since_last_image(at: float | None) -> float | None:
+        return None if at is None or last_image is None else round(at - last_image, 3)
+
+    job_starts = [j["started_at"] for j in view["jobs"] if j["started_at"]]
+    results = [r["created_at"] for r in view["results"]]
+    stored = [
+        d["finished_at"] for d in view["dispatches"] if d["state"] == "done" and d["result_id"]
+    ]
+    model = [j["model_seconds"] for j in view["jobs"] if j["model_seconds"] is not None]
+    return {
+        "last_image_to_complete_s": since_last_image(view["completed_at"]),
+        "last_image_to_first_job_start_s": since_last_image(
+            min(job_starts) if job_starts else None
+        ),
+        "last_image_to_result_written_s": since_last_image(max(results) if results else None),
+        "last_image_to_result_stored_s": since_last_image(max(stored) if stored else None),
+        "model_s": round(sum(model), 3) if model else None,
+        "last_image_to_flag_s": since_last_image(
+            max(f["flagged_at"] for f in view["flags"]) if view["flags"] else None
+        ),
+        "last_image_to_flag_delivered_s": since_last_image(
+            max(delivered) if (delivered := _delivered_at(view)) else None
+        ),
+    }
+
+
+def _list(
+    db: Database, table: str, state: str | None, limit: int, order: str
+) -> list[dict[str, Any]]:
+    """Rows of one stage's table, optionally of one state, newest first, at most 1000."""
+    sql = f"SELECT * FROM {table}"
+    params: tuple[object, ...] = ()
+    if state:
+        sql += " WHERE state = ?"
+        params = (state,)
+    sql += f" ORDER BY {order} LIMIT ?"
+    return [_row(r) for r in db.query(sql, (*params, max(1, min(limit, 1000))))]
+
+
+def _delivered_at(view: dict[str, Any]) -> list[float]:
+    return [d["finished_at"] for d in view["deliveries"] if d["state"] == "done"]
+
+
+def create_app(deps: ApiDependencies) -> FastAPI:
+    app = FastAPI(title="radrouter", version="0.1.0")
+    db = deps.db
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(response: Response) -> dict[str, Any]:
+        readiness = deps.readiness()
+        if not readiness.ready:
+            response.status_code = 503
+        return {"ready": readiness.ready, **readiness.detail}
+
+    @app.get("/studies")
+    def studies(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return _list(db, "studies", state, limit, "last_received_at DESC")
+
+    @app.get("/studies/{study_uid}")
+    def study(study_uid: str) -> dict[str, Any]:
+        view = study_view(db, study_uid)
+        if view is None:
+            raise HTTPException(status_code=404, detail="no such study")
+        return view
+
+    @app.get("/jobs")
+    def jobs(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return _list(db, "jobs", state, limit, "id DESC")
+
+    @app.get("/jobs/{job_id}")
+    def job(job_id: int) -> dict[str, Any]:
+        row = db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise HTTPException(status_code=404, detail="no such job")
+        return _row(row)
+
+    @app.post("/jobs/{job_id}/retry")
+    def retry_job(job_id: int) -> dict[str, Any]:
+        if not deps.retry_job(job_id):
+            raise HTTPException(status_code=409, detail="job is not in state failed")
+        return {"requeued": job_id}
+
+    @app.get("/dispatches")
+    def dispatches(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return _list(db, "dispatches", state, limit, "id DESC")
+
+    @app.post("/dispatches/{dispatch_id}/retry")
+    def retry_dispatch(dispatch_id: int) -> dict[str, Any]:
+        if not deps.retry_dispatch(dispatch_id):
+            raise HTTPException(status_code=409, detail="dispatch is not dead-lettered")
+        return {"requeued": dispatch_id}
+
+    @app.get("/deliveries")
+    def deliveries(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Worklist notifications (HL7, FHIR) and their delivery state."""
+        return _list(db, "deliveries", state, limit, "id DESC")
+
+    @app.post("/deliveries/{delivery_id}/retry")
+    def retry_delivery(delivery_id: int) -> dict[str, Any]:
+        if not deps.retry_delivery(delivery_id):
+            raise HTTPException(status_code=409, detail="delivery is not dead-lettered")
+        return {"requeued": delivery_id}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(deps.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(
+        create_worklist_router(
+            db, segmentations=lambda result_id: result_object_paths(db, result_id, "seg")
+        )
+    )
+    return app

@@ -1,0 +1,129 @@
+"""The assembler stage: watches receiving studies and hands complete ones to the planner."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from config.schema import CompletionConfig
+from router.assemble.completion import (
+    CompletionReason,
+    InstanceGeometry,
+    SeriesState,
+    StudyState,
+    decide_completion,
+)
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Assembler:
+    """Polls (and is woken on association close) to decide completion from stored evidence."""
+
+    def __init__(
+        self,
+        db: Database,
+        completion: Callable[[], CompletionConfig],
+        on_complete: Callable[[str, int, CompletionReason], None],
+    ) -> None:
+        self.db = db
+        self._completion = completion
+        self._on_complete = on_complete
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            config = self._completion()
+            try:
+                self.tick(time.time())
+            except Exception:  # boundary: one bad tick must not stop the stage
+                LOGGER.exception("assembler tick failed")
+            self._wake.wait(config.check_interval_s)
+            self._wake.clear()
+
+    def tick(self, now: float) -> list[str]:
+        """Complete every study that is ready; return their UIDs."""
+        config = self._completion()
+        completed: list[str] = []
+        for row in self.db.query(
+            "SELECT study_uid, revision, first_received_at, last_received_at FROM studies "
+            "WHERE state = 'receiving'"
+        ):
+            state = self._study_state(
+                row["study_uid"], row["first_received_at"], row["last_received_at"]
+            )
+            reason = decide_completion(state, config, now)
+            if reason is None:
+                continue
+            with self.db.transaction() as conn:
+                updated = conn.execute(
+                    "UPDATE studies SET state = 'complete', completed_at = ?, completion_reason = ? "
+                    "WHERE study_uid = ? AND state = 'receiving' AND revision = ?",
+                    (now, reason.value, row["study_uid"], row["revision"]),
+                ).rowcount
+            if not updated:
+                continue  # an instance arrived meanwhile and reopened the study
+            self.db.record_event("study_complete", row["study_uid"], detail=reason.value)
+            LOGGER.info("study complete (%s) revision %d", reason.value, row["revision"])
+            completed.append(row["study_uid"])
+            self._on_complete(row["study_uid"], int(row["revision"]), reason)
+        return completed
+
+    def _study_state(self, study_uid: str, first: float, last: float) -> StudyState:
+        associations = self.db.query(
+            "SELECT a.state, a.closed_at FROM association_studies s "
+            "JOIN associations a ON a.id = s.association_id WHERE s.study_uid = ?",
+            (study_uid,),
+        )
+        closed = [a["closed_at"] for a in associations if a["closed_at"] is not None]
+        open_count = sum(1 for a in associations if a["state"] == "open")
+        series: list[SeriesState] = []
+        # Geometry is only evidence once nothing is still sending: skip the work before that.
+        for s in (
+            []
+            if open_count
+            else self.db.query(
+                "SELECT series_uid, last_received_at FROM series WHERE study_uid = ?", (study_uid,)
+            )
+        ):
+            instances = [
+                InstanceGeometry(
+                    orientation=i["orientation"],
+                    slice_position=i["slice_position"],
+                    images_in_acquisition=i["images_in_acquisition"],
+                    acquisition_number=i["acquisition_number"],
+                    number_of_frames=i["number_of_frames"],
+                )
+                for i in self.db.query(
+                    "SELECT orientation, slice_position, images_in_acquisition, "
+                    "acquisition_number, number_of_frames FROM instances WHERE series_uid = ?",
+                    (s["series_uid"],),
+                )
+            ]
+            series.append(SeriesState(s["last_received_at"], instances))
+        return StudyState(
+            first_received_at=first,
+            last_received_at=last,
+            open_associations=open_count,
+            released_associations=sum(1 for a in associations if a["state"] == "released"),
+            last_closed_at=max(closed) if closed else None,
+            series=series,
+        )

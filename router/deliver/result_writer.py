@@ -1,0 +1,216 @@
+"""The result writer: an algorithm's result -> SR, SEG, KOS on disk -> rows, dispatches, notify.
+
+One writer for every algorithm (``dicom_sr.result_objects``). A re-run after late images
+writes the next version, naming the previous version's objects as predecessors. In shadow
+mode the result is written and recorded but neither dispatched nor notified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+
+from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy
+from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
+from dicom_sr.io import write_dataset
+from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
+from router.deliver.notify import queue_result
+from router.deliver.outcome_codec import result_to_json
+from router.run.job_queue import Job
+from router.run.series_loader import LoadedSeries
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WrittenResult:
+    result_id: int
+    report_path: Path
+    objects: tuple[str, ...]
+    """Kinds written, e.g. ("seg", "sr", "kos")."""
+
+
+@dataclass(frozen=True)
+class PriorEvidence:
+    """What a follow-up result references of the prior exams it was compared with."""
+
+    instances: tuple[InstanceReference, ...] = ()
+    tracking_uids: Mapping[str, str] | None = None
+
+    @classmethod
+    def of(
+        cls, priors: Sequence[PriorStudy], instances: Sequence[InstanceReference]
+    ) -> PriorEvidence:
+        uids = {f.tracking_id: f.tracking_uid for p in priors for f in p.findings}
+        return cls(tuple(instances), uids or None)
+
+
+class ResultWriter:
+    def __init__(self, db: Database, results_dir: Path) -> None:
+        self.db = db
+        self.results_dir = results_dir
+
+    def write(
+        self,
+        job: Job,
+        info: AlgorithmInfo,
+        result: AlgorithmResult,
+        loaded: LoadedSeries | None,
+        *,
+        shadow: bool,
+        prior: PriorEvidence | None = None,
+    ) -> WrittenResult:
+        version = self._next_version(job.study_uid, job.algorithm)
+        if loaded is not None:
+            sources = [
+                SourceImage(s.sop_class_uid, s.sop_instance_uid, s.frame_number)
+                for s in loaded.slices
+            ]
+            header: Dataset = loaded.first_header
+        else:
+            sources, header = self._sources_without_volume(job.series_uid)
+        objects = build_result_objects(
+            result=result,
+            info=info,
+            source_images=sources,
+            study=StudyContext(header),
+            version=version,
+            source_headers=loaded.headers if loaded is not None else (),
+            geometry=loaded.series.geometry if loaded is not None else None,
+            prior_evidence=prior.instances if prior is not None else (),
+            tracking_uids=prior.tracking_uids if prior is not None else None,
+        )
+        folder = self.results_dir / job.study_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for obj in objects.all():
+            path = folder / f"{obj.sop_instance_uid}.dcm"
+            write_dataset(obj.dataset, path)
+            paths[obj.kind.name.lower()] = path
+        with self.db.transaction() as conn:
+            result_id = self._record(conn, job, info, result, objects, paths, shadow)
+            if shadow:
+                LOGGER.info(
+                    "job %d (%s) in shadow mode: result kept, not sent", job.id, job.algorithm
+                )
+            else:
+                for destination in job.send_to:
+                    conn.execute(
+                        "INSERT INTO dispatches (study_uid, result_id, destination, state, "
+                        "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                        (job.study_uid, result_id, destination, time.time()),
+                    )
+                queue_result(conn, job.study_uid, job.id, result_id)
+        return WrittenResult(result_id, paths["sr"], tuple(paths))
+
+    def _next_version(self, study_uid: str, algorithm: str) -> ResultVersion:
+        previous = self.db.query_one(
+            "SELECT id, version_number FROM results WHERE study_uid = ? AND algorithm = ? "
+            "ORDER BY version_number DESC LIMIT 1",
+            (study_uid, algorithm),
+        )
+        if previous is None:
+            return ResultVersion(number=1)
+        written = [
+            InstanceReference(
+                study_uid, r["series_instance_uid"], r["sop_class_uid"], r["sop_instance_uid"]
+            )
+            for r in self.db.query(
+                "SELECT * FROM result_objects WHERE result_id = ? ORDER BY id", (previous["id"],)
+            )
+        ]
+        return successor_version(int(previous["version_number"]), written)
+
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        info: AlgorithmInfo,
+        result: AlgorithmResult,
+        objects: ResultObjects,
+        paths: Mapping[str, Path],
+        shadow: bool,
+    ) -> int:
+        report = objects.report
+        summary = {
+            "shadow": shadow,
+            "outcome": result_to_json(result),
+            "reason": result.reason,
+            "probability": result.probability,
+            "findings": [
+                {
+                    "tracking_id": f.tracking_id,
+                    "probability": round(f.probability, 4),
+                    "measurements": {m.name.meaning: round(m.value, 2) for m in f.measurements},
+                    "qualifiers": {q.name.meaning: q.value.meaning for q in f.qualifiers},
+                }
+                for f in result.findings
+            ],
+            "measurements": {m.name.meaning: round(m.value, 3) for m in result.measurements},
+        }
+        cursor = conn.execute(
+            "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, "
+            "version_number, series_instance_uid, sop_instance_uid, sop_class_uid, path, "
+            "verdict, finding_count, summary, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.study_uid,
+                job.algorithm,
+                info.version,
+                objects.version.number,
+                report.series_instance_uid,
+                report.sop_instance_uid,
+                report.sop_class_uid,
+                str(paths["sr"]),
+                result.verdict.value,
+                len(result.findings),
+                json.dumps(summary),
+                time.time(),
+            ),
+        )
+        result_id = int(cursor.lastrowid or 0)
+        for obj in objects.all():
+            conn.execute(
+                "INSERT INTO result_objects (result_id, kind, sop_class_uid, "
+                "series_instance_uid, sop_instance_uid, series_number, path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result_id,
+                    obj.kind.name.lower(),
+                    obj.sop_class_uid,
+                    obj.series_instance_uid,
+                    obj.sop_instance_uid,
+                    obj.series_number,
+                    str(paths[obj.kind.name.lower()]),
+                ),
+            )
+        return result_id
+
+    def _sources_without_volume(self, series_uid: str) -> tuple[list[SourceImage], Dataset]:
+        rows = self.db.query(
+            "SELECT sop_class_uid, sop_instance_uid, path FROM instances WHERE series_uid = ? "
+            "ORDER BY instance_number, sop_instance_uid",
+            (series_uid,),
+        )
+        sources = [SourceImage(r["sop_class_uid"], r["sop_instance_uid"], None) for r in rows]
+        header = dcmread(rows[0]["path"], stop_before_pixels=True)
+        return sources, header
+
+
+def result_object_paths(db: Database, result_id: int, kind: str | None = None) -> list[Path]:
+    """Files written for one result (all kinds, or one: "sr", "seg", "kos")."""
+    sql = "SELECT path FROM result_objects WHERE result_id = ?"
+    params: tuple[object, ...] = (result_id,)
+    if kind is not None:
+        sql += " AND kind = ?"
+        params = (result_id, kind)
+    return [Path(r["path"]) for r in db.query(sql + " ORDER BY id", params)]

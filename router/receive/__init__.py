@@ -1,0 +1,1 @@
+"""Receive: the DICOM node (C-ECHO, C-STORE), ingest checks and the durable spool."""

@@ -1,0 +1,1 @@
+"""Route: match a complete study's series against the rules and plan its jobs and forwards."""

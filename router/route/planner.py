@@ -1,0 +1,104 @@
+"""The routing stage: for a complete study, apply the rules per series and queue the work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+
+from config.schema import RouterConfig
+from router.assemble.completion import CompletionReason
+from router.route.matching import SeriesFacts, route
+from router.run.job_queue import JobQueue
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Planner:
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobQueue,
+        config: Callable[[], RouterConfig],
+        on_planned: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.jobs = jobs
+        self._config = config
+        self._on_planned = on_planned
+
+    def plan(self, study_uid: str, revision: int, reason: CompletionReason) -> str:
+        """Route every series that is new since the last plan; return the study's new state."""
+        config = self._config()
+        if self.db.query_one("SELECT 1 FROM retrieved_priors WHERE study_uid = ?", (study_uid,)):
+            # Pulled from a PACS as a prior of a follow-up: evidence, not new work.
+            self.db.connection().execute(
+                "UPDATE studies SET state = 'prior', finished_at = ? WHERE study_uid = ?",
+                (time.time(), study_uid),
+            )
+            self.db.record_event("study_retrieved_as_prior", study_uid)
+            return "prior"
+        series_rows = self.db.query(
+            "SELECT series_uid, routed_at, last_received_at FROM series WHERE study_uid = ?",
+            (study_uid,),
+        )
+        work = 0
+        unchanged = 0
+        with self.db.transaction() as conn:
+            for series in series_rows:
+                if series["routed_at"] and series["last_received_at"] < series["routed_at"]:
+                    unchanged += 1
+                    continue  # nothing new since it was last routed: no re-run
+                first = conn.execute(
+                    "SELECT path, calling_ae, called_ae FROM instances WHERE series_uid = ? "
+                    "ORDER BY instance_number, sop_instance_uid LIMIT 1",
+                    (series["series_uid"],),
+                ).fetchone()
+                header = dcmread(Path(first["path"]), stop_before_pixels=True)
+                decision = route(
+                    config,
+                    SeriesFacts.from_dataset(header, first["calling_ae"], first["called_ae"]),
+                )
+                rule_names = ",".join(a.rule_name for a in decision.actions)
+                conn.execute(
+                    "UPDATE series SET routed_revision = ?, routed_at = ?, rule_names = ?, "
+                    "route_explanation = ? WHERE series_uid = ?",
+                    (revision, time.time(), rule_names, decision.explain(), series["series_uid"]),
+                )
+                for action in decision.actions:
+                    if action.run:
+                        self.jobs.enqueue(
+                            conn,
+                            study_uid=study_uid,
+                            series_uid=series["series_uid"],
+                            study_revision=revision,
+                            algorithm=action.run,
+                            rule_name=action.rule_name,
+                            priority=action.priority,
+                            send_to=tuple(action.send_to),
+                            max_attempts=config.jobs.retry.max_attempts,
+                        )
+                        work += 1
+                    else:
+                        for destination in action.send_to:
+                            conn.execute(
+                                "INSERT INTO dispatches (study_uid, series_uid, destination, state, "
+                                "created_at) VALUES (?, ?, ?, 'pending', ?)",
+                                (study_uid, series["series_uid"], destination, time.time()),
+                            )
+                            work += 1
+            state = "processing" if work else ("done" if unchanged else "unrouted")
+            conn.execute(
+                "UPDATE studies SET state = ?, finished_at = ? WHERE study_uid = ? AND revision = ?",
+                (state, None if work else time.time(), study_uid, revision),
+            )
+        self.db.record_event(
+            "study_routed", study_uid, detail=f"{work} work item(s); completion: {reason.value}"
+        )
+        if work and self._on_planned is not None:
+            self._on_planned()
+        return state

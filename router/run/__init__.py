@@ -1,0 +1,1 @@
+"""Run: the job queue, the workers, series loading and prior retrieval."""

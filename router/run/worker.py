@@ -1,0 +1,242 @@
+"""The worker stage: run one job (volume -> plugin -> result objects written and queued)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy, StudyInput, Verdict
+from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
+from config.schema import RouterConfig
+from dicom_sr.context import InstanceReference
+from router.assemble.study_state import settle_study
+from router.deliver.notify import queue_failure
+from router.deliver.result_writer import PriorEvidence, ResultWriter
+from router.run.job_queue import Job, JobQueue
+from router.run.priors import CurrentStudy, find_prior, load_prior_study
+from router.run.series_loader import LoadedSeries, VolumeError, load_series
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    verdict: Verdict
+    finding_count: int
+    result_path: Path
+    model_seconds: float | None
+    device: str
+
+
+class JobRunner:
+    """Everything one job does, in order; raises on failure so the queue can retry."""
+
+    def __init__(
+        self,
+        db: Database,
+        runtime: ModelRuntime,
+        results_dir: Path,
+        config: Callable[[], RouterConfig],
+    ) -> None:
+        self.db = db
+        self.runtime = runtime
+        self.writer = ResultWriter(db, results_dir)
+        self._config = config
+
+    def run(self, job: Job) -> JobOutcome:
+        info = self.runtime.registry.info(job.algorithm)
+        paths = [
+            Path(row["path"])
+            for row in self.db.query(
+                "SELECT path FROM instances WHERE series_uid = ? ORDER BY sop_instance_uid",
+                (job.series_uid,),
+            )
+        ]
+        model_seconds: float | None = None
+        device = ""
+        prior: PriorEvidence | None = None
+        loaded: LoadedSeries | None = None
+        try:
+            loaded = load_series(paths)
+        except VolumeError as exc:
+            # Wrong or unusable input is stated as "not assessed", never a silent negative.
+            result = AlgorithmResult(Verdict.NOT_ASSESSED, reason=f"input not usable: {exc}")
+        if loaded is not None:
+            modality = loaded.series.header.get("Modality", "")
+            if modality not in info.modalities:
+                result = AlgorithmResult(
+                    Verdict.NOT_ASSESSED,
+                    reason=f"modality {modality or '?'} is not one of {sorted(info.modalities)}",
+                )
+            else:
+                timeout = self._timeout(job.algorithm, info)
+                settings = self._config().algorithms.get(job.algorithm)
+                threshold = (
+                    settings.threshold_for(loaded.series.header) if settings is not None else None
+                )
+                priors, prior = self._priors(job, loaded)
+                study_input = StudyInput(
+                    job.study_uid, loaded.series, priors=priors, threshold=threshold
+                )
+                outcome = self.runtime.run(job.algorithm, study_input, timeout)
+                result, model_seconds, device = outcome.result, outcome.seconds, outcome.device
+        settings = self._config().algorithms.get(job.algorithm)
+        written = self.writer.write(
+            job, info, result, loaded, shadow=settings is not None and settings.shadow, prior=prior
+        )
+        return JobOutcome(
+            result.verdict, len(result.findings), written.report_path, model_seconds, device
+        )
+
+    def _priors(
+        self, job: Job, loaded: LoadedSeries
+    ) -> tuple[tuple[PriorStudy, ...], PriorEvidence | None]:
+        """The patient's earlier exam for a follow-up algorithm (``algorithms.<name>.priors``):
+        held locally, else retrieved from a configured PACS. None found is not an error: the
+        algorithm then reports on the current exam alone."""
+        config = self._config()
+        settings = config.algorithms.get(job.algorithm)
+        if settings is None or settings.priors is None:
+            return (), None
+        rule = next((r for r in config.rules if r.name == job.rule_name), None)
+        selector = {
+            key: value
+            for key, value in (rule.when.items() if rule is not None else ())
+            if key not in ("CallingAE", "CalledAE")
+        }
+        found = find_prior(
+            self.db,
+            settings.priors,
+            config.node.ae_title,
+            CurrentStudy.from_header(loaded.first_header),
+            selector,
+        )
+        if found is None:
+            return (), None
+        try:
+            study = load_prior_study(self.db, found, job.algorithm)
+        except VolumeError as exc:
+            LOGGER.warning(
+                "job %d: prior study %s not usable: %s", job.id, found.study_instance_uid, exc
+            )
+            return (), None
+        instances = [
+            InstanceReference(
+                found.study_instance_uid,
+                found.series_instance_uid,
+                r["sop_class_uid"],
+                r["sop_instance_uid"],
+            )
+            for r in self.db.query(
+                "SELECT sop_class_uid, sop_instance_uid FROM instances WHERE series_uid = ?",
+                (found.series_instance_uid,),
+            )
+        ]
+        return (study,), PriorEvidence.of((study,), instances)
+
+    def _timeout(self, algorithm: str, info: AlgorithmInfo) -> float:
+        config = self._config()
+        settings = config.algorithms.get(algorithm)
+        if settings is not None and settings.timeout_s:
+            return settings.timeout_s
+        return config.jobs.timeout_s or info.max_runtime_s
+
+
+class WorkerPool:
+    """N threads that claim jobs in priority order and run them."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        runner: JobRunner,
+        config: Callable[[], RouterConfig],
+        on_job_done: Callable[[Job, JobOutcome], None] | None = None,
+        on_results: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.runner = runner
+        self._config = config
+        self._on_job_done = on_job_done
+        self._on_results = on_results
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        for index in range(self._config().jobs.workers):
+            thread = threading.Thread(target=self._loop, name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # boundary
+                LOGGER.exception("worker step failed")
+                worked = False
+            if not worked:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        job = self.queue.claim()
+        if job is None:
+            return False
+        self.queue.db.record_event("job_started", job.study_uid, job.id, job.algorithm)
+        try:
+            outcome = self.runner.run(job)
+        except Exception as exc:  # boundary: a crashing or hanging model fails this job only
+            reason = (
+                f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, AlgorithmTimeoutError)
+                else str(exc)
+            )
+            will_retry = self.queue.fail(job, reason, self._config().jobs.retry)
+            self.queue.db.record_event(
+                "job_retry" if will_retry else "job_failed", job.study_uid, job.id, reason
+            )
+            LOGGER.error(
+                "job %d (%s) failed%s: %s",
+                job.id,
+                job.algorithm,
+                ", will retry" if will_retry else "",
+                reason,
+            )
+            if not will_retry:
+                settings = self._config().algorithms.get(job.algorithm)
+                if settings is None or not settings.shadow:
+                    queue_failure(self.queue.db, job.study_uid, job.id)
+                if self._on_results is not None:
+                    self._on_results()
+                settle_study(self.queue.db, job.study_uid)
+            return True
+        self.queue.finish(job.id, outcome.verdict.value, outcome.model_seconds, outcome.device)
+        self.queue.db.record_event(
+            "job_done",
+            job.study_uid,
+            job.id,
+            f"{outcome.verdict.value}, {outcome.finding_count} finding(s)",
+        )
+        if self._on_job_done is not None:
+            try:
+                self._on_job_done(job, outcome)
+            except Exception:
+                LOGGER.exception("job observer failed")
+        if self._on_results is not None:
+            self._on_results()
+        settle_study(self.queue.db, job.study_uid)
+        return True

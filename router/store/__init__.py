@@ -1,0 +1,1 @@
+"""Durable state shared by every stage: the database, its schema and migrations."""

@@ -1,0 +1,1 @@
+"""The built-in worklist page: its flag store, API, key images, thumbnails and static files."""

@@ -1,0 +1,219 @@
+"""The built-in worklist over HTTP: the page, its JSON, key-image thumbnails, feedback and CSV."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from router.store.database import Database
+from router.worklist_page.key_images import (
+    KeyImageNotFoundError,
+    SegmentationLookup,
+    key_image_png,
+    no_segmentations,
+)
+from router.worklist_page.store import (
+    COMMENT_MAX_CHARS,
+    READER_MAX_CHARS,
+    UnknownResultError,
+    WorklistResult,
+    WorklistStudy,
+    export_feedback_csv,
+    list_worklist,
+    record_feedback,
+)
+from router.worklist_page.study_labels import StudyLabel, StudyLabels
+from router.worklist_page.thumbnails import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, WindowChoice
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_H = 72.0
+_ASSETS = {"worklist.css": "text/css; charset=utf-8", "worklist.js": "text/javascript"}
+_PAGE_HEADERS = {
+    # Everything the page needs comes from this server; nothing inline, nothing external.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+_THUMBNAIL_HEADERS = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /api/results/{id}/feedback`` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agree: StrictBool
+    comment: str = Field(default="", max_length=COMMENT_MAX_CHARS)
+    reader: str = Field(default="", max_length=READER_MAX_CHARS)
+
+
+class _PngCache:
+    """Rendered thumbnails by (result, finding, size, window); results never change."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: OrderedDict[tuple[int, int, int, str], bytes] = OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int, str]) -> bytes | None:
+        with self._lock:
+            png = self._entries.get(key)
+            if png is not None:
+                self._entries.move_to_end(key)
+            return png
+
+    def put(self, key: tuple[int, int, int, str], png: bytes) -> None:
+        with self._lock:
+            self._entries[key] = png
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+
+def create_worklist_router(
+    db: Database,
+    *,
+    segmentations: SegmentationLookup = no_segmentations,
+    thumbnail_cache_entries: int = 256,
+) -> APIRouter:
+    """``/worklist`` (page), ``/api/worklist``, thumbnails, feedback and its CSV export.
+
+    ``segmentations`` maps a result id to the SEG files written for it, so thumbnails also
+    outline the masks; by default there are none and only the SR regions are drawn.
+    """
+    router = APIRouter()
+    labels = StudyLabels(db)
+    thumbnails = _PngCache(thumbnail_cache_entries)
+    static = resources.files("router.worklist_page") / "static"
+    page_html = (static / "worklist.html").read_bytes()
+    assets = {name: (static / name).read_bytes() for name in _ASSETS}
+
+    @router.get("/worklist", include_in_schema=False)
+    def worklist_page() -> Response:
+        return Response(page_html, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/worklist/assets/{name}", include_in_schema=False)
+    def worklist_asset(name: str) -> Response:
+        if name not in assets:
+            raise HTTPException(status_code=404, detail="no such asset")
+        return Response(assets[name], media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+
+    @router.get("/api/worklist")
+    def worklist(
+        max_age_h: float = Query(DEFAULT_MAX_AGE_H, gt=0, le=24 * 366),
+        limit: int = Query(200, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        now = time.time()
+        studies = list_worklist(db, arrived_after=now - max_age_h * 3600.0, limit=limit)
+        return {
+            "generated_at": now,
+            "max_age_h": max_age_h,
+            "studies": [_study_json(study, labels.get(study.study_uid)) for study in studies],
+        }
+
+    @router.get("/api/results/{result_id}/thumbnail.png")
+    def thumbnail(
+        result_id: int,
+        finding: int = Query(0, ge=0, le=999),
+        size: int = Query(DEFAULT_SIZE, ge=MIN_SIZE, le=MAX_SIZE),
+        window: WindowChoice = WindowChoice.AUTO,
+    ) -> Response:
+        key = (result_id, finding, size, window.value)
+        png = thumbnails.get(key)
+        if png is None:
+            try:
+                png = key_image_png(
+                    db,
+                    result_id,
+                    finding_index=finding,
+                    size=size,
+                    window=window,
+                    segmentations=segmentations,
+                )
+            except KeyImageNotFoundError as exc:
+                raise HTTPException(status_code=404, detail=str(exc)) from exc
+            except Exception as exc:  # boundary: an unreadable object fails this image only
+                LOGGER.exception("thumbnail of result %d could not be rendered", result_id)
+                raise HTTPException(
+                    status_code=500, detail="the key image could not be rendered"
+                ) from exc
+            thumbnails.put(key, png)
+        return Response(png, media_type="image/png", headers=_THUMBNAIL_HEADERS)
+
+    @router.post("/api/results/{result_id}/feedback", status_code=201)
+    def feedback(result_id: int, body: FeedbackRequest) -> dict[str, Any]:
+        try:
+            stored = record_feedback(
+                db, result_id, agree=body.agree, comment=body.comment, reader=body.reader
+            )
+        except UnknownResultError as exc:
+            raise HTTPException(status_code=404, detail=f"no result {result_id}") from exc
+        return {
+            "id": stored.id,
+            "result_id": stored.result_id,
+            "agree": stored.agree,
+            "comment": stored.comment,
+            "reader": stored.reader,
+            "at": stored.at,
+        }
+
+    @router.get("/api/feedback.csv")
+    def feedback_csv() -> Response:
+        return Response(
+            export_feedback_csv(db),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="radrouter-feedback.csv"'},
+        )
+
+    return router
+
+
+def _study_json(study: WorklistStudy, label: StudyLabel) -> dict[str, Any]:
+    return {
+        "study_uid": study.study_uid,
+        "accession_number": label.accession_number,
+        "study_description": label.study_description,
+        "modalities": list(study.modalities),
+        "arrived_at": study.arrived_at,
+        "last_image_at": study.last_image_at,
+        "priority": study.priority.value,
+        "raised": study.raised,
+        "reason": study.reason,
+        "last_image_to_flag_s": round(study.last_image_to_flag_s, 3),
+        "results": [_result_json(result) for result in study.results],
+    }
+
+
+def _result_json(result: WorklistResult) -> dict[str, Any]:
+    has_image = result.result_id is not None and result.finding_count > 0
+    return {
+        "result_id": result.result_id,
+        "job_id": result.job_id,
+        "algorithm": result.algorithm,
+        "algorithm_version": result.algorithm_version,
+        "verdict": result.verdict.value,
+        "priority": result.priority.value,
+        "raised": result.raised,
+        "reason": result.reason,
+        "flagged_at": result.flagged_at,
+        "last_image_to_flag_s": round(result.last_image_to_flag_s, 3),
+        "finding_count": result.finding_count,
+        "thumbnail_url": (f"/api/results/{result.result_id}/thumbnail.png" if has_image else None),
+        "feedback": (
+            None
+            if result.feedback is None
+            else {
+                "agree": result.feedback.agree,
+                "reader": result.feedback.reader,
+                "at": result.feedback.at,
+                "count": result.feedback.count,
+            }
+        ),
+    }

@@ -1,0 +1,72 @@
+"""How the worklist names a study to a radiologist: accession number and study description.
+
+Read from one spool header per study and cached. Patient name, ID and birth date are never
+read: the radiologist opens the study in the PACS viewer by its accession number, so the page
+needs no patient data (and the index keeps storing none).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+_LABEL_KEYWORDS = ["SpecificCharacterSet", "AccessionNumber", "StudyDescription"]
+
+
+@dataclass(frozen=True)
+class StudyLabel:
+    accession_number: str
+    study_description: str
+
+
+UNKNOWN_LABEL = StudyLabel(accession_number="", study_description="")
+
+
+class StudyLabels:
+    """Labels per study UID, read once from the spool (a study's labels do not change)."""
+
+    def __init__(self, db: Database, max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError(f"StudyLabels: max_entries must be >= 1, got {max_entries}")
+        self._db = db
+        self._max_entries = max_entries
+        self._cache: OrderedDict[str, StudyLabel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, study_uid: str) -> StudyLabel:
+        with self._lock:
+            label = self._cache.get(study_uid)
+            if label is not None:
+                self._cache.move_to_end(study_uid)
+                return label
+        row = self._db.query_one(
+            "SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at LIMIT 1",
+            (study_uid,),
+        )
+        if row is None:
+            return UNKNOWN_LABEL
+        try:
+            header = pydicom.dcmread(
+                row["path"], stop_before_pixels=True, specific_tags=_LABEL_KEYWORDS
+            )
+        except (OSError, InvalidDicomError) as exc:
+            LOGGER.warning("study label unreadable from the spool: %s", type(exc).__name__)
+            return UNKNOWN_LABEL
+        label = StudyLabel(
+            accession_number=str(header.get("AccessionNumber", "") or ""),
+            study_description=str(header.get("StudyDescription", "") or ""),
+        )
+        with self._lock:
+            self._cache[study_uid] = label
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+        return label

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (not shipped): real peers (Orthanc, storescp), validators, DICOM writers."""

@@ -1,0 +1,230 @@
+"""check-config: file checks with line numbers, and the dry run over a folder of DICOM files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from config.loader import load_default_config, parse_config
+from router.route.check_config import (
+    EXIT_BAD_FOLDER,
+    EXIT_INVALID,
+    EXIT_OK,
+    check_attribute_names,
+    check_config_file,
+    dry_run,
+    format_report,
+    run_check,
+)
+
+PATIENT_NAME = "Sample^Patient"
+PATIENT_ID = "PID-0042"
+
+CONFIG = """\
+destinations:
+  pacs: {ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+rules:
+  - name: chest-ct
+    when:
+      Modality: CT
+      BodyPartExamined: {in: [CHEST, LUNG]}
+      SliceThickness: {max: 3}
+    run: lung_nodule
+    send_to: [pacs]
+  - name: from-scanner
+    when: {CallingAE: CT_SCANNER}
+    send_to: [pacs]
+"""
+
+
+def write_instance(
+    path: Path,
+    study_uid: str,
+    series_uid: str,
+    instance_number: int,
+    modality: str = "CT",
+    **attributes: object,
+) -> None:
+    ds = Dataset()
+    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.InstanceNumber = instance_number
+    ds.Modality = modality
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> dict[str, str]:
+    """A folder with a thin chest CT (3 files), a thick chest CT, an MR, and junk."""
+    folder = tmp_path / "samples"
+    study = generate_uid()
+    uids: dict[str, str] = {
+        "study": study,
+        "thin": generate_uid(),
+        "thick": generate_uid(),
+        "mr": generate_uid(),
+    }
+    for number in (3, 1, 2):
+        write_instance(
+            folder / "a" / f"thin{number}.dcm",
+            study,
+            uids["thin"],
+            number,
+            BodyPartExamined="CHEST",
+            SliceThickness="1.25",
+            SeriesDescription="Lung 1.25",
+            SeriesNumber=2,
+        )
+    write_instance(
+        folder / "b" / "thick.dcm",
+        study,
+        uids["thick"],
+        1,
+        BodyPartExamined="CHEST",
+        SliceThickness="5",
+        SeriesNumber=3,
+    )
+    write_instance(folder / "mr.dcm", generate_uid(), uids["mr"], 1, modality="MR")
+    (folder / "README.txt").write_text("not DICOM\n", encoding="utf-8")
+    uids["folder"] = str(folder)
+    return uids
+
+
+def test_dry_run_routes_each_series(samples: dict[str, str]) -> None:
+    config = parse_config(CONFIG)
+    result = dry_run(config, Path(samples["folder"]))
+    by_series = {series.series_uid: series for series in result.series}
+    assert set(by_series) == {samples["thin"], samples["thick"], samples["mr"]}
+
+    thin = by_series[samples["thin"]]
+    assert thin.instances == 3
+    assert thin.study_uid == samples["study"]
+    assert (thin.modality, thin.body_part_examined) == ("CT", "CHEST")
+    assert [a.rule_name for a in thin.decision.actions] == ["chest-ct"]
+
+    thick = by_series[samples["thick"]]
+    assert thick.decision.used_fallback and thick.decision.actions == ()
+    assert not by_series[samples["mr"]].decision.outcomes[0].matched
+
+    assert [str(s.path) for s in result.skipped] == ["README.txt"]
+    assert "not a DICOM file" in result.skipped[0].reason
+    assert result.called_ae == "RADROUTER" and result.calling_ae == "DRYRUN"
+    # Ordered by study, then series number.
+    ordered = [s.series_uid for s in result.series if s.study_uid == samples["study"]]
+    assert ordered == [samples["thin"], samples["thick"]]
+
+
+def test_dry_run_uses_the_calling_ae(samples: dict[str, str]) -> None:
+    config = parse_config(CONFIG)
+    result = dry_run(config, Path(samples["folder"]), calling_ae="CT_SCANNER")
+    by_series = {series.series_uid: series for series in result}
+    assert by_series[samples["thick"]].decision.actions[0].rule_name == "from-scanner"
+    assert by_series[samples["mr"]].decision.actions[0].rule_name == "from-scanner"
+
+
+def test_report_shows_rule_and_explanation_without_phi(samples: dict[str, str]) -> None:
+    config = parse_config(CONFIG)
+    result = dry_run(config, Path(samples["folder"]))
+    text = format_report("router.yaml", [], result, config=config)
+    assert text.startswith("router.yaml: OK (2 rules; destinations: pacs; algorithms: lung_nodule)")
+    assert samples["thin"] in text and samples["study"] in text
+    assert "-> rule 'chest-ct' fired -> run lung_nodule (routine), send to pacs" in text
+    assert "-> no rule matched -> fallback: unrouted" in text
+    assert "[FAIL] SliceThickness: found 5, expected max 3" in text
+    assert "3 instances" in text
+    assert "README.txt: not a DICOM file" in text
+    assert PATIENT_NAME not in text and "Sample" not in text
+    assert PATIENT_ID not in text
+
+
+def test_check_config_file_reports_issues_with_lines(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            rules:
+              - name: a
+                when:
+                  Modalty: CT
+                  Modality: {min: 2}
+                run: lung_nodle
+            """
+        ),
+        encoding="utf-8",
+    )
+    config, issues = check_config_file(path, {"lung_nodule"})
+    assert config is not None
+    assert [(i.key, i.line) for i in issues] == [
+        ("rules[0].when.Modalty", 4),
+        ("rules[0].when.Modality", 5),
+        ("rules[0].run", 6),
+    ]
+    assert "did you mean 'Modality'" in issues[0].message
+    assert "min/max" in issues[1].message
+    assert all(i.file == str(path) for i in issues)
+    text = format_report(path, issues)
+    assert f"{path}:4:7: rules[0].when.Modalty: " in text
+    assert text.rstrip().endswith("3 problems found; not valid")
+
+
+def test_check_config_file_with_a_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("node:\n  port: abc\n", encoding="utf-8")
+    config, issues = check_config_file(path, {"lung_nodule"})
+    assert config is None
+    assert [(i.key, i.line) for i in issues] == [("node.port", 2)]
+
+
+def test_attribute_names_allow_association_and_numeric_keywords() -> None:
+    config = parse_config(
+        "rules:\n  - name: a\n    when: {CallingAE: X, CalledAE: Y, SliceThickness: {max: 3}}\n"
+    )
+    assert check_attribute_names(config) == []
+    assert check_attribute_names(load_default_config()) == []
+
+
+def test_run_check_exit_codes(tmp_path: Path, samples: dict[str, str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(CONFIG, encoding="utf-8")
+    outcome = run_check(good, {"lung_nodule"})
+    assert outcome.exit_code == EXIT_OK
+    assert outcome.text.startswith(f"{good}: OK")
+    assert outcome.dry_run is None
+
+    outcome = run_check(good, {"lung_nodule"}, against=Path(samples["folder"]))
+    assert outcome.exit_code == EXIT_OK
+    assert outcome.dry_run is not None and len(outcome.dry_run) == 3
+    assert "Dry run against" in outcome.text
+
+    outcome = run_check(good, {"other"}, against=Path(samples["folder"]))
+    assert outcome.exit_code == EXIT_INVALID
+    assert outcome.dry_run is None
+    assert "rules[0].run" in outcome.text
+
+    outcome = run_check(good, {"lung_nodule"}, against=tmp_path / "missing")
+    assert outcome.exit_code == EXIT_BAD_FOLDER
+    assert "cannot dry-run" in outcome.text
+
+
+def test_dry_run_of_an_empty_folder(tmp_path: Path) -> None:
+    result = dry_run(load_default_config(), tmp_path)
+    assert result.series == () and result.skipped == ()
+    text = format_report("x.yaml", [], result)
+    assert text.startswith("x.yaml: OK\n")
+    assert "no DICOM series found" in text

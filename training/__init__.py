@@ -1,0 +1,1 @@
+"""What builds the shipped models (not shipped): synthetic data, networks, training, evaluation."""

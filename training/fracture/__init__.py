@@ -1,0 +1,1 @@
+"""Fracture detection: radiograph generator, network, training, evaluation."""

@@ -1,0 +1,1 @@
+"""Lung nodule detector: chest CT generator, U-Net and candidate CNN, training, evaluation."""

@@ -1,0 +1,375 @@
+"""Held-out evaluation of the PE plugin on synthetic contrast chest CTs; picks the default
+operating point on the validation split (CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from algorithms.contract import (
+    AlgorithmResult,
+    SeriesInput,
+    StudyInput,
+    Verdict,
+    VolumeGeometry,
+)
+from algorithms.pe import postprocess
+from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
+from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
+
+SPLITS = {"validation": 700_000, "test": 900_000}
+"""Seed bases of the held-out splits (training uses 300000 + i, i < 1000)."""
+SLICE_MM = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+LEVELS = ("central", "lobar", "segmental")
+
+
+def make_study(ct: SyntheticContrastCT, uid_suffix: int = 1) -> StudyInput:
+    """Wrap a synthetic CT as the router would: float32 HU, axial LPS affine, CT header."""
+    dz, dy, dx = ct.spacing_mm
+    nz, ny, nx = ct.hu.shape
+    affine = np.zeros((4, 4))
+    affine[0, 2] = dx  # column index -> patient left (+x)
+    affine[1, 1] = dy  # row index -> posterior (+y)
+    affine[2, 0] = dz  # slice index -> head (+z)
+    affine[:3, 3] = (-(nx - 1) * dx / 2, -(ny - 1) * dy / 2, -150.0)
+    affine[3, 3] = 1.0
+    series = SeriesInput(
+        series_instance_uid=f"2.25.{uid_suffix}2",
+        array=ct.hu.astype(np.float32),
+        geometry=VolumeGeometry(affine, (nz, ny, nx), f"2.25.{uid_suffix}1"),
+        header={
+            "Modality": "CT",
+            "BodyPartExamined": "CHEST",
+            "SliceThickness": f"{dz:g}",
+            "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+        },
+    )
+    return StudyInput(study_instance_uid=f"2.25.{uid_suffix}3", series=series)
+
+
+def eval_scan(seed: int) -> SyntheticContrastCT:
+    """A held-out scan as a PACS would send it: 0.85-1.05 mm pixels on a 320 matrix,
+    0.8-3 mm slices over 240-320 mm; CTPA or venous phase (5 % unenhanced); half of the
+    contrast scans with 1-3 emboli."""
+    rng = np.random.default_rng([seed, 77])
+    pixel = float(rng.uniform(0.85, 1.05))
+    spacing = (float(rng.choice(SLICE_MM)), pixel, pixel)
+    n_slices = round(float(rng.uniform(240.0, 320.0)) / spacing[0])
+    phase = PHASES[int(rng.choice(3, p=[0.5, 0.45, 0.05]))]
+    positive = phase != "non_contrast" and rng.uniform() < 0.5
+    return generate_contrast_chest_ct(
+        seed,
+        shape=(n_slices, 320, 320),
+        spacing_mm=spacing,
+        phase=phase,
+        clots=int(rng.integers(1, 4)) if positive else 0,
+    )
+
+
+@dataclass
+class ScanOutcome:
+    seed: int
+    phase: str
+    truths: tuple[ClotTruth, ...]
+    verdict: Verdict
+    probability: float | None
+    detected: list[bool]
+    """Per truth: overlapped by a reported finding."""
+    side_ok: list[bool | None]
+    level_ok: list[bool | None]
+    false_findings: int
+    seconds: float
+    reason: str
+
+
+def score(
+    ct: SyntheticContrastCT, result: AlgorithmResult, seed: int, seconds: float
+) -> ScanOutcome:
+    detected: list[bool] = []
+    side_ok: list[bool | None] = []
+    level_ok: list[bool | None] = []
+    used: set[int] = set()
+    for t in ct.clots:
+        truth = ct.clot_labels == t.label
+        best, overlap = -1, 0
+        for n, f in enumerate(result.findings):
+            if f.mask is None:
+                continue
+            hit = int(np.count_nonzero(f.mask & truth))
+            if hit > overlap:
+                best, overlap = n, hit
+        detected.append(best >= 0)
+        if best < 0:
+            side_ok.append(None)
+            level_ok.append(None)
+            continue
+        used.add(best)
+        names = {q.name.meaning: q.value.meaning for q in result.findings[best].qualifiers}
+        side = {"Right": "right", "Left": "left", "Bilateral": "both"}.get(
+            names.get("Laterality", "")
+        )
+        level = names.get("Topographical modifier", "").lower()
+        side_ok.append(side == t.side)
+        level_ok.append(level == t.level)
+    return ScanOutcome(
+        seed=seed,
+        phase=ct.phase,
+        truths=ct.clots,
+        verdict=result.verdict,
+        probability=result.probability,
+        detected=detected,
+        side_ok=side_ok,
+        level_ok=level_ok,
+        false_findings=len(result.findings) - len(used),
+        seconds=seconds,
+        reason=result.reason,
+    )
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half)."""
+    if not positives or not negatives:
+        return float("nan")
+    pos = np.asarray(positives)[:, None]
+    neg = np.asarray(negatives)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def youden_threshold(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """The threshold maximising sensitivity + specificity (midway between neighbouring scores;
+    the lowest such threshold on ties, favouring sensitivity)."""
+    scores = np.unique(np.concatenate([positives, negatives]))
+    candidates = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2])
+    best, best_j = 0.5, -1.0
+    for c in candidates:
+        j = np.mean(np.asarray(positives) >= c) + np.mean(np.asarray(negatives) < c)
+        if j > best_j + 1e-12:
+            best, best_j = float(c), float(j)
+    return float(np.clip(best, 0.01, 0.99))
+
+
+def _pct(hits: int, total: int) -> str:
+    return f"{100.0 * hits / total:5.1f} % ({hits}/{total})" if total else "  n/a"
+
+
+def report(outcomes: list[ScanOutcome], threshold: float) -> str:
+    lines: list[str] = []
+    assessed = [o for o in outcomes if o.verdict is not Verdict.NOT_ASSESSED]
+    skipped = [o for o in outcomes if o.verdict is Verdict.NOT_ASSESSED]
+    lines.append(
+        f"scans: {len(outcomes)}, assessed {len(assessed)}, not assessed {len(skipped)} "
+        f"({', '.join(sorted({o.phase for o in skipped})) or 'none'})"
+    )
+    for o in skipped:
+        lines.append(
+            f"  not assessed seed {o.seed} ({o.phase}, {len(o.truths)} emboli): {o.reason}"
+        )
+    unenhanced = [o for o in outcomes if o.phase == "non_contrast"]
+    if unenhanced:
+        lines.append(
+            "non-contrast scans called not assessed: "
+            + _pct(sum(o.verdict is Verdict.NOT_ASSESSED for o in unenhanced), len(unenhanced))
+        )
+    lines.append(f"operating point: threshold {threshold:.3f}")
+    groups = {
+        "all": assessed,
+        **{p: [o for o in assessed if o.phase == p] for p in ("ctpa", "venous")},
+    }
+    for name, group in groups.items():
+        pos = [o for o in group if o.truths and o.probability is not None]
+        neg = [o for o in group if not o.truths and o.probability is not None]
+        p_pos = [float(o.probability or 0.0) for o in pos]
+        p_neg = [float(o.probability or 0.0) for o in neg]
+        tp = sum(o.verdict is Verdict.PRESENT for o in pos)
+        tn = sum(o.verdict is Verdict.ABSENT for o in neg)
+        lines.append("")
+        lines.append(f"[{name}] studies: {len(pos)} with PE, {len(neg)} without")
+        lines.append(f"  study-level AUC        {auc(p_pos, p_neg):.3f}")
+        lines.append(f"  sensitivity            {_pct(tp, len(pos))}")
+        lines.append(f"  specificity            {_pct(tn, len(neg))}")
+    lines.append("")
+    lines.append("per embolus (all assessed scans), detected = overlapped by a reported finding:")
+    by_level: dict[str, list[bool]] = defaultdict(list)
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for o in assessed:
+        for t, hit in zip(o.truths, o.detected, strict=True):
+            by_level[t.level].append(hit)
+            by_kind[f"{t.level}, {'occlusive' if t.occlusive else 'partial'}"].append(hit)
+            by_kind[f"{t.level}, {o.phase}"].append(hit)
+    for level in LEVELS:
+        lines.append(f"  {level:<24} {_pct(sum(by_level[level]), len(by_level[level]))}")
+    for key in sorted(by_kind):
+        lines.append(f"  {key:<24} {_pct(sum(by_kind[key]), len(by_kind[key]))}")
+    sides = [s for o in assessed for s in o.side_ok if s is not None]
+    levels = [s for o in assessed for s in o.level_ok if s is not None]
+    lines.append(f"  side correct (detected) {_pct(sum(sides), len(sides))}")
+    lines.append(f"  level correct (detected) {_pct(sum(levels), len(levels))}")
+    study_level: dict[str, list[bool]] = defaultdict(list)
+    for o in assessed:
+        if o.truths:
+            most_central = min(LEVELS.index(t.level) for t in o.truths)
+            study_level[LEVELS[most_central]].append(o.verdict is Verdict.PRESENT)
+    lines.append("study sensitivity by most central embolus:")
+    for level in LEVELS:
+        lines.append(f"  {level:<24} {_pct(sum(study_level[level]), len(study_level[level]))}")
+    neg = [o for o in assessed if not o.truths]
+    fp = sum(o.false_findings for o in neg)
+    lines.append(f"false findings per PE-free scan: {fp / max(len(neg), 1):.2f} ({fp} in total)")
+    secs = [o.seconds for o in outcomes]
+    lines.append(f"plugin run time per scan: mean {np.mean(secs):.1f} s, max {np.max(secs):.1f} s")
+    return "\n".join(lines)
+
+
+@dataclass
+class AnalysedScan:
+    seed: int
+    truth: SyntheticContrastCT
+    """The generated scan without its pixels (``hu`` emptied to save memory)."""
+    analysis: Analysis | AlgorithmResult
+    """The model's analysis, or the NOT_ASSESSED result."""
+    seconds: float
+
+
+def analyse_scans(detector: PulmonaryEmbolismDetector, seeds: Iterable[int]) -> list[AnalysedScan]:
+    """Generate each held-out scan and run the model on it (the expensive part)."""
+    scans = []
+    for n, seed in enumerate(seeds):
+        ct = eval_scan(seed)
+        start = time.monotonic()
+        analysis = detector.analyse(make_study(ct, seed))
+        seconds = time.monotonic() - start
+        print(f"analysed {n + 1} (seed {seed}) in {seconds:.1f} s", flush=True)
+        pixels_dropped = replace(ct, hu=np.zeros((0, 0, 0), np.int16))
+        scans.append(AnalysedScan(seed, pixels_dropped, analysis, seconds))
+    return scans
+
+
+def decide_and_score(
+    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], threshold: float
+) -> list[ScanOutcome]:
+    """Verdicts at ``threshold`` with the detector's calibration, scored against the truth."""
+    outcomes = []
+    for n, scan in enumerate(scans):
+        ct = scan.truth
+        start = time.monotonic()
+        if isinstance(scan.analysis, AlgorithmResult):
+            result = scan.analysis
+        else:
+            result = detector.decide(scan.analysis, threshold)
+        seconds = scan.seconds + time.monotonic() - start
+        outcome = score(ct, result, scan.seed, seconds)
+        outcomes.append(outcome)
+        levels = ",".join(t.level[0] for t in ct.clots) or "-"
+        print(
+            f"scan {n + 1:3d} seed {scan.seed} {ct.phase:<12} {ct.clot_labels.shape} "
+            f"slice {ct.spacing_mm[0]:.2f} emboli [{levels}] -> {result.verdict.value} "
+            f"p={result.probability or 0:.3f} detected {sum(outcome.detected)}/{len(ct.clots)} "
+            f"extra {outcome.false_findings} {seconds:.1f} s",
+            flush=True,
+        )
+    return outcomes
+
+
+def candidate_masses(scans: list[AnalysedScan]) -> tuple[list[float], list[bool]]:
+    """Every candidate component of the assessed scans (no threshold): its probability mass
+    and whether it overlaps a true embolus."""
+    masses: list[float] = []
+    labels: list[bool] = []
+    for scan in scans:
+        a = scan.analysis
+        if isinstance(a, AlgorithmResult):
+            continue
+        truth = scan.truth.clot_labels > 0
+        for e in postprocess.find_emboli(
+            a.prob, a.zone, a.trunk, a.grid, a.input_shape, a.affine, 0.0, None, 10_000
+        ):
+            masses.append(e.mass_ml)
+            labels.append(bool(np.any(truth & e.mask)))
+    return masses, labels
+
+
+def fit_operating_point(
+    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], seeds: range, card_path: Path
+) -> float:
+    """Fit the candidate calibration and choose the threshold (max Youden J) on these
+    validation scans; store both in model.json and in ``detector``."""
+    masses, labels = candidate_masses(scans)
+    calibration = postprocess.fit_calibration(masses, labels)
+    detector.calibration = calibration
+    pos: list[float] = []
+    neg: list[float] = []
+    for scan in scans:
+        a = scan.analysis
+        if isinstance(a, AlgorithmResult):
+            continue
+        p = postprocess.study_probability(a.prob, a.zone, calibration)
+        (pos if scan.truth.clots else neg).append(p)
+    threshold = round(youden_threshold(pos, neg), 4)
+    card = json.loads(card_path.read_text())
+    card["calibration"] = {
+        "intercept": round(calibration.intercept, 6),
+        "slope": round(calibration.slope, 6),
+        "formula": "sigmoid(intercept + slope * ln(mass_ml + 0.01)); mass_ml = sum of the "
+        "embolus probabilities of a candidate component's voxels (>= 0.5) times 0.008 mL",
+        "method": "logistic regression of 'overlaps a true embolus' on every candidate "
+        "component of the validation split",
+        "candidates": {"emboli": int(sum(labels)), "not_emboli": len(labels) - int(sum(labels))},
+    }
+    card["operating_point"] = {
+        "threshold": threshold,
+        "criterion": "maximum Youden J (sensitivity + specificity) on the validation split",
+        "validation_seeds": [seeds.start, seeds.stop - 1],
+        "validation_studies": {"with_pe": len(pos), "without_pe": len(neg)},
+        "validation_auc": round(auc(pos, neg), 4),
+        "validation_sensitivity": round(float(np.mean(np.asarray(pos) >= threshold)), 4),
+        "validation_specificity": round(float(np.mean(np.asarray(neg) < threshold)), 4),
+        "chosen": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    detector.default_threshold = threshold
+    return threshold
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="test")
+    parser.add_argument("--scans", type=int, default=80)
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument(
+        "--write-operating-point",
+        action="store_true",
+        help="fit the candidate calibration and choose the threshold (max Youden J) on these "
+        "scans; write both to model.json",
+    )
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.monotonic()
+    seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
+    detector = PulmonaryEmbolismDetector()
+    detector.load(args.device)
+    scans = analyse_scans(detector, seeds)
+    used = detector.default_threshold if args.threshold is None else args.threshold
+    if args.write_operating_point:
+        card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
+        used = fit_operating_point(detector, scans, seeds, card)
+        print(f"{detector.calibration} and operating point {used:.4f} written to {card}")
+    outcomes = decide_and_score(detector, scans, used)
+    print()
+    print(f"split {args.split}, seeds {seeds.start}-{seeds.stop - 1}")
+    print(report(outcomes, used))
+    print(f"total evaluation time {time.monotonic() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
