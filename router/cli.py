@@ -4,35 +4,63 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from config.loader import ConfigError, load_config, load_default_config
+from config.loader import (
+    ConfigError,
+    LoadedConfig,
+    default_config_path,
+    read_config,
+    read_default_config,
+)
 from config.schema import RouterConfig
 
 LOGGER = logging.getLogger("radrouter")
 
 
+def _read(path: Path | None) -> LoadedConfig:
+    return read_default_config() if path is None else read_config(path)
+
+
 def _load(path: Path | None) -> RouterConfig:
-    return load_default_config() if path is None else load_config(path)
+    return _read(path).config
+
+
+CONFIG_ENV = "RADROUTER_CONFIG"
+"""Environment variable naming the routing YAML ``radrouter serve`` runs when ``--config`` is
+not given (the container image sets it)."""
+
+
+def _serve_config_path(args: argparse.Namespace) -> Path | None:
+    """``--config``, else ``$RADROUTER_CONFIG``, else None (the shipped default)."""
+    if args.config is not None:
+        return Path(args.config)
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    return Path(from_env) if from_env else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.service import RouterService
 
+    config_path = _serve_config_path(args)
     try:
-        config = _load(args.config)
+        loaded = _read(config_path)
     except ConfigError as exc:
         print(f"config rejected:\n{exc}", file=sys.stderr)
         return 2
-    service = RouterService(config, args.config, data_dir=args.data_dir)
+    config = loaded.config
+    LOGGER.info("config: %s", config_path or f"shipped default ({default_config_path()})")
+    service = RouterService(config, config_path, data_dir=args.data_dir)
     from config.loader import check_algorithms
     from router.route.check_config import check_attribute_names
 
-    problems = check_algorithms(config, service.registry.names()) + check_attribute_names(config)
+    problems = check_algorithms(loaded.document, service.registry.names())
+    problems += check_attribute_names(loaded.document)
     if problems:
         print("config rejected:\n" + "\n".join(str(p) for p in problems), file=sys.stderr)
         for plugin in service.registry.problems:
@@ -166,43 +194,58 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from router.deliver.dead_letters import requeue_dead
+    from router.assemble.study_state import reopen_study
+    from router.deliver.dispatch import DISPATCHES
+    from router.deliver.notify import DELIVERIES
+    from router.run.job_queue import JOBS
     from router.store.database import Database
+    from router.store.queue import requeue_dead
 
     db = _database(args)
     assert isinstance(db, Database)
     count = 0
     if args.job is not None:
-        count += (
-            db.connection()
-            .execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, finished_at = NULL "
-                "WHERE id = ? AND state = 'failed'",
-                (args.job,),
-            )
-            .rowcount
-        )
+        count += len(requeue_dead(db, JOBS, args.job, reopen_study))
     if args.dispatch is not None or args.all_dead:
-        count += requeue_dead(db, "dispatches", None if args.all_dead else args.dispatch)
+        count += len(
+            requeue_dead(db, DISPATCHES, None if args.all_dead else args.dispatch, reopen_study)
+        )
     if args.delivery is not None or args.all_dead:
-        count += requeue_dead(db, "deliveries", None if args.all_dead else args.delivery)
+        count += len(
+            requeue_dead(db, DELIVERIES, None if args.all_dead else args.delivery, reopen_study)
+        )
     print(f"requeued {count}")
     return 0 if count else 1
 
 
 def cmd_demo_study(args: argparse.Namespace) -> int:
-    from testing.synthetic_dicom import new_patient_study, write_ct_series
-    from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
+    from tqdm import tqdm
 
-    shape = (args.slices, args.size, args.size)
-    # 0.8 mm pixels: inside the range the reference nodule model was trained on (0.6-0.9 mm).
-    spacing = (args.slice_spacing, 0.8, 0.8)
-    nodules = (
-        [NoduleSpec(right_lung_centre_mm(shape, spacing), args.nodule_mm)] if args.nodule_mm else []
-    )
-    ct = generate_chest_ct(args.seed, shape=shape, spacing_mm=spacing, nodules=nodules)
-    paths = write_ct_series(ct.hu, ct.spacing_mm, new_patient_study(args.seed), args.out)
-    print(f"wrote {len(paths)} slices to {args.out}")
+    from router.demo import write_demo_study
+
+    bar = tqdm(total=args.slices, unit="img", desc="demo study", delay=0.5, disable=args.quiet)
+    try:
+        with bar:
+            demo = write_demo_study(
+                args.out,
+                seed=args.seed,
+                slices=args.slices,
+                size=args.size,
+                slice_spacing_mm=args.slice_spacing,
+                nodule_mm=args.nodule_mm,
+                progress=bar.update,
+            )
+    except ValueError as exc:
+        print(f"demo-study: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(demo.paths)} slices of a synthetic chest CT to {args.out}")
+    if demo.nodule_voxel is not None:
+        k, i, j = demo.nodule_voxel
+        print(
+            f"  a {args.nodule_mm:g} mm nodule in the right lung, centre at image "
+            f"{round(k) + 1} (row {i:.0f}, column {j:.0f})"
+        )
+    print(f"send it with: radrouter send {args.out}")
     return 0
 
 
@@ -223,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, help="spool and database folder")
 
     serve = sub.add_parser("serve", help="run the DICOM node, pipeline and HTTP API")
-    with_config(serve)
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help=f"routing YAML (default: ${CONFIG_ENV} if set, else the shipped config)",
+    )
+    serve.add_argument("--data-dir", type=Path, help="spool and database folder")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a routing YAML (and dry-run it)")
@@ -256,12 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     retry.set_defaults(func=cmd_retry)
 
     demo = sub.add_parser("demo-study", help="write a synthetic chest CT (with a nodule)")
-    demo.add_argument("out", type=Path)
-    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("out", type=Path, help="folder for the DICOM files")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="patient, anatomy and UIDs (another seed: another study)",
+    )
     demo.add_argument("--slices", type=int, default=120)
-    demo.add_argument("--size", type=int, default=384)
-    demo.add_argument("--slice-spacing", type=float, default=2.0)
-    demo.add_argument("--nodule-mm", type=float, default=12.0)
+    demo.add_argument("--size", type=int, default=384, help="rows and columns (0.8 mm pixels)")
+    demo.add_argument("--slice-spacing", type=float, default=2.0, help="mm")
+    demo.add_argument("--nodule-mm", type=float, default=12.0, help="diameter; 0: no nodule")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo_study)
 
     default = sub.add_parser("print-default-config", help="print the shipped routing YAML")

@@ -14,14 +14,15 @@ import uvicorn
 
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
-from config.loader import ConfigError, check_algorithms, load_config
+from config.loader import ConfigError, check_algorithms, read_config
 from config.schema import RouterConfig
 from router.api.app import ApiDependencies, Readiness, create_app
 from router.assemble.assembler import Assembler
 from router.assemble.completion import CompletionReason
+from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.dicom_send import send_files
 from router.deliver.dispatch import Dispatcher, SendFunction
-from router.deliver.notify import ChannelFactory, Notifier
+from router.deliver.notify import ChannelFactory, Notifier, queue_failure
 from router.metrics import Metrics
 from router.receive.ingest import Ingestor, IngestOutcome, Origin, read_header
 from router.receive.node import AssociationTracker, DicomNode
@@ -29,8 +30,10 @@ from router.receive.spool import Spool
 from router.route.check_config import check_attribute_names
 from router.route.planner import Planner
 from router.run.job_queue import Job, JobQueue
+from router.run.priors.stage import PriorStage
 from router.run.worker import JobOutcome, JobRunner, WorkerPool
 from router.store.database import Database
+from router.store.queue import Claimer, LeaseKeeper
 from worklist.channels import channels_from_config
 
 LOGGER = logging.getLogger(__name__)
@@ -65,11 +68,14 @@ class ConfigHolder:
             return False
         self._mtime = mtime
         try:
-            candidate = load_config(self.path)
+            loaded = read_config(self.path)
         except ConfigError as exc:
             LOGGER.error("config change rejected, keeping the running config:\n%s", exc)
             return False
-        problems = check_algorithms(candidate, self._known) + check_attribute_names(candidate)
+        candidate = loaded.config
+        problems = check_algorithms(loaded.document, self._known) + check_attribute_names(
+            loaded.document
+        )
         if problems:
             LOGGER.error(
                 "config change rejected, keeping the running config:\n%s",
@@ -129,7 +135,14 @@ class RouterService:
         self.db = Database(self.data_dir / "radrouter.sqlite3")
         self.spool = Spool(self.data_dir / "spool", config.storage.min_free_mb * 2**20)
         self.metrics = Metrics(self._state_counts)
-        self.queue = JobQueue(self.db)
+        self.claimer = Claimer.for_data_dir(self.data_dir)
+        self.leases = LeaseKeeper()
+        self.queue = JobQueue(
+            self.db,
+            claimer=self.claimer,
+            retry=lambda: self.holder.current().jobs.retry,
+            on_dead=self._job_failed,
+        )
         self.runtime = ModelRuntime(
             self.registry,
             lambda: {k: v.device for k, v in self.holder.current().algorithms.items()},
@@ -137,7 +150,14 @@ class RouterService:
                 k: v.max_concurrent for k, v in self.holder.current().algorithms.items()
             },
         )
-        self.dispatcher = Dispatcher(self.db, self.holder.current, send, self._delivered)
+        self.dispatcher = Dispatcher(
+            self.db,
+            self.holder.current,
+            send,
+            self._delivered,
+            claimer=self.claimer,
+            leases=self.leases,
+        )
         self.notifier = Notifier(
             self.db,
             self.registry,
@@ -145,15 +165,25 @@ class RouterService:
             channels or (lambda config: channels_from_config(config.worklist.notify)),
             on_flag=self._flagged,
             on_delivered=self._notified,
+            claimer=self.claimer,
+            leases=self.leases,
         )
         self.workers = WorkerPool(
             self.queue,
             JobRunner(self.db, self.runtime, self.data_dir / "results", self.holder.current),
             self.holder.current,
+            self.leases,
             on_job_done=self._job_done,
             on_results=self._results_written,
         )
-        self.planner = Planner(self.db, self.queue, self.holder.current, self.workers.wake)
+        self.priors = PriorStage(
+            self.db,
+            self.holder.current,
+            claimer=self.claimer,
+            leases=self.leases,
+            on_released=self.workers.wake,
+        )
+        self.planner = Planner(self.db, self.queue, self.holder.current, self._planned)
         self.assembler = Assembler(
             self.db, lambda: self.holder.current().completion, self._study_complete
         )
@@ -180,7 +210,9 @@ class RouterService:
         if warm:
             wanted = sorted(self.holder.current().algorithm_names() & set(self.registry.names()))
             self.runtime.warm(wanted)
+        self.leases.start()
         self.assembler.start()
+        self.priors.start()
         self.workers.start()
         self.dispatcher.start()
         self.notifier.start()
@@ -201,10 +233,13 @@ class RouterService:
         if self._http_thread is not None:
             self._http_thread.join(timeout=10)
         self.assembler.stop()
+        self.priors.stop()
         self.workers.stop()
         self.dispatcher.stop()
         self.notifier.stop()
-        self.db.record_event("router_stopped")
+        given_back = self.leases.release_all()
+        self.leases.stop()
+        self.db.record_event("router_stopped", detail=f"{given_back} unfinished item(s) given back")
         self._started = False
 
     def recover(self) -> None:
@@ -227,9 +262,9 @@ class RouterService:
             )
             .rowcount
         )
-        jobs = self.queue.resume_interrupted()
-        dispatches = self.dispatcher.resume_interrupted()
-        dispatches += self.notifier.resume_interrupted()
+        jobs = self.queue.items.reclaim_previous_boot() + self.priors.reclaim_previous_boot()
+        dispatches = self.dispatcher.reclaim_previous_boot()
+        dispatches += self.notifier.reclaim_previous_boot()
         for row in self.db.query(
             "SELECT study_uid, revision FROM studies WHERE state = 'complete'"
         ):
@@ -237,7 +272,7 @@ class RouterService:
         if removed or recovered or interrupted or jobs or dispatches:
             LOGGER.info(
                 "recovered: %d partial writes removed, %d spool files re-indexed, "
-                "%d associations closed, %d jobs and %d dispatches resumed",
+                "%d associations closed, %d interrupted jobs and %d interrupted sends requeued",
                 removed,
                 recovered,
                 interrupted,
@@ -319,17 +354,23 @@ class RouterService:
                 LOGGER.exception("config reload check failed")
 
     def _retry_job(self, job_id: int) -> bool:
-        requeued = self.queue.retry(job_id)
+        requeued = self.queue.retry(job_id, reopen_study)
         if requeued:
-            row = self.db.query_one("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
-            if row is not None:
-                self.db.connection().execute(
-                    "UPDATE studies SET state = 'processing', finished_at = NULL "
-                    "WHERE study_uid = ? AND state IN ('attention', 'done')",
-                    (row["study_uid"],),
-                )
             self.workers.wake()
         return requeued
+
+    def _planned(self) -> None:
+        self.priors.wake()
+        self.workers.wake()
+
+    def _job_failed(self, job: Any, error: str) -> None:
+        """A job that failed for good (its last attempt failed or was interrupted): the
+        worklist states the failure, never a silent negative (unless in shadow mode)."""
+        settings = self.holder.current().algorithms.get(job["algorithm"])
+        if settings is None or not settings.shadow:
+            queue_failure(self.db, job["study_uid"], int(job["id"]))
+        self._results_written()
+        settle_study(self.db, job["study_uid"])
 
     def _received(self, _calling_ae: str, status: Any) -> None:
         self.metrics.observe(

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs everything radrouter and its tests need on a fresh Debian machine; idempotent.
+# Sets up everything the tests, lint and type checks need; idempotent. Builds on
+# scripts/setup-serve.sh (the same .venv), so a checkout first set up for serving gets the
+# rest here.
 #   Debian: orthanc (the test PACS), dcmtk (reference SCU/SCP), dicom3tools (dciodvfy),
 #           chromium + chromium-driver (the headless browser the worklist page test drives).
-#   Python: a virtual environment in .venv with radrouter and its dev extras (torch pinned).
+#   Python: radrouter's dev extras (pytest, ruff, mypy, selenium, ... and the train extra),
+#           with torch==2.13.0 installed first, so nothing pulls a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,15 +23,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     # The Debian package may start a system Orthanc; tests start their own on free ports.
 fi
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv"
-    "$PYTHON" -m venv .venv
-fi
-stamp=.venv/.radrouter-installed
+scripts/setup-serve.sh
+
+stamp=.venv/.radrouter-dev
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing Python packages (torch==2.13.0 CPU build)"
-    .venv/bin/pip install -q --upgrade pip
+    echo "setup: installing the dev extras (torch==2.13.0 CPU build first)"
     # torch first and pinned, so nothing pulls a CUDA build from the index.
     .venv/bin/pip install -q "torch==2.13.0"
     .venv/bin/pip install -q -e '.[dev]'

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up (if needed), then runs lint (ruff), types (mypy) and every test (pytest).
+# Sets up everything (if needed: scripts/setup.sh, Debian test tools and dev extras included),
+# then runs lint (ruff), types (mypy) and every test (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -1,4 +1,7 @@
-"""The HTTP API (FastAPI): health, readiness, studies, jobs, dead letters and /metrics."""
+"""The HTTP API (FastAPI): health, readiness, studies, jobs, dead letters and /metrics.
+
+The pages for people (the index, the API docs and the worklist) come from their own routers.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Response
 
+from router.api.docs import OPENAPI_URL, create_docs_router
 from router.deliver.result_writer import result_object_paths
 from router.metrics import Metrics
 from router.store.database import Database
@@ -61,6 +65,12 @@ def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
     ]
     for job in view["jobs"]:
         job["send_to"] = json.loads(job["send_to"])
+    view["prior_requests"] = [
+        _row(p)
+        for p in db.query(
+            "SELECT * FROM prior_requests WHERE study_uid = ? ORDER BY id", (study_uid,)
+        )
+    ]
     view["results"] = [
         {**_row(r), "summary": json.loads(r["summary"] or "{}")}
         for r in db.query("SELECT * FROM results WHERE study_uid = ? ORDER BY id", (study_uid,))
@@ -128,7 +138,14 @@ def _delivered_at(view: dict[str, Any]) -> list[float]:
 
 
 def create_app(deps: ApiDependencies) -> FastAPI:
-    app = FastAPI(title="radrouter", version="0.1.0")
+    # FastAPI's own docs pages load their scripts from a CDN; create_docs_router serves them.
+    app = FastAPI(
+        title="radrouter",
+        version="0.1.0",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
+    )
     db = deps.db
 
     @app.get("/healthz")
@@ -200,4 +217,5 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             db, segmentations=lambda result_id: result_object_paths(db, result_id, "seg")
         )
     )
+    app.include_router(create_docs_router(title=app.title, openapi_url=OPENAPI_URL))
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from router.store.database import Database
@@ -19,7 +20,8 @@ def settle_study(db: Database, study_uid: str) -> str | None:
         if study is None or study["state"] != "processing":
             return None
         pending_jobs = conn.execute(
-            "SELECT COUNT(*) FROM jobs WHERE study_uid = ? AND state IN ('queued', 'running')",
+            "SELECT COUNT(*) FROM jobs WHERE study_uid = ? "
+            "AND state IN ('waiting', 'queued', 'running')",
             (study_uid,),
         ).fetchone()[0]
         pending_dispatches = conn.execute(
@@ -48,3 +50,13 @@ def settle_study(db: Database, study_uid: str) -> str | None:
         )
     db.record_event(f"study_{state}", study_uid)
     return state
+
+
+def reopen_study(conn: sqlite3.Connection, item: sqlite3.Row) -> None:
+    """A requeued dead letter or failed job reopens its finished study (in the requeue's
+    transaction): it is work in progress again until the item ends."""
+    conn.execute(
+        "UPDATE studies SET state = 'processing', finished_at = NULL "
+        "WHERE study_uid = ? AND state IN ('attention', 'done')",
+        (item["study_uid"],),
+    )

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from config.schema import RouterConfig
-from router.assemble.study_state import settle_study
-from router.deliver.dead_letters import requeue_dead
+from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.dicom_send import FileToSend, Peer, SendError, send_files
 from router.deliver.result_writer import result_object_paths
 from router.polling_stage import PollingStage
 from router.store.database import Database
+from router.store.queue import Claim, Claimer, FailOutcome, LeaseKeeper, QueueTable, SqliteWorkQueue
 
 LOGGER = logging.getLogger(__name__)
 
 SendFunction = Callable[[Peer, list[FileToSend]], int]
+
+DISPATCHES = QueueTable("dispatches", ready="pending", claimed="sending", done="done", dead="dead")
 
 
 class Dispatcher(PollingStage):
@@ -34,60 +35,65 @@ class Dispatcher(PollingStage):
         config: Callable[[], RouterConfig],
         send: SendFunction = send_files,
         on_delivered: Callable[[sqlite3.Row], None] | None = None,
+        *,
+        claimer: Claimer | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         super().__init__()
         self.db = db
         self._config = config
         self._send = send
         self._on_delivered = on_delivered
-
-    def resume_interrupted(self) -> int:
-        return (
-            self.db.connection()
-            .execute(
-                "UPDATE dispatches SET state = 'pending', not_before = 0 WHERE state = 'sending'"
-            )
-            .rowcount
+        self._leases = leases or LeaseKeeper()
+        self.items = SqliteWorkQueue(
+            db,
+            DISPATCHES,
+            claimer or Claimer.ephemeral(),
+            lambda _row: self._config().dispatch.retry,
+            on_dead=self._dead,
         )
+
+    def reclaim_previous_boot(self) -> int:
+        return self.items.reclaim_previous_boot()
 
     def retry_dead(self, dispatch_id: int | None = None) -> int:
         """Requeue one dead-lettered dispatch, or all of them, with a fresh retry budget."""
-        count = requeue_dead(self.db, "dispatches", dispatch_id)
+        count = len(self.items.requeue_dead(dispatch_id, reopen_study))
         self.wake()
         return count
 
     def run_once(self, now: float | None = None) -> bool:
         """Send one ready dispatch. Returns False when none was ready."""
-        now = time.time() if now is None else now
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE dispatches SET state = 'sending', attempts = attempts + 1 WHERE id = "
-                "(SELECT id FROM dispatches WHERE state = 'pending' AND not_before <= ? "
-                "ORDER BY not_before, id LIMIT 1) RETURNING *",
-                (now,),
-            ).fetchone()
-        if row is None:
+        claim = self.items.claim(now)
+        if claim is None:
             return False
+        row = claim.row
         config = self._config()
-        try:
-            destination = config.destinations.get(row["destination"])
-            if destination is None:
-                raise SendError(f"destination {row['destination']!r} is no longer configured")
-            peer = Peer(
-                ae_title=destination.ae_title,
-                host=destination.host,
-                port=destination.port,
-                calling_ae_title=destination.calling_ae_title or config.node.ae_title,
-                timeout_s=destination.timeout_s,
-            )
-            files = self._files(row)
-            self._send(peer, files)
-        except (SendError, OSError, ValueError, RuntimeError) as exc:
-            self._failed(row, str(exc), config)
-            return True
-        self.db.connection().execute(
-            "UPDATE dispatches SET state = 'done', finished_at = ?, last_error = '' WHERE id = ?",
-            (time.time(), row["id"]),
+        with self._leases.held(self.items, claim):
+            try:
+                destination = config.destinations.get(row["destination"])
+                if destination is None:
+                    raise SendError(f"destination {row['destination']!r} is no longer configured")
+                peer = Peer(
+                    ae_title=destination.ae_title,
+                    host=destination.host,
+                    port=destination.port,
+                    calling_ae_title=destination.calling_ae_title or config.node.ae_title,
+                    timeout_s=destination.timeout_s,
+                )
+                files = self._files(row)
+                self._send(peer, files)
+            except (SendError, OSError, ValueError, RuntimeError) as exc:
+                self._failed(claim, str(exc))
+                return True
+        with self.db.transaction() as conn:
+            if not self.items.complete(conn, claim):
+                LOGGER.warning(
+                    "dispatch %d: claim lost while sending; left to its new owner", claim.id
+                )
+                return True
+        LOGGER.info(
+            "dispatch %d: study %s sent to %s", row["id"], row["study_uid"], row["destination"]
         )
         self.db.record_event(
             "dispatch_done",
@@ -119,30 +125,22 @@ class Dispatcher(PollingStage):
             for i in instances
         ]
 
-    def _failed(self, row: sqlite3.Row, error: str, config: RouterConfig) -> None:
-        policy = config.dispatch.retry
-        attempts = int(row["attempts"])
-        if attempts < policy.max_attempts:
-            delay = policy.delay_s(attempts)
-            self.db.connection().execute(
-                "UPDATE dispatches SET state = 'pending', not_before = ?, last_error = ? "
-                "WHERE id = ?",
-                (time.time() + delay, error, row["id"]),
-            )
+    def _failed(self, claim: Claim, error: str) -> None:
+        row = claim.row
+        policy = self._config().dispatch.retry
+        if self.items.fail(claim, error) is FailOutcome.RETRY:
             LOGGER.warning(
                 "dispatch %d to %s failed (attempt %d of %d), retry in %.0f s: %s",
                 row["id"],
                 row["destination"],
-                attempts,
+                claim.attempts,
                 policy.max_attempts,
-                delay,
+                policy.delay_s(claim.attempts),
                 error,
             )
-            return
-        self.db.connection().execute(
-            "UPDATE dispatches SET state = 'dead', finished_at = ?, last_error = ? WHERE id = ?",
-            (time.time(), error, row["id"]),
-        )
+
+    def _dead(self, row: sqlite3.Row, error: str) -> None:
+        """After the retry budget (or an interruption on the last attempt): kept, visible."""
         self.db.record_event(
             "dispatch_dead_letter", row["study_uid"], detail=f"dispatch {row['id']}: {error}"
         )
@@ -150,7 +148,7 @@ class Dispatcher(PollingStage):
             "dispatch %d to %s dead-lettered after %d attempts: %s",
             row["id"],
             row["destination"],
-            attempts,
+            row["attempts"],
             error,
         )
         settle_study(self.db, row["study_uid"])

@@ -18,17 +18,26 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 
 from algorithms.registry import Registry
 from config.schema import Priority, RouterConfig
-from router.assemble.study_state import settle_study
-from router.deliver.dead_letters import requeue_dead
+from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.outcome_codec import result_from_json
 from router.polling_stage import PollingStage
 from router.store.database import Database
+from router.store.queue import (
+    Claim,
+    Claimer,
+    FailOutcome,
+    LeaseKeeper,
+    QueueTable,
+    RetryBudget,
+    SqliteWorkQueue,
+)
 from router.worklist_page.store import record_flag
 from worklist.channel import Channel, DeliveryError
 from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
@@ -52,6 +61,8 @@ HEADER_KEYWORDS = (
 """What a notification needs of the study header (read from the spool, never stored)."""
 
 ChannelFactory = Callable[[RouterConfig], Mapping[str, Channel]]
+
+DELIVERIES = QueueTable("deliveries", ready="pending", claimed="sending", done="done", dead="dead")
 
 
 def queue_result(conn: sqlite3.Connection, study_uid: str, job_id: int, result_id: int) -> None:
@@ -85,6 +96,9 @@ class Notifier(PollingStage):
         channels: ChannelFactory,
         on_flag: Callable[[str, float], None] | None = None,
         on_delivered: Callable[[str, str, float], None] | None = None,
+        *,
+        claimer: Claimer | None = None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         super().__init__()
         self.db = db
@@ -94,23 +108,25 @@ class Notifier(PollingStage):
         self._on_flag = on_flag
         self._on_delivered = on_delivered
         self._channel_cache: tuple[object, Mapping[str, Channel]] | None = None
+        self._leases = leases or LeaseKeeper()
+        self.items = SqliteWorkQueue(
+            db, DELIVERIES, claimer or Claimer.ephemeral(), self._budget, on_dead=self._dead
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def resume_interrupted(self) -> int:
-        return (
-            self.db.connection()
-            .execute(
-                "UPDATE deliveries SET state = 'pending', not_before = 0 WHERE state = 'sending'"
-            )
-            .rowcount
-        )
+    def reclaim_previous_boot(self) -> int:
+        return self.items.reclaim_previous_boot()
 
     def retry_dead(self, delivery_id: int | None = None) -> int:
         """Requeue one dead-lettered delivery, or all of them, with a fresh retry budget."""
-        count = requeue_dead(self.db, "deliveries", delivery_id)
+        count = len(self.items.requeue_dead(delivery_id, reopen_study))
         self.wake()
         return count
+
+    def _budget(self, row: sqlite3.Row) -> RetryBudget:
+        channel = self.channels().get(row["channel"])
+        return channel.retry if channel is not None else NO_RETRY
 
     def run_once(self, now: float | None = None) -> bool:
         """Decide one queued result, or else send one ready delivery. False when idle."""
@@ -246,25 +262,23 @@ class Notifier(PollingStage):
         return self._channel_cache[1]
 
     def _deliver_one(self, now: float) -> bool:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE deliveries SET state = 'sending', attempts = attempts + 1 WHERE id = "
-                "(SELECT id FROM deliveries WHERE state = 'pending' AND not_before <= ? "
-                "ORDER BY not_before, id LIMIT 1) RETURNING *",
-                (now,),
-            ).fetchone()
-        if row is None:
+        claim = self.items.claim(now)
+        if claim is None:
             return False
         try:
-            self._deliver(row)
+            with self._leases.held(self.items, claim):
+                self._deliver(claim)
         finally:
-            settle_study(self.db, row["study_uid"])
+            settle_study(self.db, claim.row["study_uid"])
         return True
 
-    def _deliver(self, row: sqlite3.Row) -> None:
+    def _deliver(self, claim: Claim) -> None:
+        row = claim.row
         channel = self.channels().get(row["channel"])
         if channel is None:
-            self._dead(row, f"channel {row['channel']!r} is no longer configured")
+            self.items.fail(
+                claim, f"channel {row['channel']!r} is no longer configured", retryable=False
+            )
             return
         queued = self.db.query_one("SELECT * FROM notify_queue WHERE id = ?", (row["notify_id"],))
         try:
@@ -275,17 +289,21 @@ class Notifier(PollingStage):
                 raise DeliveryError(row["channel"], "its result is gone", retryable=False)
             receipt = channel.deliver(notification)
         except DeliveryError as exc:
-            self._failed(row, channel, exc.reason, exc.retryable)
+            self._failed(claim, channel, exc.reason, exc.retryable)
             return
         except (OSError, ValueError) as exc:
-            self._failed(row, channel, f"{type(exc).__name__}: {exc}", True)
+            self._failed(claim, channel, f"{type(exc).__name__}: {exc}", True)
             return
         finished = time.time()
-        self.db.connection().execute(
-            "UPDATE deliveries SET state = 'done', finished_at = ?, last_error = '', "
-            "message_id = ?, acknowledgement = ? WHERE id = ?",
-            (finished, receipt.message_id, receipt.acknowledgement, row["id"]),
-        )
+        with self.db.transaction() as conn:
+            done = self.items.complete(
+                conn,
+                claim,
+                {"message_id": receipt.message_id, "acknowledgement": receipt.acknowledgement},
+            )
+        if not done:
+            LOGGER.warning("delivery %d: claim lost while sending; left to its new owner", claim.id)
+            return
         self.db.record_event(
             "delivery_done",
             row["study_uid"],
@@ -300,34 +318,37 @@ class Notifier(PollingStage):
                 algorithm, row["channel"], finished - float(study["last_received_at"])
             )
 
-    def _failed(self, row: sqlite3.Row, channel: Channel, error: str, retryable: bool) -> None:
-        attempts = int(row["attempts"])
+    def _failed(self, claim: Claim, channel: Channel, error: str, retryable: bool) -> None:
+        row = claim.row
         policy = channel.retry
-        if retryable and attempts < policy.max_attempts:
-            delay = policy.delay_s(attempts)
-            self.db.connection().execute(
-                "UPDATE deliveries SET state = 'pending', not_before = ?, last_error = ? "
-                "WHERE id = ?",
-                (time.time() + delay, error, row["id"]),
-            )
+        if self.items.fail(claim, error, retryable=retryable) is FailOutcome.RETRY:
             LOGGER.warning(
                 "delivery %d via %s failed (attempt %d of %d), retry in %.0f s: %s",
                 row["id"],
                 row["channel"],
-                attempts,
+                claim.attempts,
                 policy.max_attempts,
-                delay,
+                policy.delay_s(claim.attempts),
                 error,
             )
-            return
-        self._dead(row, error)
 
     def _dead(self, row: sqlite3.Row, error: str) -> None:
-        self.db.connection().execute(
-            "UPDATE deliveries SET state = 'dead', finished_at = ?, last_error = ? WHERE id = ?",
-            (time.time(), error, row["id"]),
-        )
+        """After the channel's budget, a permanent rejection or an interrupted last attempt."""
         self.db.record_event(
             "delivery_dead_letter", row["study_uid"], detail=f"delivery {row['id']}: {error}"
         )
         LOGGER.error("delivery %d via %s dead-lettered: %s", row["id"], row["channel"], error)
+        settle_study(self.db, row["study_uid"])
+
+
+@dataclass(frozen=True)
+class _NoRetry:
+    """The budget of a delivery whose channel is no longer configured: one attempt."""
+
+    max_attempts: int = 1
+
+    def delay_s(self, attempts: int) -> float:
+        return 0.0
+
+
+NO_RETRY = _NoRetry()

@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +67,11 @@ class ResultWriter:
         *,
         shadow: bool,
         prior: PriorEvidence | None = None,
+        within: Callable[[sqlite3.Connection], None] | None = None,
     ) -> WrittenResult:
+        """Write the objects, then record them, their dispatches and the notification in one
+        transaction; ``within`` runs first in it (the job's completion: if it raises, nothing
+        is recorded)."""
         version = self._next_version(job.study_uid, job.algorithm)
         if loaded is not None:
             sources = [
@@ -96,6 +100,8 @@ class ResultWriter:
             write_dataset(obj.dataset, path)
             paths[obj.kind.name.lower()] = path
         with self.db.transaction() as conn:
+            if within is not None:
+                within(conn)
             result_id = self._record(conn, job, info, result, objects, paths, shadow)
             if shadow:
                 LOGGER.info(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +12,9 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.errors import InvalidDicomError
 
 from algorithms.manifest.discovery import discover_manifests
-from config.loader import (
-    ConfigError,
-    ConfigIssue,
-    check_algorithms,
-    config_source,
-    load_config,
-)
-from config.schema import MatchOperator, RouterConfig
+from config.loader import ConfigError, ConfigIssue, check_algorithms, validate_config
+from config.schema import RouterConfig
+from config.yaml_document import YamlDocument, merge_issues, read_yaml, reference_issue
 from router.route.matching import ASSOCIATION_ATTRIBUTES, RoutingDecision, SeriesFacts, route
 
 __all__ = [
@@ -109,47 +103,69 @@ def check_config_file(
     """Load ``path`` and check it against the installed algorithms and the DICOM dictionary.
     ``known_algorithms`` are the installed plugins; the manifest models in the config's
     ``model_dirs`` are loaded and checked here, and a broken manifest is an issue in its own
-    file. Returns the config (``None`` when it does not load) and every issue; the config is
-    fit to run only when the list is empty."""
+    file. Returns the config (``None`` when it does not load) and every issue, all found in
+    one run: the algorithm and keyword checks read the file even when the schema refused it.
+    The config is fit to run only when the list is empty."""
     try:
-        config = load_config(Path(path))
-    except ConfigError as exc:
+        document = read_yaml(Path(path))
+    except ConfigError as exc:  # unreadable, or not YAML at all
         return None, list(exc.issues)
-    manifests = discover_manifests(config.model_dirs, taken=set(known_algorithms))
+    config: RouterConfig | None = None
+    try:
+        config = validate_config(document).config
+        schema_issues: list[ConfigIssue] = []
+    except ConfigError as exc:
+        schema_issues = list(exc.issues)
+    model_dirs = config.model_dirs if config is not None else _model_dirs(document)
+    manifests = discover_manifests(model_dirs, taken=set(known_algorithms))
     known = set(known_algorithms) | set(manifests.algorithms)
-    issues = check_algorithms(config, known) + check_attribute_names(config)
-    issues.sort(key=lambda issue: (issue.line or 0, issue.column or 0))
+    issues = merge_issues(
+        schema_issues, check_algorithms(document, known), check_attribute_names(document)
+    )
     return config, issues + manifests.issues()
 
 
-def check_attribute_names(config: RouterConfig) -> list[ConfigIssue]:
+def _model_dirs(document: YamlDocument) -> list[Path]:
+    """``model_dirs`` of a file the schema refused: the entries that are text."""
+    folders = document.value_at(("model_dirs",))
+    if not isinstance(folders, list):
+        return []
+    return [Path(folder) for folder in folders if isinstance(folder, str)]
+
+
+def check_attribute_names(document: YamlDocument) -> list[ConfigIssue]:
     """Matcher names that are not DICOM keywords can never be found in a header (a typo such
     as ``Modalty`` would silently never match); ``min``/``max`` on an attribute that is not
-    numeric (e.g. PatientAge, ``045Y``) never holds either."""
-    locator = config_source(config)
+    numeric (e.g. PatientAge, ``045Y``) never holds either. Reads the plain data, so it works
+    on a file that failed validation too."""
     issues: list[ConfigIssue] = []
-    for index, rule in enumerate(config.rules):
-        for attribute, matcher in rule.when.items():
+    rules = document.value_at(("rules",))
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        when = rule.get("when") if isinstance(rule, Mapping) else None
+        for attribute, matcher in when.items() if isinstance(when, Mapping) else ():
+            if not isinstance(attribute, str) or attribute in ASSOCIATION_ATTRIBUTES:
+                continue
             path = ("rules", index, "when", attribute)
-            if attribute in ASSOCIATION_ATTRIBUTES:
+            unknown = reference_issue(
+                document,
+                path,
+                attribute,
+                keyword_dict,
+                problem=f"{attribute!r} is not a DICOM keyword (they are case-sensitive, "
+                "e.g. SeriesDescription), so no header has it",
+                at_key=True,
+                cutoff=0.8,
+            )
+            if unknown is not None:
+                issues.append(unknown)
                 continue
-            if attribute not in keyword_dict:
-                hint = _did_you_mean(attribute)
-                issues.append(
-                    locator.issue(
-                        path,
-                        f"{attribute!r} is not a DICOM keyword, so no header has it{hint} "
-                        "(keywords are case-sensitive, e.g. SeriesDescription)",
-                    )
-                )
-                continue
-            if isinstance(matcher, MatchOperator) and (
-                matcher.min is not None or matcher.max is not None
+            if isinstance(matcher, Mapping) and (
+                matcher.get("min") is not None or matcher.get("max") is not None
             ):
                 vr = dictionary_VR(attribute)
                 if vr not in NUMERIC_VRS:
                     issues.append(
-                        locator.issue(
+                        document.issue(
                             path,
                             f"min/max compare numbers, but {attribute} holds {vr} values "
                             "that are not numbers, so this condition can never hold; "
@@ -157,14 +173,6 @@ def check_attribute_names(config: RouterConfig) -> list[ConfigIssue]:
                         )
                     )
     return issues
-
-
-def _did_you_mean(name: str) -> str:
-    lowered = {keyword.lower(): keyword for keyword in keyword_dict}
-    if name.lower() in lowered:
-        return f" (did you mean {lowered[name.lower()]!r}?)"
-    close = difflib.get_close_matches(name, list(keyword_dict), n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from config.schema import RouterConfig
 from router.assemble.completion import CompletionReason
 from router.route.matching import SeriesFacts, route
 from router.run.job_queue import JobQueue
+from router.run.priors.stage import request_prior
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class Planner:
                 )
                 for action in decision.actions:
                     if action.run:
-                        self.jobs.enqueue(
+                        settings = config.algorithms.get(action.run)
+                        needs_prior = settings is not None and settings.priors is not None
+                        job_id = self.jobs.enqueue(
                             conn,
                             study_uid=study_uid,
                             series_uid=series["series_uid"],
@@ -81,7 +84,11 @@ class Planner:
                             priority=action.priority,
                             send_to=tuple(action.send_to),
                             max_attempts=config.jobs.retry.max_attempts,
+                            waiting=needs_prior,
                         )
+                        if needs_prior:
+                            # A follow-up: the prior stage finds its prior, then releases it.
+                            request_prior(conn, job_id, study_uid)
                         work += 1
                     else:
                         for destination in action.send_to:

@@ -1,14 +1,44 @@
-"""The durable job queue in SQLite: stat before urgent before routine, retries with backoff."""
+"""The job queue: stat before urgent before routine, oldest first within a lane, on the shared
+durable queue (``router.store.queue``: leases, retries with back-off, dead letters).
+
+A follow-up job is enqueued ``waiting``: it becomes ready only when the prior stage has
+looked for its prior exam (``release_waiting``), so no worker ever waits on a PACS.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from config.schema import Priority, RetryPolicy
 from router.store.database import Database
+from router.store.queue import (
+    DEFAULT_LEASE_S,
+    Claim,
+    Claimer,
+    DeadHandler,
+    FailOutcome,
+    InTransaction,
+    QueueTable,
+    RetryBudget,
+    SqliteWorkQueue,
+)
+
+JOBS = QueueTable(
+    "jobs",
+    ready="queued",
+    claimed="running",
+    done="done",
+    dead="failed",
+    error_column="error",
+    order_by="priority_rank, created_at, id",
+    started_column="started_at",
+)
+WAITING = "waiting"
+"""A job held until the prior stage has looked for its prior; not claimable."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +54,9 @@ class Job:
     attempts: int
     max_attempts: int
     created_at: float
+    prior_study_uid: str = ""
+    prior_series_uid: str = ""
+    """The prior exam the prior stage chose ("" when none was found or none is needed)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -39,14 +72,49 @@ class Job:
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             created_at=float(row["created_at"]),
+            prior_study_uid=str(row["prior_study_uid"]),
+            prior_series_uid=str(row["prior_series_uid"]),
         )
 
 
-class JobQueue:
-    """A small interface so a distributed store (e.g. PostgreSQL SKIP LOCKED) can replace it."""
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job and the claim a worker holds on it."""
 
-    def __init__(self, db: Database) -> None:
+    job: Job
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class _CappedBudget:
+    """The configured retry policy, capped by the job's own attempt budget."""
+
+    policy: RetryPolicy
+    max_attempts: int
+
+    def delay_s(self, attempts: int) -> float:
+        return self.policy.delay_s(attempts)
+
+
+class JobQueue:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        claimer: Claimer | None = None,
+        retry: Callable[[], RetryPolicy] = RetryPolicy,
+        lease_s: float = DEFAULT_LEASE_S,
+        on_dead: DeadHandler | None = None,
+    ) -> None:
         self.db = db
+        self._retry = retry
+        self.items = SqliteWorkQueue(
+            db, JOBS, claimer or Claimer.ephemeral(), self._budget, lease_s=lease_s, on_dead=on_dead
+        )
+
+    def _budget(self, row: sqlite3.Row) -> RetryBudget:
+        policy = self._retry()
+        return _CappedBudget(policy, min(int(row["max_attempts"]), policy.max_attempts))
 
     def enqueue(
         self,
@@ -60,17 +128,19 @@ class JobQueue:
         priority: Priority,
         send_to: tuple[str, ...],
         max_attempts: int,
+        waiting: bool = False,
     ) -> int:
-        """Add a job inside the caller's transaction; older queued runs of it are superseded."""
+        """Add a job inside the caller's transaction (``waiting``: held for the prior stage);
+        older runs of it that have not started are superseded."""
         conn.execute(
             "UPDATE jobs SET state = 'superseded', finished_at = ? WHERE study_uid = ? "
-            "AND series_uid = ? AND algorithm = ? AND state = 'queued'",
+            "AND series_uid = ? AND algorithm = ? AND state IN ('queued', 'waiting')",
             (time.time(), study_uid, series_uid, algorithm),
         )
         cursor = conn.execute(
             "INSERT INTO jobs (study_uid, series_uid, study_revision, algorithm, rule_name, "
             "priority, priority_rank, send_to, state, max_attempts, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 study_uid,
                 series_uid,
@@ -80,72 +150,57 @@ class JobQueue:
                 priority.value,
                 priority.rank,
                 json.dumps(list(send_to)),
+                WAITING if waiting else JOBS.ready,
                 max_attempts,
                 time.time(),
             ),
         )
         return int(cursor.lastrowid or 0)
 
-    def claim(self, now: float | None = None) -> Job | None:
-        """Take the most urgent ready job, oldest first within a lane."""
-        now = time.time() if now is None else now
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1 "
-                "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ? "
-                "ORDER BY priority_rank, created_at, id LIMIT 1) RETURNING *",
-                (now, now),
-            ).fetchone()
-        return None if row is None else Job.from_row(row)
-
-    def finish(self, job_id: int, verdict: str, model_seconds: float | None, device: str) -> None:
-        self.db.connection().execute(
-            "UPDATE jobs SET state = 'done', finished_at = ?, verdict = ?, model_seconds = ?, "
-            "device = ?, error = '' WHERE id = ?",
-            (time.time(), verdict, model_seconds, device, job_id),
-        )
-
-    def fail(self, job: Job, error: str, retry: RetryPolicy) -> bool:
-        """Record a failed attempt. Returns True if it will be retried, False if it is final."""
-        now = time.time()
-        attempts_allowed = min(job.max_attempts, retry.max_attempts)
-        if job.attempts < attempts_allowed:
-            self.db.connection().execute(
-                "UPDATE jobs SET state = 'queued', not_before = ?, error = ? WHERE id = ?",
-                (now + retry.delay_s(job.attempts), error, job.id),
-            )
-            return True
-        self.db.connection().execute(
-            "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-            (now, error, job.id),
-        )
-        return False
-
-    def resume_interrupted(self) -> int:
-        """After a restart, jobs that were running go back to the queue (not counted as tries)."""
-        return (
-            self.db.connection()
-            .execute(
-                "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), not_before = 0 "
-                "WHERE state = 'running'"
-            )
-            .rowcount
-        )
-
-    def retry(self, job_id: int) -> bool:
-        """Put a failed job back in its lane, with a fresh retry budget."""
+    @staticmethod
+    def release_waiting(
+        conn: sqlite3.Connection, job_id: int, prior_study_uid: str, prior_series_uid: str
+    ) -> bool:
+        """Make a waiting job ready, with the prior found for it (or none: "")."""
         return bool(
-            self.db.connection()
-            .execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, not_before = 0, finished_at = NULL "
-                "WHERE id = ? AND state = 'failed'",
-                (job_id,),
-            )
-            .rowcount
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', prior_study_uid = ?, prior_series_uid = ? "
+                "WHERE id = ? AND state = 'waiting'",
+                (prior_study_uid, prior_series_uid, job_id),
+            ).rowcount
         )
+
+    def claim(
+        self, now: float | None = None, *, algorithms: Collection[str] | None = None
+    ) -> ClaimedJob | None:
+        """The most urgent ready job (of ``algorithms``, when given), oldest first in a lane."""
+        claim = self.items.claim(
+            now, where=None if algorithms is None else {"algorithm": sorted(algorithms)}
+        )
+        return None if claim is None else ClaimedJob(Job.from_row(claim.row), claim)
+
+    def finish(
+        self,
+        conn: sqlite3.Connection,
+        claimed: ClaimedJob,
+        verdict: str,
+        model_seconds: float | None,
+        device: str,
+    ) -> bool:
+        """Mark the job done inside the transaction that records its result; False when the
+        claim was lost (the caller rolls back, so the job is finished exactly once)."""
+        return self.items.complete(
+            conn,
+            claimed.claim,
+            {"verdict": verdict, "model_seconds": model_seconds, "device": device},
+        )
+
+    def fail(self, claimed: ClaimedJob, error: str) -> FailOutcome:
+        return self.items.fail(claimed.claim, error)
+
+    def retry(self, job_id: int, also: InTransaction | None = None) -> bool:
+        """Put a failed job back in its lane, with a fresh retry budget."""
+        return bool(self.items.requeue_dead(job_id, also))
 
     def counts(self) -> dict[str, int]:
-        return {
-            row["state"]: int(row["n"])
-            for row in self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-        }
+        return self.items.counts()

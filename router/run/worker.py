@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
 from config.schema import RouterConfig
 from dicom_sr.context import InstanceReference
 from router.assemble.study_state import settle_study
-from router.deliver.notify import queue_failure
 from router.deliver.result_writer import PriorEvidence, ResultWriter
-from router.run.job_queue import Job, JobQueue
-from router.run.priors import CurrentStudy, find_prior, load_prior_study
+from router.run.job_queue import ClaimedJob, Job, JobQueue
+from router.run.priors.loading import load_prior_study
+from router.run.priors.local_index import held_prior
 from router.run.series_loader import LoadedSeries, VolumeError, load_series
 from router.store.database import Database
+from router.store.queue import FailOutcome, LeaseKeeper
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +32,15 @@ class JobOutcome:
     result_path: Path
     model_seconds: float | None
     device: str
+
+
+CompleteJob = Callable[[sqlite3.Connection, Verdict, float | None, str], None]
+"""Marks the job done inside the transaction that records its result (raises to roll back)."""
+
+
+class ClaimLostError(RuntimeError):
+    """The job's claim was taken over while it ran (its lease expired): its result is dropped,
+    so the job is finished exactly once, by whoever holds it now."""
 
 
 class JobRunner:
@@ -47,7 +58,8 @@ class JobRunner:
         self.writer = ResultWriter(db, results_dir)
         self._config = config
 
-    def run(self, job: Job) -> JobOutcome:
+    def run(self, job: Job, complete: CompleteJob | None = None) -> JobOutcome:
+        """Load, run, write. ``complete`` is called inside the result's transaction."""
         info = self.runtime.registry.info(job.algorithm)
         paths = [
             Path(row["path"])
@@ -78,44 +90,40 @@ class JobRunner:
                 threshold = (
                     settings.threshold_for(loaded.series.header) if settings is not None else None
                 )
-                priors, prior = self._priors(job, loaded)
+                priors, prior = self._priors(job)
                 study_input = StudyInput(
                     job.study_uid, loaded.series, priors=priors, threshold=threshold
                 )
                 outcome = self.runtime.run(job.algorithm, study_input, timeout)
                 result, model_seconds, device = outcome.result, outcome.seconds, outcome.device
         settings = self._config().algorithms.get(job.algorithm)
+        verdict, seconds, used = result.verdict, model_seconds, device
         written = self.writer.write(
-            job, info, result, loaded, shadow=settings is not None and settings.shadow, prior=prior
+            job,
+            info,
+            result,
+            loaded,
+            shadow=settings is not None and settings.shadow,
+            prior=prior,
+            within=None
+            if complete is None
+            else (lambda conn: complete(conn, verdict, seconds, used)),
         )
         return JobOutcome(
             result.verdict, len(result.findings), written.report_path, model_seconds, device
         )
 
-    def _priors(
-        self, job: Job, loaded: LoadedSeries
-    ) -> tuple[tuple[PriorStudy, ...], PriorEvidence | None]:
-        """The patient's earlier exam for a follow-up algorithm (``algorithms.<name>.priors``):
-        held locally, else retrieved from a configured PACS. None found is not an error: the
-        algorithm then reports on the current exam alone."""
-        config = self._config()
-        settings = config.algorithms.get(job.algorithm)
-        if settings is None or settings.priors is None:
+    def _priors(self, job: Job) -> tuple[tuple[PriorStudy, ...], PriorEvidence | None]:
+        """The prior exam the prior stage chose for this job (``algorithms.<name>.priors``),
+        loaded from the spool. None chosen is not an error: the algorithm then reports on the
+        current exam alone."""
+        if not job.prior_series_uid:
             return (), None
-        rule = next((r for r in config.rules if r.name == job.rule_name), None)
-        selector = {
-            key: value
-            for key, value in (rule.when.items() if rule is not None else ())
-            if key not in ("CallingAE", "CalledAE")
-        }
-        found = find_prior(
-            self.db,
-            settings.priors,
-            config.node.ae_title,
-            CurrentStudy.from_header(loaded.first_header),
-            selector,
-        )
+        found = held_prior(self.db, job.prior_study_uid, job.prior_series_uid)
         if found is None:
+            LOGGER.warning(
+                "job %d: prior series %s is no longer held", job.id, job.prior_series_uid
+            )
             return (), None
         try:
             study = load_prior_study(self.db, found, job.algorithm)
@@ -147,19 +155,24 @@ class JobRunner:
 
 
 class WorkerPool:
-    """N threads that claim jobs in priority order and run them."""
+    """N threads that claim jobs in priority order and run them, holding each claim's lease
+    alive while the job runs. A job that fails for good is handled by the queue's dead-letter
+    handler (the failure is stated on the worklist), whether it failed here or was
+    interrupted."""
 
     def __init__(
         self,
         queue: JobQueue,
         runner: JobRunner,
         config: Callable[[], RouterConfig],
+        leases: LeaseKeeper,
         on_job_done: Callable[[Job, JobOutcome], None] | None = None,
         on_results: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
         self._config = config
+        self._leases = leases
         self._on_job_done = on_job_done
         self._on_results = on_results
         self._wake = threading.Event()
@@ -193,38 +206,20 @@ class WorkerPool:
                 self._wake.clear()
 
     def run_once(self) -> bool:
-        job = self.queue.claim()
-        if job is None:
+        claimed = self.queue.claim()
+        if claimed is None:
             return False
+        job = claimed.job
         self.queue.db.record_event("job_started", job.study_uid, job.id, job.algorithm)
-        try:
-            outcome = self.runner.run(job)
-        except Exception as exc:  # boundary: a crashing or hanging model fails this job only
-            reason = (
-                f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, AlgorithmTimeoutError)
-                else str(exc)
-            )
-            will_retry = self.queue.fail(job, reason, self._config().jobs.retry)
-            self.queue.db.record_event(
-                "job_retry" if will_retry else "job_failed", job.study_uid, job.id, reason
-            )
-            LOGGER.error(
-                "job %d (%s) failed%s: %s",
-                job.id,
-                job.algorithm,
-                ", will retry" if will_retry else "",
-                reason,
-            )
-            if not will_retry:
-                settings = self._config().algorithms.get(job.algorithm)
-                if settings is None or not settings.shadow:
-                    queue_failure(self.queue.db, job.study_uid, job.id)
-                if self._on_results is not None:
-                    self._on_results()
-                settle_study(self.queue.db, job.study_uid)
-            return True
-        self.queue.finish(job.id, outcome.verdict.value, outcome.model_seconds, outcome.device)
+        with self._leases.held(self.queue.items, claimed.claim):
+            try:
+                outcome = self.runner.run(job, self._completer(claimed))
+            except ClaimLostError:
+                LOGGER.warning("job %d: claim lost while it ran; its result is dropped", job.id)
+                return True
+            except Exception as exc:  # boundary: a crashing or hanging model fails this job only
+                self._failed(claimed, exc)
+                return True
         self.queue.db.record_event(
             "job_done",
             job.study_uid,
@@ -240,3 +235,32 @@ class WorkerPool:
             self._on_results()
         settle_study(self.queue.db, job.study_uid)
         return True
+
+    def _completer(self, claimed: ClaimedJob) -> CompleteJob:
+        def complete(
+            conn: sqlite3.Connection, verdict: Verdict, seconds: float | None, device: str
+        ) -> None:
+            if not self.queue.finish(conn, claimed, verdict.value, seconds, device):
+                raise ClaimLostError(f"job {claimed.job.id}")
+
+        return complete
+
+    def _failed(self, claimed: ClaimedJob, exc: Exception) -> None:
+        job = claimed.job
+        reason = (
+            str(exc) if isinstance(exc, AlgorithmTimeoutError) else f"{type(exc).__name__}: {exc}"
+        )
+        outcome = self.queue.fail(claimed, reason)
+        if outcome is FailOutcome.LOST:
+            return
+        will_retry = outcome is FailOutcome.RETRY
+        self.queue.db.record_event(
+            "job_retry" if will_retry else "job_failed", job.study_uid, job.id, reason
+        )
+        LOGGER.error(
+            "job %d (%s) failed%s: %s",
+            job.id,
+            job.algorithm,
+            ", will retry" if will_retry else "",
+            reason,
+        )

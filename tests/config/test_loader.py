@@ -16,8 +16,12 @@ from config.loader import (
     load_config,
     load_default_config,
     parse_config,
+    read_config,
+    read_default_config,
+    validate_config,
 )
 from config.schema import MatchOperator, Priority, RouterConfig
+from config.yaml_document import parse_yaml
 from router.route.matching import SeriesFacts, route
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
@@ -254,6 +258,27 @@ def test_several_problems_are_all_reported_in_file_order() -> None:
     assert "AE title" in issues[1].message
 
 
+def test_cross_references_are_checked_even_when_the_schema_refuses_the_file() -> None:
+    text = """\
+    node:
+      port: abc
+    destinations:
+      pacs: {ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+    rules:
+      - {name: chest, when: {Modality: CT}, send_to: [pcas]}
+      - {name: chest, when: {Modality: MR}, priorty: stat}
+    """
+    issues = issues_of(text)
+    assert [(i.key, i.line) for i in issues] == [
+        ("node.port", 2),
+        ("rules[0].send_to[0]", 6),
+        ("rules[1].name", 7),
+        ("rules[1].priorty", 7),
+    ]
+    assert "unknown destination 'pcas' (did you mean 'pacs'?)" in issues[1].message
+    assert "used twice" in issues[2].message
+
+
 def test_missing_required_key_points_at_its_mapping() -> None:
     text = """\
     destinations:
@@ -368,8 +393,8 @@ def test_check_algorithms_reports_unknown_run_with_its_line() -> None:
           missing_one: {device: cpu}
         """
     )
-    config = parse_config(text, "algos.yaml")
-    issues = check_algorithms(config, {"lung_nodule"})
+    document = validate_config(parse_yaml(text, "algos.yaml")).document
+    issues = check_algorithms(document, {"lung_nodule"})
     assert [(i.key, i.line) for i in issues] == [
         ("rules[0].run", 4),
         ("rules[1].run", 8),
@@ -382,13 +407,16 @@ def test_check_algorithms_reports_unknown_run_with_its_line() -> None:
     assert "installed: lung_nodule" in issues[0].message
     assert "disabled" in issues[1].message
     everything = {"lung_nodle", "lung_nodule", "brain_mets", "triage", "missing_one"}
-    assert check_algorithms(config, everything) == []
+    assert check_algorithms(document, everything) == []
 
 
-def test_check_algorithms_without_source_has_no_lines() -> None:
-    config = RouterConfig.model_validate({"rules": [{"name": "a", "when": {}, "run": "x"}]})
-    (issue,) = check_algorithms(config, set())
-    assert (issue.line, issue.key) == (None, "rules[0].run")
+def test_check_algorithms_reads_a_file_the_schema_refused() -> None:
+    text = "node: {port: abc}\nrules:\n  - {name: a, when: {}, run: x}\n"
+    document = parse_yaml(text, "broken.yaml")
+    with pytest.raises(ConfigError):
+        validate_config(document)
+    (issue,) = check_algorithms(document, set())
+    assert (issue.line, issue.column, issue.key) == (3, 30, "rules[0].run")
     assert "installed: none" in issue.message
 
 
@@ -397,8 +425,9 @@ def test_check_algorithms_without_source_has_no_lines() -> None:
 
 
 def test_default_config_loads_and_is_clean() -> None:
-    config = load_default_config()
-    assert check_algorithms(config, {"lung_nodule", "ms_lesion", "pe", "fracture"}) == []
+    loaded = read_default_config()
+    assert check_algorithms(loaded.document, {"lung_nodule", "ms_lesion", "pe", "fracture"}) == []
+    config = loaded.config
     assert [r.run for r in config.rules] == [
         "pe",
         "lung_nodule",
@@ -455,9 +484,9 @@ def test_default_spells_out_the_schema_defaults() -> None:
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_load_and_are_clean(path: Path) -> None:
-    config = load_config(path)
-    assert config.rules
-    assert check_algorithms(config, {"lung_nodule"}) == []
+    loaded = read_config(path)
+    assert loaded.config.rules
+    assert check_algorithms(loaded.document, {"lung_nodule"}) == []
 
 
 def test_there_are_examples() -> None:

@@ -14,6 +14,7 @@ import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ from training.fracture.network import (
 )
 from training.fracture.synth import generate_radiograph
 from training.unet import parameter_count
+
+SHIPPED_MODEL = Path(str(resources.files("algorithms.fracture").joinpath("model.onnx")))
+"""Where the plugin loads its weights from: the default output (in the algorithm's package)."""
 
 logger = logging.getLogger(__name__)
 
@@ -514,7 +518,7 @@ def recalibrate(state: Path, config: TrainConfig, out: Path) -> dict[str, object
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     defaults = TrainConfig()
     parser.add_argument("--images", type=int, default=defaults.images)
     parser.add_argument("--steps", type=int, default=defaults.steps)

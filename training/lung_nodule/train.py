@@ -16,6 +16,7 @@ import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 # Before torch loads OpenMP: with the default spinning wait policy, torch's 2 threads on a
@@ -38,6 +39,9 @@ from training.lung_nodule.network import (
 from training.lung_nodule.synth import SyntheticChestCT, generate_chest_ct
 from training.lung_nodule.train_fp import FPConfig, train_classifier
 from training.unet import ProbabilityModel, parameter_count
+
+SHIPPED_MODEL = Path(str(resources.files("algorithms.lung_nodule").joinpath("model.onnx")))
+"""Where the plugin loads its weights from: the default output (in the algorithm's package)."""
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +378,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     parser.add_argument(
         "--stage",
         choices=("all", "1", "2"),

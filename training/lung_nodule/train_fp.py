@@ -25,6 +25,7 @@ import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ from algorithms.lung_nodule import fp_reduction, preprocess
 from training import onnx_export
 from training.lung_nodule.network import CLASSIFIER_WIDTHS, CandidateNet
 from training.unet import ProbabilityModel, parameter_count
+
+SHIPPED_MODEL = Path(str(resources.files("algorithms.lung_nodule").joinpath("model.onnx")))
+"""Where the plugin loads its weights from: the default output (in the algorithm's package)."""
 
 STAGE2_SEED_BASE = 200_000
 """Stage-2 scans use seeds STAGE2_SEED_BASE + i: unseen by the U-Net, far from evaluation."""
@@ -463,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stage1",
         type=Path,
-        default=Path(__file__).with_name("model.onnx"),
+        default=SHIPPED_MODEL,
         help="the stage-1 U-Net; its model card (same name, .json) must carry its sha256 and "
         "gets the fp_reduction section; fp_reduction.onnx is written beside it",
     )

@@ -13,6 +13,7 @@ import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,9 @@ from training.ms_lesion.network import (
     FlairUNet,
 )
 from training.unet import ProbabilityModel, parameter_count
+
+SHIPPED_MODEL = Path(str(resources.files("algorithms.ms_lesion").joinpath("model.onnx")))
+"""Where the plugin loads its weights from: the default output (in the algorithm's package)."""
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +336,7 @@ def train(config: TrainConfig, out: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     defaults = TrainConfig()
     parser.add_argument("--phantoms", type=int, default=defaults.phantoms)
     parser.add_argument("--steps", type=int, default=defaults.steps)

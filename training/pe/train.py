@@ -13,6 +13,7 @@ import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from training import onnx_export
 from training.pe.network import DEFAULT_WIDTHS, EmbolusUNet
 from training.pe.synth import PHASES, generate_contrast_chest_ct
 from training.unet import ProbabilityModel, parameter_count
+
+SHIPPED_MODEL = Path(str(resources.files("algorithms.pe").joinpath("model.onnx")))
+"""Where the plugin loads its weights from: the default output (in the algorithm's package)."""
 
 logger = logging.getLogger(__name__)
 
@@ -443,7 +447,7 @@ def model_card(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODEL)
     defaults = TrainConfig()
     parser.add_argument("--volumes", type=int, default=defaults.volumes)
     parser.add_argument("--steps", type=int, default=defaults.steps)

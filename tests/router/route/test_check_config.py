@@ -9,7 +9,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from config.loader import load_default_config, parse_config
+from config.loader import load_default_config, parse_config, read_default_config
+from config.yaml_document import parse_yaml
 from router.route.check_config import (
     EXIT_BAD_FOLDER,
     EXIT_INVALID,
@@ -183,6 +184,48 @@ def test_check_config_file_reports_issues_with_lines(tmp_path: Path) -> None:
     assert text.rstrip().endswith("3 problems found; not valid")
 
 
+FOUR_MISTAKES = """\
+node:
+  port: abc
+destinations:
+  pacs: {ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+rules:
+  - name: chest
+    when: {Modality: CT}
+    run: lung_nodle
+    priorty: stat
+    send_to: [pcas]
+"""
+
+
+def test_check_config_file_reports_four_kinds_of_mistake_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(FOUR_MISTAKES, encoding="utf-8")
+    config, issues = check_config_file(path, {"lung_nodule"})
+    assert config is None
+    assert [(i.line, i.column, i.key) for i in issues] == [
+        (2, 9, "node.port"),  # wrong type
+        (8, 10, "rules[0].run"),  # unknown algorithm
+        (9, 5, "rules[0].priorty"),  # misspelt key
+        (10, 15, "rules[0].send_to[0]"),  # unknown destination
+    ]
+    assert "got the text 'abc'" in issues[0].message
+    assert "did you mean 'lung_nodule'" in issues[1].message
+    assert "did you mean 'priority'" in issues[2].message
+    assert "did you mean 'pacs'" in issues[3].message
+    assert format_report(path, issues).rstrip().endswith("4 problems found; not valid")
+
+
+def test_keyword_checks_do_not_repeat_a_schema_message(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text("rules:\n  - name: a\n    when: {modality: CT}\n", encoding="utf-8")
+    config, issues = check_config_file(path, {"lung_nodule"})
+    assert config is None
+    (issue,) = issues
+    assert issue.key == "rules[0].when.modality"
+    assert "is not an attribute name" in issue.message
+
+
 def test_check_config_file_with_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
     path.write_text("node:\n  port: abc\n", encoding="utf-8")
@@ -192,11 +235,11 @@ def test_check_config_file_with_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_attribute_names_allow_association_and_numeric_keywords() -> None:
-    config = parse_config(
+    document = parse_yaml(
         "rules:\n  - name: a\n    when: {CallingAE: X, CalledAE: Y, SliceThickness: {max: 3}}\n"
     )
-    assert check_attribute_names(config) == []
-    assert check_attribute_names(load_default_config()) == []
+    assert check_attribute_names(document) == []
+    assert check_attribute_names(read_default_config().document) == []
 
 
 def test_run_check_exit_codes(tmp_path: Path, samples: dict[str, str]) -> None:

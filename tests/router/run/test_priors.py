@@ -21,16 +21,10 @@ from config.schema import PriorsConfig, PriorSource
 from dicom_sr.context import ResultVersion, SourceImage, StudyContext
 from dicom_sr.io import write_dataset
 from dicom_sr.tid1500 import build_measurement_report
-from router.run.priors import (
-    CurrentStudy,
-    PriorCandidate,
-    find_local_prior,
-    find_prior,
-    load_prior_study,
-    patient_key,
-    prior_findings,
-    select_priors,
-)
+from router.run.priors.finder import find_prior
+from router.run.priors.loading import load_prior_study, prior_findings
+from router.run.priors.local_index import find_local_prior, patient_key
+from router.run.priors.selection import CurrentStudy, PriorCandidate, select_priors
 from router.run.series_loader import load_series
 from router.store.database import Database
 from testing.mr_dicom import T1_SEQUENCE, write_mr_series

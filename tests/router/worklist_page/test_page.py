@@ -28,6 +28,7 @@ from router.service import wait_for
 from router.worklist_page.key_images import key_image_png
 from router.worklist_page.store import record_flag
 from router.worklist_page.thumbnails import MASK_COLOUR, REGION_COLOUR
+from testing.browser import headless_chromium
 from testing.dicom_tools import make_ct_slices
 from testing.plugins import AlwaysNegative, CrashingAlgorithm, DarkestRegionOutliner
 from testing.router_process import RouterUnderTest, StartRouter
@@ -271,34 +272,8 @@ def feedback_state(browser: Any, result_id: int) -> str:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    """Debian's chromium, headless, through /usr/bin/chromedriver; nothing is downloaded."""
-    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
-        pytest.fail("chromium and chromium-driver are needed: run scripts/setup.sh")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(
-        options=options, service=Service(executable_path="/usr/bin/chromedriver")
-    )
-    try:
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow

@@ -1,0 +1,52 @@
+"""Find a follow-up's prior: held locally, else from each configured PACS in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from config.schema import Matcher, PriorsConfig
+from router.run.priors.local_index import find_local_prior
+from router.run.priors.query_retrieve import PriorRetrievalError, retrieve_prior
+from router.run.priors.selection import CurrentStudy, FoundPrior
+from router.store.database import Database
+
+LOGGER = logging.getLogger(__name__)
+
+
+def find_prior(
+    db: Database,
+    config: PriorsConfig,
+    node_ae: str,
+    current: CurrentStudy,
+    rule_selector: Mapping[str, Matcher],
+) -> FoundPrior | None:
+    """The most recent earlier matching series of the patient: held locally, else from each
+    source in order. A source that fails is logged and skipped."""
+    selector = config.series_selector if config.series_selector is not None else rule_selector
+    found = find_local_prior(db, current, selector, config.max_age_days)
+    if found is not None:
+        return found
+    for source in config.sources:
+        try:
+            found = retrieve_prior(
+                db,
+                source,
+                node_ae,
+                current,
+                selector,
+                config.max_age_days,
+                config.retrieve_timeout_s,
+            )
+        except PriorRetrievalError as exc:
+            LOGGER.warning(
+                "prior for study %s: source %s failed: %s",
+                current.study_instance_uid,
+                source.ae_title,
+                exc,
+            )
+            continue
+        if found is not None:
+            return found
+    LOGGER.info("prior for study %s: none found", current.study_instance_uid)
+    return None
