@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.loader import (
     ConfigError,
@@ -19,6 +20,9 @@ from config.loader import (
     read_default_config,
 )
 from config.schema import RouterConfig
+
+if TYPE_CHECKING:
+    from router.store.database import Database
 
 LOGGER = logging.getLogger("radrouter")
 
@@ -32,11 +36,11 @@ def _load(path: Path | None) -> RouterConfig:
 
 
 CONFIG_ENV = "RADROUTER_CONFIG"
-"""Environment variable naming the routing YAML ``radrouter serve`` runs when ``--config`` is
-not given (the container image sets it)."""
+"""Environment variable naming the routing YAML ``radrouter serve`` (and ``status``,
+``retry``) use when ``--config`` is not given (the container image sets it)."""
 
 
-def _serve_config_path(args: argparse.Namespace) -> Path | None:
+def _config_path(args: argparse.Namespace) -> Path | None:
     """``--config``, else ``$RADROUTER_CONFIG``, else None (the shipped default)."""
     if args.config is not None:
         return Path(args.config)
@@ -47,7 +51,7 @@ def _serve_config_path(args: argparse.Namespace) -> Path | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.service import RouterService
 
-    config_path = _serve_config_path(args)
+    config_path = _config_path(args)
     try:
         loaded = _read(config_path)
     except ConfigError as exc:
@@ -129,19 +133,27 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(args: argparse.Namespace) -> object:
+def _database(args: argparse.Namespace) -> Database | None:
+    """The router's database, found as ``serve`` finds it; None (with the reason printed)
+    when there is none there: a command run from the wrong folder must not make an empty one."""
     from router.store.database import Database
 
-    config = _load(args.config)
+    config = _load(_config_path(args))
     data_dir = (args.data_dir or config.storage.data_dir).resolve()
-    return Database(data_dir / "radrouter.sqlite3")
+    path = data_dir / "radrouter.sqlite3"
+    if not path.is_file():
+        print(
+            f"no radrouter database at {path}: give the router's --data-dir (or its --config)",
+            file=sys.stderr,
+        )
+        return None
+    return Database(path)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from router.store.database import Database
-
     db = _database(args)
-    assert isinstance(db, Database)
+    if db is None:
+        return 2
     for table in ("studies", "jobs", "dispatches", "deliveries"):
         counts = db.query(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state")
         summary = ", ".join(f"{r['state']} {r['n']}" for r in counts) or "none"
@@ -198,22 +210,34 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from router.deliver.dispatch import DISPATCHES
     from router.deliver.notify import DELIVERIES
     from router.run.job_queue import JOBS
-    from router.store.database import Database
-    from router.store.queue import requeue_dead
+    from router.store.queue import QueueTable, requeue_dead
 
-    db = _database(args)
-    assert isinstance(db, Database)
-    count = 0
+    wanted: list[tuple[QueueTable, int | None, str]] = []
     if args.job is not None:
-        count += len(requeue_dead(db, JOBS, args.job, reopen_study))
+        wanted.append((JOBS, args.job, f"job {args.job} is not failed"))
     if args.dispatch is not None or args.all_dead:
-        count += len(
-            requeue_dead(db, DISPATCHES, None if args.all_dead else args.dispatch, reopen_study)
-        )
+        item = None if args.all_dead else args.dispatch
+        wanted.append((DISPATCHES, item, f"dispatch {item} is not dead-lettered"))
     if args.delivery is not None or args.all_dead:
-        count += len(
-            requeue_dead(db, DELIVERIES, None if args.all_dead else args.delivery, reopen_study)
+        item = None if args.all_dead else args.delivery
+        wanted.append((DELIVERIES, item, f"delivery {item} is not dead-lettered"))
+    if not wanted:
+        print(
+            "say what to retry: --job ID, --dispatch ID, --delivery ID or --all-dead",
+            file=sys.stderr,
         )
+        return 2
+    db = _database(args)
+    if db is None:
+        return 2
+    count = 0
+    for table, item, not_there in wanted:
+        requeued = len(requeue_dead(db, table, item, reopen_study))
+        if item is not None and not requeued:
+            print(f"nothing requeued: {not_there} (see radrouter status)", file=sys.stderr)
+        count += requeued
+    if args.all_dead and not count:
+        print("nothing requeued: no dead letters", file=sys.stderr)
     print(f"requeued {count}")
     return 0 if count else 1
 
@@ -262,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help="routing YAML (default: the shipped config)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help=f"routing YAML (default: ${CONFIG_ENV}, else the shipped config)",
+        )
         p.add_argument("--data-dir", type=Path, help="spool and database folder")
 
     serve = sub.add_parser("serve", help="run the DICOM node, pipeline and HTTP API")
@@ -297,10 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = sub.add_parser("retry", help="requeue a failed job or dead-lettered dispatch")
     with_config(retry)
-    retry.add_argument("--job", type=int)
-    retry.add_argument("--dispatch", type=int)
+    retry.add_argument("--job", type=int, help="a failed job (fresh retry budget)")
+    retry.add_argument("--dispatch", type=int, help="a dead-lettered C-STORE dispatch")
     retry.add_argument("--delivery", type=int, help="a dead-lettered HL7/FHIR delivery")
-    retry.add_argument("--all-dead", action="store_true")
+    retry.add_argument(
+        "--all-dead", action="store_true", help="every dead-lettered dispatch and delivery"
+    )
     retry.set_defaults(func=cmd_retry)
 
     demo = sub.add_parser("demo-study", help="write a synthetic chest CT (with a nodule)")

@@ -97,7 +97,7 @@ class JobRunner:
                 outcome = self.runtime.run(job.algorithm, study_input, timeout)
                 result, model_seconds, device = outcome.result, outcome.seconds, outcome.device
         settings = self._config().algorithms.get(job.algorithm)
-        verdict, seconds, used = result.verdict, model_seconds, device
+        finished = (result.verdict, model_seconds, device)
         written = self.writer.write(
             job,
             info,
@@ -105,9 +105,7 @@ class JobRunner:
             loaded,
             shadow=settings is not None and settings.shadow,
             prior=prior,
-            within=None
-            if complete is None
-            else (lambda conn: complete(conn, verdict, seconds, used)),
+            within=None if complete is None else (lambda conn: complete(conn, *finished)),
         )
         return JobOutcome(
             result.verdict, len(result.findings), written.report_path, model_seconds, device

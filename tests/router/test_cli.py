@@ -15,12 +15,14 @@ from testing.orthanc import free_port
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def radrouter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def radrouter(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, **(env or {})},
         timeout=120,
         cwd=cwd,
     )
@@ -120,3 +122,29 @@ def test_status_lists_dead_letters_and_retry_requeues_them(tmp_path: Path) -> No
     row = db.query_one("SELECT state, attempts FROM dispatches")
     assert row is not None and (row["state"], row["attempts"]) == ("pending", 0)
     assert radrouter("retry", "--data-dir", str(tmp_path), "--all-dead").returncode == 1
+
+
+def test_status_in_a_folder_without_a_router_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    result = radrouter("status", "--data-dir", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "no radrouter database at" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_retry_says_why_nothing_was_requeued(tmp_path: Path) -> None:
+    Database(tmp_path / "radrouter.sqlite3")
+    bare = radrouter("retry", "--data-dir", str(tmp_path))
+    assert bare.returncode == 2 and "say what to retry" in bare.stderr
+    missing = radrouter("retry", "--data-dir", str(tmp_path), "--dispatch", "99")
+    assert missing.returncode == 1
+    assert "dispatch 99 is not dead-lettered" in missing.stderr
+
+
+def test_status_finds_the_database_through_radrouter_config(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    Database(data / "radrouter.sqlite3")
+    config = tmp_path / "radrouter.yaml"
+    config.write_text(f"storage: {{data_dir: {data}}}\nrules: []\n")
+    result = radrouter("status", env={"RADROUTER_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert "studies" in result.stdout

@@ -320,6 +320,12 @@ def train_classifier(config: FPConfig, model_path: Path, out: Path) -> dict[str,
     labels = np.concatenate([m.labels for m in train])
     from_cand = np.concatenate([m.from_candidate for m in train])
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if not len(pos) or not len(neg):
+        raise SystemExit(
+            f"stage 2 needs nodule and non-nodule cubes; the stage-1 model at {model_path} gave "
+            f"{len(pos)} and {len(neg)} on {config.volumes} scans: train stage 1 longer or mine "
+            "more scans (--volumes)"
+        )
     n_cand = int(from_cand.sum())
     n_cand_pos = int((from_cand & (labels == 1)).sum())
     stage1_recall = {
