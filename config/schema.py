@@ -78,7 +78,7 @@ class DicomDestination(Strict):
 
 
 class RetryPolicy(Strict):
-    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_attempts: int = Field(default=3, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=300.0, ge=0)
 
@@ -108,16 +108,18 @@ class CompletionConfig(Strict):
 class JobRetryPolicy(RetryPolicy):
     """Retries of a failed algorithm run: few and soon (a model that crashes twice is broken)."""
 
-    max_attempts: int = Field(default=2, ge=1, le=100)
+    max_attempts: int = Field(default=2, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=1.0, ge=0)
 
 
 class DispatchRetryPolicy(RetryPolicy):
-    """Retries of a send to a destination: many, spread out (a PACS may be down for a while)."""
+    """Retries of a send to a destination: a day of them, every 5 minutes at most once the
+    back-off is capped (a PACS maintenance window lasts hours; the destination probe re-sends
+    as soon as it answers again, so the cap only bounds the load while it is down)."""
 
-    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_attempts: int = Field(default=300, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=2.0, ge=0)
-    backoff_max_s: float = Field(default=120.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
 
 
 class JobsConfig(Strict):
@@ -129,6 +131,12 @@ class JobsConfig(Strict):
 
 class DispatchConfig(Strict):
     retry: DispatchRetryPolicy = DispatchRetryPolicy()
+    probe_interval_s: float = Field(default=30.0, ge=0, le=3600)
+    """How often a destination that could not be reached is asked for a C-ECHO; when it
+    answers, what waits for it is sent at once, oldest first. 0 turns probing off."""
+    resend_dead_when_back: bool = True
+    """Dead letters that died because the destination was unreachable are re-sent when it
+    answers again (those it refused stay dead: ``radrouter retry`` sends them)."""
 
 
 class MatchOperator(Strict):
@@ -347,11 +355,12 @@ class PriorityFlag(Strict):
 
 
 class NotifyRetryPolicy(RetryPolicy):
-    """Retries of a worklist notification: many, spread out (a RIS may be down for a while)."""
+    """Retries of a worklist notification: a day of them, every 5 minutes at most once the
+    back-off is capped (an interface engine or RIS may be down for hours)."""
 
-    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_attempts: int = Field(default=300, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=2.0, ge=0)
-    backoff_max_s: float = Field(default=120.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
 
 
 class Hl7NotifyConfig(Strict):

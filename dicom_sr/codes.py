@@ -47,6 +47,9 @@ IMAGING_MEASUREMENT_REPORT = DicomCode("126000", "DCM", "Imaging Measurement Rep
 DEVICE_OBSERVER = DicomCode("121007", "DCM", "Device")
 
 # TID 1500 row 4 "Procedure reported", CID 100 defaults by modality when the caller names none.
+# Row 4 is a DCID: the code must be one of CID 100. CID 100 has no radiography code (LOINC
+# 43468-8 "XR unspecified body region" is not in it; PixelMed reports it), so CR, DX and other
+# modalities get the generic "Imaging procedure", which is.
 IMAGING_PROCEDURE = DicomCode("363679005", "SCT", "Imaging procedure")
 PROCEDURE_BY_MODALITY: MappingProxyType[str, DicomCode] = MappingProxyType(
     {
@@ -54,8 +57,6 @@ PROCEDURE_BY_MODALITY: MappingProxyType[str, DicomCode] = MappingProxyType(
         "MR": DicomCode("25056-3", "LN", "MRI unspecified body region"),
         "PT": DicomCode("44136-0", "LN", "PET unspecified body region"),
         "NM": DicomCode("49118-3", "LN", "NM unspecified body region"),
-        "CR": DicomCode("43468-8", "LN", "XR unspecified body region"),
-        "DX": DicomCode("43468-8", "LN", "XR unspecified body region"),
     }
 )
 

@@ -6,6 +6,7 @@ import copy
 import datetime
 from collections.abc import Sequence
 from importlib import metadata
+from typing import TypedDict
 
 import highdicom as hd
 import pydicom
@@ -74,13 +75,51 @@ def document_statements(info: AlgorithmInfo) -> list[str]:
     return statements
 
 
+def result_datetime(content_datetime: datetime.datetime | None) -> datetime.datetime:
+    """When a result was made: ``content_datetime``, or now in the router's local time.
+
+    Every object of one result carries it as Series Date/Time and Content Date/Time (each
+    result version is its own series, started when the result was made), so they agree; a
+    viewer (Orthanc's explorer among them) files a series by its Series Date. DICOM dates and
+    times are local, so the default is local time, with its offset for Contribution DateTime.
+    """
+    return datetime.datetime.now().astimezone() if content_datetime is None else content_datetime
+
+
+class DateTimeArguments(TypedDict):
+    """Series and Content Date/Time as highdicom's SOP class constructors take them."""
+
+    series_date: datetime.date
+    series_time: datetime.time
+    content_date: datetime.date
+    content_time: datetime.time
+
+
+def date_time_arguments(made: datetime.datetime) -> DateTimeArguments:
+    """Series Date/Time = Content Date/Time = ``made``, for ``hd.SOPClass(**...)``.
+
+    Series Date and Time are Type 3 in the General Series Module and highdicom leaves them out
+    unless given; Content Date and Time it sets to its own "now", which would differ by
+    milliseconds between the SR, SEG and KOS of one result.
+    """
+    return DateTimeArguments(
+        series_date=made.date(),
+        series_time=made.time(),
+        content_date=made.date(),
+        content_time=made.time(),
+    )
+
+
 def algorithm_equipment(
-    info: AlgorithmInfo, device_serial_number: str | None
+    info: AlgorithmInfo,
+    device_serial_number: str | None,
+    contribution_datetime: datetime.datetime | None = None,
 ) -> hd.ContributingEquipment:
     """Contributing Equipment item naming the algorithm, as IHE AIR asks.
 
     highdicom accepts only CID 7005 purposes and has no Device UID argument, so the IHE
     (Newcode1, 99IHE, "Processing Algorithm") purpose and the Device UID are set afterwards.
+    Contribution DateTime is when the result was made (``result_datetime``).
     """
     equipment = hd.ContributingEquipment(
         manufacturer=info.manufacturer,
@@ -88,7 +127,7 @@ def algorithm_equipment(
         manufacturer_model_name=info.display_name,
         software_versions=info.version,
         device_serial_number=device_serial_number,
-        contribution_datetime=datetime.datetime.now(tz=datetime.UTC),
+        contribution_datetime=result_datetime(contribution_datetime),
         contribution_description=f"AI algorithm: {info.intended_use}"[:SHORT_TEXT_MAX],
     )
     equipment.PurposeOfReferenceCodeSequence = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -14,17 +15,28 @@ from dicom_sr.header import (
     MANUFACTURER,
     UTF8,
     algorithm_equipment,
+    date_time_arguments,
     device_observer_context,
     document_statements,
     evidence,
     radrouter_version,
+    result_datetime,
     series_description,
 )
 from dicom_sr.tracking import tracking_identifiers
 from dicom_sr.uids import is_valid_uid
 
 _SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
-"""Concept name highdicom gives each selected object (PS3.3 C.17.3 suggests it)."""
+"""Concept name highdicom requires while it builds an IMAGE item; not written (TID 2010)."""
+
+_REFERENCING_VALUE_TYPES = frozenset(
+    value.value
+    for value in (
+        hd.sr.ValueTypeValues.IMAGE,
+        hd.sr.ValueTypeValues.WAVEFORM,
+        hd.sr.ValueTypeValues.COMPOSITE,
+    )
+)
 
 
 def key_images(result: AlgorithmResult, source_images: Sequence[SourceImage]) -> list[SourceImage]:
@@ -49,14 +61,18 @@ def build_key_object_selection(
     version: ResultVersion,
     device_serial_number: str | None = None,
     institution_name: str | None = None,
+    content_datetime: datetime.datetime | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """The key images of a PRESENT result as a Key Object Selection Document in its study.
 
     Title (113000, DCM, "Of Interest"); the algorithm as device observer; a Key Object
     Description naming the algorithm and version, saying the selection is AI-generated and
     not verified (and not for clinical use where that applies), and listing the findings; one
-    IMAGE item per key image (with its frame for a multi-frame source). Series Description as
-    the SR's, Contributing Equipment naming the algorithm, Instance Number = version.
+    IMAGE item per key image (with its frame for a multi-frame source), without a concept name:
+    TID 2010 forbids a Purpose of Reference on them, so the title and the description say why
+    the images are key. Series Description as the SR's, Contributing Equipment naming the
+    algorithm, Instance Number = version, Series Date/Time and Content Date/Time
+    ``content_datetime``, when the result was made (default now; ``header.result_datetime``).
 
     The KOS IOD has no Predecessor Documents Sequence: a later version names the KOS it
     replaces in one anyway, as a Standard Extended SOP Class (PS3.4 B.1.3; docs/results.md).
@@ -70,6 +86,7 @@ def build_key_object_selection(
         version=version,
         study=study,
     )
+    made = result_datetime(content_datetime)
     selected = key_images(result, source_images)
     evidence_items = evidence(study, selected)
     content = hd.ko.KeyObjectSelection(
@@ -88,12 +105,14 @@ def build_key_object_selection(
         instance_number=version.number,
         manufacturer=MANUFACTURER,
         institution_name=institution_name,
-        contributing_equipment=[algorithm_equipment(info, device_serial_number)],
+        contributing_equipment=[algorithm_equipment(info, device_serial_number, made)],
         series_description=series_description(info),
         manufacturer_model_name=MANUFACTURER,
         software_versions=radrouter_version(),
         specific_character_set=UTF8,
+        **date_time_arguments(made),
     )
+    _drop_purpose_of_reference(document)
     predecessor = version.predecessor_key_object_selection
     if predecessor is not None:
         document.PredecessorDocumentsSequence = _predecessor_documents(predecessor.as_dataset())
@@ -163,7 +182,9 @@ def _image_items(content: hd.ko.KeyObjectSelection, selected: Sequence[SourceIma
 
     highdicom's KeyObjectSelection makes an IMAGE item only for data sets with Rows and
     Columns and never names frames; the source images are images, so each reference is
-    replaced by a highdicom IMAGE item (frames named for multi-frame sources).
+    replaced by a highdicom IMAGE item (frames named for multi-frame sources). highdicom's
+    content items and sequences need a concept name; ``_drop_purpose_of_reference`` removes it
+    from the finished document.
     """
     frames: dict[str, list[int]] = {}
     for image in selected:
@@ -187,6 +208,20 @@ def _image_items(content: hd.ko.KeyObjectSelection, selected: Sequence[SourceIma
             )
         )
     content[0].ContentSequence = hd.sr.ContentSequence(items)
+
+
+def _drop_purpose_of_reference(document: hd.ko.KeyObjectSelectionDocument) -> None:
+    """Remove the concept name of every selected object's item in the written content.
+
+    TID 2010 says "Purpose of Reference shall not be present" for the selected objects (the
+    IMAGE items, row 8; WAVEFORM and COMPOSITE alike): the concept name of a referencing item
+    is its purpose of reference, and PixelMed's validator rejects highdicom's SCT "Source" as
+    one. dciodvfy accepts the items without a name. ``document.content`` (highdicom's copy,
+    for reading) keeps the name, as highdicom's read path gives it back to an unnamed item.
+    """
+    for item in document.ContentSequence:
+        if item.ValueType in _REFERENCING_VALUE_TYPES and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
 
 
 def _predecessor_documents(predecessor: pydicom.Dataset) -> list[pydicom.Dataset]:

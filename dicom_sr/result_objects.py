@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pydicom.uid import (
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, Code, Verdict, VolumeGeometry
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
+from dicom_sr.header import result_datetime
 from dicom_sr.identity import ObjectKind, result_object_identity
 from dicom_sr.kos import build_key_object_selection
 from dicom_sr.seg import FloatVolume, build_segmentation, has_masks
@@ -133,6 +135,7 @@ def build_result_objects(
     institution_name: str | None = None,
     device_serial_number: str | None = None,
     procedure_reported: Code | None = None,
+    content_datetime: datetime.datetime | None = None,
 ) -> ResultObjects:
     """Build every object of one result version, in the source study, each in its own series.
 
@@ -146,7 +149,10 @@ def build_result_objects(
     version, result version, kind), so rebuilding a version gives the same UIDs.
     ``tracking_uids`` (tracking identifier -> UID of a finding carried over from a prior exam)
     and ``prior_evidence`` (instances of the prior exam) make a follow-up result.
+    ``content_datetime`` (default now) is when the result was made: every object carries it as
+    Series Date/Time and Content Date/Time, and names it as its Contribution DateTime.
     """
+    made = result_datetime(content_datetime)
     study_uid = study.study_instance_uid
 
     def identity(kind: ObjectKind) -> tuple[str, str, int]:
@@ -181,6 +187,7 @@ def build_result_objects(
             transfer_syntax_uid=seg_transfer_syntax_uid,
             device_serial_number=device_serial_number,
             institution_name=institution_name,
+            content_datetime=made,
         )
     series_uid, sop_uid, series_number = identity(ObjectKind.SR)
     report = build_measurement_report(
@@ -199,6 +206,7 @@ def build_result_objects(
         geometry=geometry,
         tracking_uids=tracking_uids,
         prior_evidence=prior_evidence,
+        content_datetime=made,
     )
     key_objects = None
     if result.verdict is Verdict.PRESENT and result.findings:
@@ -214,6 +222,7 @@ def build_result_objects(
             version=version,
             device_serial_number=device_serial_number,
             institution_name=institution_name,
+            content_datetime=made,
         )
     objects = ResultObjects(
         version=version,

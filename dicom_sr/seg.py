@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from dicom_sr.header import (
     MANUFACTURER,
     UTF8,
     algorithm_equipment,
+    date_time_arguments,
     radrouter_version,
+    result_datetime,
     series_description,
 )
 from dicom_sr.tracking import Tracking, finding_tracking
@@ -122,6 +125,7 @@ def build_segmentation(
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     device_serial_number: str | None = None,
     institution_name: str | None = None,
+    content_datetime: datetime.datetime | None = None,
 ) -> hd.seg.Segmentation:
     """The masks of ``result`` as one Segmentation in the source study, its own series.
 
@@ -138,7 +142,10 @@ def build_segmentation(
     single-frame instance, or the one multi-frame instance. Frames reference the source image
     (or frame) they lie on; only frames where a segment has voxels are stored. Instance Number
     is the result version; a later version names the SEG it replaces (docs/results.md).
+    Series Date/Time and Content Date/Time are ``content_datetime``, when the result was made
+    (default now; ``header.result_datetime``).
     """
+    made = result_datetime(content_datetime)
     tracking = finding_tracking(result, study.study_instance_uid, info.name, tracking_uids)
     segments = _segments(result, tracking)
     layout = _source_layout(source_images, source_headers, study)
@@ -188,8 +195,9 @@ def build_segmentation(
         omit_empty_frames=True,
         series_description=series_description(info),
         institution_name=institution_name,
-        contributing_equipment=[algorithm_equipment(info, device_serial_number)],
+        contributing_equipment=[algorithm_equipment(info, device_serial_number, made)],
         specific_character_set=UTF8,
+        **date_time_arguments(made),
     )
     if not layout.has_patient_coordinates:
         # General Image Module, Type 2C for images without Image Position/Orientation

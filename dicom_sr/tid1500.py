@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,10 +31,12 @@ from dicom_sr.header import (
     UTF8,
     algorithm_equipment,
     algorithm_identification,
+    date_time_arguments,
     device_observer_context,
     document_statements,
     evidence,
     radrouter_version,
+    result_datetime,
     series_description,
 )
 from dicom_sr.tracking import Tracking, finding_tracking, tracking_uid
@@ -90,6 +93,7 @@ def build_measurement_report(
     geometry: VolumeGeometry | None = None,
     tracking_uids: Mapping[str, str] | None = None,
     prior_evidence: Sequence[InstanceReference] = (),
+    content_datetime: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build ``result`` as a TID 1500 Measurement Report that belongs in the source study.
 
@@ -118,8 +122,10 @@ def build_measurement_report(
     Equipment naming the algorithm (IHE AIR), Predecessor Documents Sequence for versions after
     the first, Instance Number = version. Procedure reported defaults to a CID 100 code for the
     source modality; ``device_serial_number`` (the deployment running the algorithm) goes into
-    the device observer and the equipment.
+    the device observer and the equipment. Series Date/Time and Content Date/Time are
+    ``content_datetime``, when the result was made (default now; ``header.result_datetime``).
     """
+    made = result_datetime(content_datetime)
     study_uid = study.study_instance_uid
     tracking = finding_tracking(result, study_uid, info.name, tracking_uids)
     _check_arguments(
@@ -180,11 +186,12 @@ def build_measurement_report(
         is_verified=False,
         institution_name=institution_name,
         previous_versions=None if predecessor is None else [predecessor.as_dataset()],
-        contributing_equipment=[algorithm_equipment(info, device_serial_number)],
+        contributing_equipment=[algorithm_equipment(info, device_serial_number, made)],
         series_description=series_description(info),
         manufacturer_model_name=MANUFACTURER,
         software_versions=radrouter_version(),
         specific_character_set=UTF8,
+        **date_time_arguments(made),
     )
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from config.loader import (
     ConfigError,
@@ -19,10 +23,10 @@ from config.loader import (
     read_config,
     read_default_config,
 )
-from config.schema import RouterConfig
+from config.schema import HttpConfig, RouterConfig
 
 if TYPE_CHECKING:
-    from router.store.database import Database
+    from router.admin import Source
 
 LOGGER = logging.getLogger("radrouter")
 
@@ -91,15 +95,51 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from algorithms.registry import Registry
     from router.route.check_config import run_check
 
-    outcome = run_check(
-        args.file,
-        Registry.discover().names(),
-        against=args.against,
-        calling_ae=args.calling_ae,
-        called_ae=args.called_ae,
-    )
+    known = Registry.discover().names()
+    with _Progress("dry run", "file", args.quiet) as progress:
+        outcome = run_check(
+            args.file,
+            known,
+            against=args.against,
+            calling_ae=args.calling_ae,
+            called_ae=args.called_ae,
+            progress=progress,
+        )
     print(outcome.text, end="" if outcome.text.endswith("\n") else "\n")
     return outcome.exit_code
+
+
+class _Progress:
+    """A tqdm bar on stderr, made at the first report ``(done, total)``; none with --quiet or
+    when stderr is not a terminal (a log file would collect every redraw)."""
+
+    def __init__(self, desc: str, unit: str, quiet: bool) -> None:
+        self.desc = desc
+        self.unit = unit
+        self.disabled = quiet or not sys.stderr.isatty()
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.disabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -133,109 +173,123 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database(args: argparse.Namespace) -> Database | None:
-    """The router's database, found as ``serve`` finds it; None (with the reason printed)
-    when there is none there: a command run from the wrong folder must not make an empty one."""
+def _open_source(args: argparse.Namespace, progress: _Progress | None = None) -> Source | None:
+    """Where ``status`` and ``retry`` read: ``--api URL``; with ``--data-dir``, that folder's
+    database; otherwise the router answering at the config's ``http`` address (unless
+    ``--no-api``), else the database in the config's ``storage.data_dir``. Prints the source
+    used on one line; None (with where it looked printed) when there is nothing there, since a
+    command run from the wrong folder must not make an empty database."""
+    from router.admin import ApiSource, DatabaseSource, router_answers
     from router.store.database import Database
 
-    config = _load(_config_path(args))
-    data_dir = (args.data_dir or config.storage.data_dir).resolve()
-    path = data_dir / "radrouter.sqlite3"
+    if args.api is not None:
+        if args.data_dir is not None:
+            print("give --api or --data-dir, not both (two different sources)", file=sys.stderr)
+            return None
+        if not router_answers(args.api):
+            print(f"no radrouter answers at {args.api} (GET /healthz)", file=sys.stderr)
+            return None
+        source = ApiSource(args.api, progress=progress)
+        print(f"source: {source.description}", file=sys.stderr)
+        return source
+    not_answering = ""
+    if args.data_dir is not None:
+        data_dir, origin = Path(args.data_dir), "from --data-dir"
+    else:
+        config_path = _config_path(args)
+        try:
+            config = _load(config_path)
+        except ConfigError as exc:
+            print(f"config rejected:\n{exc}", file=sys.stderr)
+            return None
+        data_dir, origin = config.storage.data_dir, f"storage.data_dir of {_named(args)}"
+        url = None if args.no_api else _http_url(config.http)
+        if url is not None and router_answers(url, trust_env=False):
+            source = ApiSource(url, trust_env=False, progress=progress)
+            print(f"source: {source.description} (the config's http address)", file=sys.stderr)
+            return source
+        if url is not None:
+            not_answering = f"no router answers at {url}"
+    path = data_dir.resolve() / "radrouter.sqlite3"
     if not path.is_file():
-        print(
-            f"no radrouter database at {path}: give the router's --data-dir (or its --config)",
-            file=sys.stderr,
-        )
+        looked = f"no radrouter database at {path} ({origin})"
+        if not_answering:
+            looked += f" and {not_answering}"
+        print(f"{looked}: give the router's --data-dir, its --config or --api URL", file=sys.stderr)
         return None
-    return Database(path)
+    database = DatabaseSource(Database(path))
+    because = f"; {not_answering}" if not_answering else ""
+    print(f"source: {database.description} ({origin}{because})", file=sys.stderr)
+    return database
+
+
+def _named(args: argparse.Namespace) -> str:
+    """The config ``_config_path`` chose, as messages name it."""
+    if args.config is not None:
+        return str(args.config)
+    path = _config_path(args)
+    if path is not None:
+        return f"{path} (${CONFIG_ENV})"
+    return f"the shipped default config ({default_config_path()})"
+
+
+def _http_url(http: HttpConfig) -> str | None:
+    """Where a router serving with this ``http`` section answers; None for port 0 (any)."""
+    if http.port == 0:
+        return None
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{http.port}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    db = _database(args)
-    if db is None:
+    from router.admin import SourceError, format_status, read_status
+
+    source = _open_source(args)
+    if source is None:
         return 2
-    for table in ("studies", "jobs", "dispatches", "deliveries"):
-        counts = db.query(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state ORDER BY state")
-        summary = ", ".join(f"{r['state']} {r['n']}" for r in counts) or "none"
-        print(f"{table:<11} {summary}")
-    dead = db.query(
-        "SELECT id, study_uid, destination, attempts, last_error FROM dispatches "
-        "WHERE state = 'dead' ORDER BY id"
-    )
-    failed = db.query(
-        "SELECT id, study_uid, algorithm, attempts, error FROM jobs WHERE state = 'failed' ORDER BY id"
-    )
-    if dead:
-        print(
-            "\ndead-lettered dispatches (retry with: radrouter retry --dispatch ID | --all-dead):"
-        )
-        for r in dead:
-            print(
-                f"  #{r['id']} study {r['study_uid']} -> {r['destination']} "
-                f"after {r['attempts']} attempts: {r['last_error']}"
-            )
-    dead_deliveries = db.query(
-        "SELECT id, study_uid, channel, attempts, last_error FROM deliveries "
-        "WHERE state = 'dead' ORDER BY id"
-    )
-    if dead_deliveries:
-        print(
-            "\ndead-lettered worklist deliveries "
-            "(retry with: radrouter retry --delivery ID | --all-dead):"
-        )
-        for r in dead_deliveries:
-            print(
-                f"  #{r['id']} study {r['study_uid']} via {r['channel']} "
-                f"after {r['attempts']} attempts: {r['last_error']}"
-            )
-    if failed:
-        print("\nfailed jobs (retry with: radrouter retry --job ID):")
-        for r in failed:
-            print(
-                f"  #{r['id']} study {r['study_uid']} {r['algorithm']} "
-                f"after {r['attempts']} attempts: {r['error']}"
-            )
-    recent = db.query(
-        "SELECT study_uid, state, completion_reason FROM studies ORDER BY last_received_at DESC LIMIT 10"
-    )
-    if recent:
-        print("\nrecent studies:")
-        for r in recent:
-            print(f"  {r['study_uid']}  {r['state']}  ({r['completion_reason'] or '-'})")
+    try:
+        status = read_status(source, args.limit)
+    except SourceError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return 2
+    print(format_status(status), end="")
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from router.assemble.study_state import reopen_study
-    from router.deliver.dispatch import DISPATCHES
-    from router.deliver.notify import DELIVERIES
-    from router.run.job_queue import JOBS
-    from router.store.queue import QueueTable, requeue_dead
+    from router.admin import SourceError
 
-    wanted: list[tuple[QueueTable, int | None, str]] = []
+    wanted: list[tuple[str, int | None, str]] = []
     if args.job is not None:
-        wanted.append((JOBS, args.job, f"job {args.job} is not failed"))
+        wanted.append(("jobs", args.job, f"job {args.job} is not failed"))
     if args.dispatch is not None or args.all_dead:
         item = None if args.all_dead else args.dispatch
-        wanted.append((DISPATCHES, item, f"dispatch {item} is not dead-lettered"))
+        wanted.append(("dispatches", item, f"dispatch {item} is not dead-lettered"))
     if args.delivery is not None or args.all_dead:
         item = None if args.all_dead else args.delivery
-        wanted.append((DELIVERIES, item, f"delivery {item} is not dead-lettered"))
+        wanted.append(("deliveries", item, f"delivery {item} is not dead-lettered"))
     if not wanted:
         print(
             "say what to retry: --job ID, --dispatch ID, --delivery ID or --all-dead",
             file=sys.stderr,
         )
         return 2
-    db = _database(args)
-    if db is None:
-        return 2
-    count = 0
-    for table, item, not_there in wanted:
-        requeued = len(requeue_dead(db, table, item, reopen_study))
-        if item is not None and not requeued:
-            print(f"nothing requeued: {not_there} (see radrouter status)", file=sys.stderr)
-        count += requeued
+    with _Progress("retry", "item", args.quiet) as progress:
+        source = _open_source(args, progress)
+        if source is None:
+            return 2
+        count = 0
+        for table, item, not_there in wanted:
+            try:
+                requeued = source.requeue(table, item)
+            except SourceError as exc:
+                print(f"retry: {exc}", file=sys.stderr)
+                return 2
+            if item is not None and not requeued:
+                print(f"nothing requeued: {not_there} (see radrouter status)", file=sys.stderr)
+            count += requeued
     if args.all_dead and not count:
         print("nothing requeued: no dead letters", file=sys.stderr)
     print(f"requeued {count}")
@@ -280,60 +334,192 @@ def cmd_print_default_config(_: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radrouter", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def installed_version() -> str:
+    """radrouter's version: the installed distribution's, else (running from a source tree
+    that was never installed) the one in pyproject.toml, else ``unknown``."""
+    try:
+        return importlib.metadata.version("radrouter")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "unknown"
 
-    def with_config(p: argparse.ArgumentParser) -> None:
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written; every option's help ends with its default: the value, ``on``
+    or ``off`` for a flag, or what the help text itself says (options whose default is
+    None describe it, ``(default: the config's ...)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "(default:" in text
+            or not action.option_strings
+            or action.default in (None, argparse.SUPPRESS)
+        ):
+            return text
+        if action.nargs == 0:  # a flag
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: %(default)s)"
+
+
+STATUS_SOURCES = f"""
+Where it reads:
+  --api URL       a running router's HTTP API;
+  --data-dir DIR  the database file in DIR;
+  otherwise       the router answering at the http address of the config (--config,
+                  else ${CONFIG_ENV}, else the shipped default), else the database in
+                  that config's storage.data_dir (--no-api: the database in any case).
+It says on stderr, in one line, which source it used, and refuses (exit 2, saying where it
+looked) when there is no router and no database there.
+"""
+
+
+def _api_limit(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:  # the most one API listing returns
+        raise argparse.ArgumentTypeError("give a number from 1 to 1000")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radrouter",
+        description="radrouter, a DICOM AI inference router for hospital PACS.\n\n"
+        "Each command has its own options: radrouter COMMAND --help.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {installed_version()}",
+        help="print radrouter's version and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=textwrap.fill(summary[0].upper() + summary[1:] + ".", 88) + details,
+            formatter_class=HelpFormatter,
+        )
+
+    def with_config(p: argparse.ArgumentParser, data_dir: str) -> None:
         p.add_argument(
             "--config",
             type=Path,
-            help=f"routing YAML (default: ${CONFIG_ENV}, else the shipped config)",
+            metavar="FILE",
+            help=f"routing YAML (default: ${CONFIG_ENV} if set, else the shipped config)",
         )
-        p.add_argument("--data-dir", type=Path, help="spool and database folder")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            metavar="DIR",
+            help=f"{data_dir} (default: the config's storage.data_dir)",
+        )
 
-    serve = sub.add_parser("serve", help="run the DICOM node, pipeline and HTTP API")
-    serve.add_argument(
-        "--config",
-        type=Path,
-        help=f"routing YAML (default: ${CONFIG_ENV} if set, else the shipped config)",
-    )
-    serve.add_argument("--data-dir", type=Path, help="spool and database folder")
+    def with_source(p: argparse.ArgumentParser) -> None:
+        with_config(p, "the router's spool and database folder, read directly")
+        choice = p.add_mutually_exclusive_group()
+        choice.add_argument(
+            "--api",
+            metavar="URL",
+            help="a running router's HTTP API, e.g. http://127.0.0.1:8080 (default: the "
+            "config's http address when a router answers there, else the database file)",
+        )
+        choice.add_argument(
+            "--no-api",
+            action="store_true",
+            help="read the database file even when a router answers",
+        )
+
+    serve = command("serve", "run the DICOM node, pipeline and HTTP API")
+    with_config(serve, "spool and database folder")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a routing YAML (and dry-run it)")
-    check.add_argument("file", type=Path)
-    check.add_argument("--against", type=Path, help="folder of DICOM files to dry-run rules on")
+    check = command(
+        "check-config",
+        "validate a routing YAML (and dry-run it)",
+        "\n\nEvery problem of the file is listed in one run. With --against, the rules are"
+        "\ndry-run on a folder of DICOM files; when the file has problems, the rules that"
+        "\nhave none are dry-run and the others are named, with why they were skipped.",
+    )
+    check.add_argument("file", type=Path, help="the routing YAML to check")
+    check.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="folder of DICOM files (searched recursively) to dry-run the rules on "
+        "(default: no dry run)",
+    )
     check.add_argument("--calling-ae", default="DRYRUN", help="calling AE for the dry run")
-    check.add_argument("--called-ae", help="called AE for the dry run (default: the node's)")
+    check.add_argument(
+        "--called-ae", help="called AE for the dry run (default: the config's node.ae_title)"
+    )
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check_config)
 
-    send = sub.add_parser("send", help="C-STORE files or folders to a DICOM node")
-    send.add_argument("paths", type=Path, nargs="+")
-    send.add_argument("--host", default="127.0.0.1")
-    send.add_argument("--port", type=int, default=11112)
+    send = command("send", "C-STORE files or folders to a DICOM node")
+    send.add_argument(
+        "paths", type=Path, nargs="+", help="DICOM files, or folders searched recursively"
+    )
+    send.add_argument("--host", default="127.0.0.1", help="address of the DICOM node")
+    send.add_argument("--port", type=int, default=11112, help="port of the DICOM node")
     send.add_argument("--aet", default="RADROUTER", help="called AE title")
-    send.add_argument("--calling-aet", default="RADROUTER_SCU")
-    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("--calling-aet", default="RADROUTER_SCU", help="calling AE title")
+    send.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the node to answer"
+    )
     send.add_argument("--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=cmd_send)
 
-    status = sub.add_parser("status", help="studies, jobs, dispatches and dead letters")
-    with_config(status)
+    status = command(
+        "status",
+        "studies, jobs, dispatches and deliveries by state; failed, dead-lettered and "
+        "pending items with their attempts and last error",
+        "\n" + STATUS_SOURCES,
+    )
+    with_source(status)
+    status.add_argument(
+        "--limit",
+        type=_api_limit,
+        default=20,
+        metavar="N",
+        help="items listed per section, the newest",
+    )
     status.set_defaults(func=cmd_status)
 
-    retry = sub.add_parser("retry", help="requeue a failed job or dead-lettered dispatch")
-    with_config(retry)
-    retry.add_argument("--job", type=int, help="a failed job (fresh retry budget)")
-    retry.add_argument("--dispatch", type=int, help="a dead-lettered C-STORE dispatch")
-    retry.add_argument("--delivery", type=int, help="a dead-lettered HL7/FHIR delivery")
+    retry = command(
+        "retry",
+        "requeue a failed job or dead-lettered dispatch or delivery (fresh retry budget)",
+        "\n" + STATUS_SOURCES,
+    )
+    with_source(retry)
+    retry.add_argument("--job", type=int, metavar="ID", help="a failed job (default: none)")
+    retry.add_argument(
+        "--dispatch",
+        type=int,
+        metavar="ID",
+        help="a dead-lettered C-STORE dispatch (default: none)",
+    )
+    retry.add_argument(
+        "--delivery",
+        type=int,
+        metavar="ID",
+        help="a dead-lettered HL7/FHIR delivery (default: none)",
+    )
     retry.add_argument(
         "--all-dead", action="store_true", help="every dead-lettered dispatch and delivery"
     )
+    retry.add_argument("--quiet", action="store_true", help="no progress bar")
     retry.set_defaults(func=cmd_retry)
 
-    demo = sub.add_parser("demo-study", help="write a synthetic chest CT (with a nodule)")
+    demo = command("demo-study", "write a synthetic chest CT (with a nodule)")
     demo.add_argument("out", type=Path, help="folder for the DICOM files")
     demo.add_argument(
         "--seed",
@@ -341,26 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="patient, anatomy and UIDs (another seed: another study)",
     )
-    demo.add_argument("--slices", type=int, default=120)
+    demo.add_argument("--slices", type=int, default=120, help="number of slices")
     demo.add_argument("--size", type=int, default=384, help="rows and columns (0.8 mm pixels)")
-    demo.add_argument("--slice-spacing", type=float, default=2.0, help="mm")
+    demo.add_argument("--slice-spacing", type=float, default=2.0, help="mm between slices")
     demo.add_argument("--nodule-mm", type=float, default=12.0, help="diameter; 0: no nodule")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo_study)
 
-    default = sub.add_parser("print-default-config", help="print the shipped routing YAML")
+    default = command("print-default-config", "print the shipped routing YAML")
     default.set_defaults(func=cmd_print_default_config)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    from router.logs import configure_logging
+
+    configure_logging(verbose=args.verbose)
     return int(args.func(args))
 
 

@@ -20,6 +20,7 @@ from router.api.app import ApiDependencies, Readiness, create_app
 from router.assemble.assembler import Assembler
 from router.assemble.completion import CompletionReason
 from router.assemble.study_state import reopen_study, settle_study
+from router.deliver.destination_probe import DestinationProbe
 from router.deliver.dicom_send import send_files
 from router.deliver.dispatch import Dispatcher, SendFunction
 from router.deliver.notify import ChannelFactory, Notifier, queue_failure
@@ -158,6 +159,9 @@ class RouterService:
             claimer=self.claimer,
             leases=self.leases,
         )
+        self.probe = DestinationProbe(
+            self.db, self.holder.current, self.dispatcher.items, on_back=self.dispatcher.wake
+        )
         self.notifier = Notifier(
             self.db,
             self.registry,
@@ -215,6 +219,7 @@ class RouterService:
         self.priors.start()
         self.workers.start()
         self.dispatcher.start()
+        self.probe.start()
         self.notifier.start()
         self.node.start()
         self._start_http()
@@ -236,6 +241,7 @@ class RouterService:
         self.priors.stop()
         self.workers.stop()
         self.dispatcher.stop()
+        self.probe.stop()
         self.notifier.stop()
         given_back = self.leases.release_all()
         self.leases.stop()
@@ -302,7 +308,11 @@ class RouterService:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((http.host, http.port))
         self._http_port = int(sock.getsockname()[1])
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        # log_config=None: uvicorn's lines go through radrouter's handler and format
+        # (router/logs.py) instead of a handler of its own.
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_config=None, log_level="warning", access_log=False)
+        )
         self._http = server
         self._http_thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True

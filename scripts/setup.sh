@@ -3,7 +3,8 @@
 # scripts/setup-serve.sh (the same .venv), so a checkout first set up for serving gets the
 # rest here.
 #   Debian: orthanc (the test PACS), dcmtk (reference SCU/SCP), dicom3tools (dciodvfy),
-#           chromium + chromium-driver (the headless browser the worklist page test drives).
+#           chromium + chromium-driver (the headless browser the worklist page test drives),
+#           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates).
 #   Python: radrouter's dev extras (pytest, ruff, mypy, selenium, ... and the train extra),
 #           with torch==2.13.0 installed first, so nothing pulls a CUDA build.
 set -euo pipefail
@@ -15,6 +16,8 @@ need_apt=()
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+[ -e /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
+[ -x /usr/bin/java ] || need_apt+=(default-jre-headless)  # libpixelmed-java does not pull one
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

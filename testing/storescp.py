@@ -62,10 +62,11 @@ class ReceivingPacs:
 
 
 @contextmanager
-def running_storescp(folder: Path) -> Iterator[ReceivingPacs]:
-    """dcmtk storescp on a free loopback port, writing to ``folder``; stopped on exit."""
+def running_storescp(folder: Path, port: int | None = None) -> Iterator[ReceivingPacs]:
+    """dcmtk storescp on ``port`` (default: a free loopback port), writing to ``folder``;
+    stopped on exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port() if port is None else port
     process = subprocess.Popen(
         ["/usr/bin/storescp", "-aet", AE_TITLE, "-od", str(folder), str(port)],
         env=DCMTK_ENV,

@@ -23,6 +23,9 @@ VERDICT_VALUES: MappingProxyType[Verdict, Code] = MappingProxyType(
 FINDING = Code("121071", "DCM", "Finding")
 FINDING_SITE = Code("363698007", "SCT", "Finding site")
 LATERALITY = Code("272741003", "SCT", "Laterality")
+TOPOGRAPHICAL_MODIFIER = Code("106233006", "SCT", "Topographical modifier")
+LONG_AXIS = Code("103339001", "SCT", "Long axis")
+DIAMETER = Code("81827009", "SCT", "Diameter")
 TRACKING_IDENTIFIER = Code("112039", "DCM", "Tracking Identifier")
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PERCENT = Code("%", "UCUM", "Percent")
@@ -51,3 +54,16 @@ FHIR_SYSTEMS: MappingProxyType[str, str] = MappingProxyType(
 )
 """DICOM coding scheme designator -> FHIR code system URI (HL7 terminology, "External code
 systems"). The HL7 v2 coding-system names (table 0396) are the DICOM designators themselves."""
+
+PLAIN_WORDS: MappingProxyType[tuple[str, str], str] = MappingProxyType(
+    {
+        ("SCT", "125605004"): "fracture",  # Fracture of bone
+        ("SCT", "32693004"): "demyelinating lesion",  # Demyelination
+    }
+)
+"""(scheme, code value) -> what a radiologist writes for a finding type whose coded meaning
+reads awkwardly in a sentence ("suspected fracture", not "suspected fracture of bone").
+A flag's ``label`` still wins."""
+
+LENGTH_UNITS = frozenset({"um", "mm", "cm", "m"})
+"""UCUM codes of lengths: a measurement in one of these is a size ("12 mm nodule")."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from algorithms.contract import AlgorithmInfo
 from config.schema import Priority
-from worklist.facts import Outcome, StudyFacts
+from worklist.facts import KeyImage, Outcome, StudyFacts
 from worklist.priority import PriorityDecision, PriorityPolicy, decide_priority
 
 
@@ -24,6 +25,8 @@ class Notification:
     decision: PriorityDecision
     created_at: datetime.datetime
     """When the result was made; timezone-aware."""
+    key_images: tuple[KeyImage | None, ...] = ()
+    """Series and image number of each finding's slice, in finding order; empty if unknown."""
 
     def __post_init__(self) -> None:
         if not self.notification_id or not self.notification_id.isprintable():
@@ -42,9 +45,15 @@ def build_notification(
     lane: Priority,
     policy: PriorityPolicy,
     created_at: datetime.datetime | None = None,
+    *,
+    key_images: Sequence[KeyImage | None] = (),
 ) -> Notification:
     """Decide the priority (:func:`~worklist.priority.decide_priority`) and wrap it all up.
-    ``created_at`` defaults to now (UTC)."""
-    decision = decide_priority(outcome, algorithm, study, lane, policy)
+    ``created_at`` defaults to now (UTC). ``key_images``: one per finding, in finding order
+    (the router reads them back with ``outcome_codec.key_images_from_json``), so the reason
+    names the series and image to open; empty when unknown."""
+    decision = decide_priority(outcome, algorithm, study, lane, policy, key_images=key_images)
     when = created_at or datetime.datetime.now(datetime.UTC)
-    return Notification(notification_id, study, algorithm, outcome, decision, when)
+    return Notification(
+        notification_id, study, algorithm, outcome, decision, when, tuple(key_images)
+    )

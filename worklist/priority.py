@@ -3,6 +3,10 @@
 Flags only raise a priority: the decision is never less urgent than the rule's lane or the
 order's own priority, whatever the algorithm said. A negative, a "not assessed" and a failure
 keep the priority and say so in the reason, so every channel can state them.
+
+The reason reads as a radiologist would write it: what (with its size), where, and the series
+and image number to open in the PACS viewer ("AI: 12 mm nodule, lung, series 3 image 87
+[...]"). How urgent it is, is the priority's job; the reason never quotes the configuration.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from algorithms.contract import (
 )
 from config.schema import FlagCondition, Priority, PriorityFlag
 from worklist import codes
-from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
+from worklist.facts import LATERALITY_WORDS, AlgorithmFailure, KeyImage, Outcome, StudyFacts
 
 PriorityPolicy = Mapping[str, Sequence[PriorityFlag]]
 """``worklist.priority_policy``: the flags of each algorithm, by algorithm name."""
@@ -33,7 +37,7 @@ class DecisionStatus(enum.StrEnum):
     FLAGGED = "flagged"
     """A priority flag of the policy holds for a finding."""
     FOUND = "found"
-    """Positive, but no priority flag holds."""
+    """Positive, but no priority flag holds (the reason still says what and where)."""
     NEGATIVE = "negative"
     NOT_ASSESSED = "not_assessed"
     FAILED = "failed"
@@ -48,7 +52,8 @@ class PriorityDecision:
     """The most urgent of the rule's lane and the order's own priority."""
     status: DecisionStatus
     reason: str
-    """For a person, e.g. "AI: suspected PE, right lower lobe, p=0.93 [PE Detector 1.0]"."""
+    """For a person, e.g. "AI: suspected PE, right lobar pulmonary artery, series 4 image 120
+    [PE Detector 1.0]"."""
 
     def __post_init__(self) -> None:
         if self.priority.rank > self.base_priority.rank:
@@ -81,6 +86,7 @@ class _Candidate:
     measurements: tuple[Measurement, ...]
     site: Code | None
     qualifiers: tuple[Qualifier, ...]
+    key_image: KeyImage | None = None
     study_level: bool = False
 
 
@@ -107,21 +113,31 @@ def decide_priority(
     study: StudyFacts,
     lane: Priority,
     policy: PriorityPolicy,
+    *,
+    key_images: Sequence[KeyImage | None] = (),
 ) -> PriorityDecision:
     """The worklist priority and reason for ``study`` after ``algorithm`` gave ``outcome``.
 
     ``lane`` is the priority of the rule that ran the algorithm; ``policy`` is
     ``worklist.priority_policy``. The most urgent flag that holds for any finding (or for the
     study-level answer) wins; among equals the first flag written, then the most probable
-    finding.
+    finding. ``key_images`` are the findings' series and image numbers, in finding order
+    (empty when unknown; ``None`` for a finding whose image is unknown).
     """
     base = most_urgent(lane, study.existing_priority)
     flags = tuple(policy.get(algorithm.name, ()))
     target = _target_words(algorithm, flags)
     identity = f"[{algorithm.display_name} {algorithm.version}]"
     if isinstance(outcome, AlgorithmFailure):
+        if key_images:
+            raise ValueError("decide_priority: a failed run has no findings, so no key_images")
         reason = f"AI: {target} algorithm failed: {_sentence(outcome.reason)} {identity}"
         return PriorityDecision(base, base, DecisionStatus.FAILED, reason)
+    if key_images and len(key_images) != len(outcome.findings):
+        raise ValueError(
+            f"decide_priority: {len(key_images)} key_images for {len(outcome.findings)} "
+            "finding(s); give one per finding, or none"
+        )
     if outcome.verdict is Verdict.NOT_ASSESSED:
         reason = f"AI: {target} not assessed: {_sentence(outcome.reason)} {identity}"
         return PriorityDecision(base, base, DecisionStatus.NOT_ASSESSED, reason)
@@ -129,43 +145,68 @@ def decide_priority(
         return PriorityDecision(
             base, base, DecisionStatus.NEGATIVE, f"AI: no {target} found {identity}"
         )
+    findings, study_answer = _candidates(outcome, algorithm, key_images)
     matches = sorted(
         (
             _Match(flag, index, candidate)
-            for candidate in _candidates(outcome, algorithm)
+            for candidate in (*findings, study_answer)
             for index, flag in enumerate(flags)
             if _holds(flag.when, candidate)
         ),
         key=_Match.sort_key,
     )
     if not matches:
-        reason = f"AI: {target} found, no priority flag met {identity}"
+        reason = f"AI: {_found_words(findings, algorithm, target)} {identity}"
         return PriorityDecision(base, base, DecisionStatus.FOUND, reason)
     best = matches[0]
-    others = {
-        id(m.candidate)
-        for m in matches
-        if not m.candidate.study_level and m.candidate is not best.candidate
-    }
-    more = f" (+{len(others)} more flagged)" if others else ""
-    reason = f"AI: suspected {_describe(best)}{more} {identity}"
+    reason = f"AI: {_flagged_words(best, findings, algorithm, target)} {identity}"
     return PriorityDecision(
         most_urgent(base, best.flag.raise_to), base, DecisionStatus.FLAGGED, reason
     )
 
 
-def _candidates(result: AlgorithmResult, algorithm: AlgorithmInfo) -> list[_Candidate]:
-    """Each finding, then the study-level answer (the target with the study's probability)."""
-    candidates = [
-        _Candidate(f.finding_type, f.probability, f.measurements, f.finding_site, f.qualifiers)
-        for f in result.findings
-    ]
-    candidates.append(
+def _found_words(findings: Sequence[_Candidate], algorithm: AlgorithmInfo, target: str) -> str:
+    """No flag holds: the most probable finding, where it is, and how many more."""
+    shown = _most_probable(findings)
+    kind = algorithm.target if shown is None else shown.finding_type
+    text = _describe(shown, target if _same(kind, algorithm.target) else _plain(kind))
+    return text + _more(findings, shown)
+
+
+def _flagged_words(
+    best: _Match, findings: Sequence[_Candidate], algorithm: AlgorithmInfo, target: str
+) -> str:
+    """The finding the winning flag holds for, in the flag's words, and how many more."""
+    shown: _Candidate | None = best.candidate
+    if best.candidate.study_level:
+        # The study's probability comes from its findings: the most probable one is where to
+        # look. A study-level measurement (a count of new lesions) points at no one finding.
+        shown = None if best.flag.when.measurements else _most_probable(findings)
+    kind = best.candidate.finding_type if shown is None else shown.finding_type
+    if best.flag.label and _same(kind, best.candidate.finding_type):
+        name = best.flag.label
+    else:
+        name = target if _same(kind, algorithm.target) else _plain(kind)
+    tested = _tested(best.flag, best.candidate, skip=_size_measurement(shown))
+    return _describe(shown, name, tested, marked=len(findings)) + _more(findings, shown)
+
+
+def _candidates(
+    result: AlgorithmResult, algorithm: AlgorithmInfo, key_images: Sequence[KeyImage | None]
+) -> tuple[list[_Candidate], _Candidate]:
+    """Each finding (with its key image), and the study-level answer (the target with the
+    study's probability and measurements)."""
+    images = list(key_images) or [None] * len(result.findings)
+    findings = [
         _Candidate(
-            algorithm.target, result.probability, result.measurements, None, (), study_level=True
+            f.finding_type, f.probability, f.measurements, f.finding_site, f.qualifiers, image
         )
+        for f, image in zip(result.findings, images, strict=True)
+    ]
+    study_answer = _Candidate(
+        algorithm.target, result.probability, result.measurements, None, (), study_level=True
     )
-    return candidates
+    return findings, study_answer
 
 
 def _holds(condition: FlagCondition, candidate: _Candidate) -> bool:
@@ -199,55 +240,125 @@ def _names(text: str, code: Code) -> bool:
     return text == code.value or text.casefold() == code.meaning.casefold()
 
 
-def _describe(match: _Match) -> str:
-    """``PE, right lower lobe, 12 mm, p=0.93``: what, where, the measurements the flag tested,
-    and the probability."""
-    candidate = match.candidate
-    parts = [match.flag.label or _word(candidate.finding_type.meaning)]
-    location = describe_location(candidate.site, candidate.qualifiers)
-    if location:
-        parts.append(location)
-    for name in match.flag.when.measurements:
-        parts.extend(
-            f"{_number(m.value)} {m.unit.value}"
-            for m in candidate.measurements
-            if _names(name, m.name)
-        )
-    if candidate.probability is not None:
-        parts.append(f"p={candidate.probability:.2f}")
-    return ", ".join(parts)
+def _same(a: Code, b: Code) -> bool:
+    return (a.value, a.scheme_designator) == (b.value, b.scheme_designator)
 
 
-def describe_location(site: Code | None, qualifiers: Sequence[Qualifier]) -> str:
-    """``right lower lobe``: laterality before the site (unless the site names it already),
-    other qualifier values after it."""
-    site_words = set(site.meaning.casefold().split()) if site else set()
-    laterality = [
-        q.value.meaning
-        for q in qualifiers
-        if _is_laterality(q.name) and q.value.meaning.casefold() not in site_words
+# --- the reason in words ---------------------------------------------------------------------
+
+
+def _describe(
+    finding: _Candidate | None, name: str, tested: Sequence[str] = (), *, marked: int = 0
+) -> str:
+    """``12 mm nodule, right upper lobe, series 3 image 87``: a finding with a length is named
+    by its size, one without as suspected; then where, the other measurements a flag tested,
+    and the image to open. Without a finding to show: ``suspected PE, no location given``
+    (or, when the result has ``marked`` findings, ``suspected PE, 2 findings marked``)."""
+    if finding is None:
+        where = f"{marked} finding{'s' if marked > 1 else ''} marked" if marked else ""
+        return ", ".join([f"suspected {name}", *tested, where or "no location given"])
+    size = _size_measurement(finding)
+    image = finding.key_image or KeyImage()
+    parts = [
+        f"{_number(size.value)} {size.unit.value} {name}" if size else f"suspected {name}",
+        describe_location(finding.site, finding.qualifiers, image.laterality),
+        *tested,
+        image.words(),
     ]
-    others = [_word(q.value.meaning) for q in qualifiers if not _is_laterality(q.name)]
-    where = " ".join(_word(text) for text in [*laterality, *([site.meaning] if site else [])])
+    return ", ".join(part for part in parts if part)
+
+
+def describe_location(
+    site: Code | None, qualifiers: Sequence[Qualifier], image_laterality: str = ""
+) -> str:
+    """``right lobar pulmonary artery, new``: laterality and level (topographical modifier)
+    before the site, other qualifier values after it. Laterality is the finding's own, else
+    the image's (``R``/``L``: a radiograph of one limb), and is left out when the site names
+    it already (``Right pulmonary artery``)."""
+    site_words = set(site.meaning.casefold().split()) if site else set()
+    sides = [q.value.meaning for q in qualifiers if _is_qualifier(q.name, codes.LATERALITY)]
+    site_side = site_words & set(LATERALITY_WORDS.values())  # the site's own side wins
+    if not sides and not site_side and image_laterality in LATERALITY_WORDS:
+        sides = [LATERALITY_WORDS[image_laterality]]
+    levels = [
+        q.value.meaning for q in qualifiers if _is_qualifier(q.name, codes.TOPOGRAPHICAL_MODIFIER)
+    ]
+    others = [
+        _word(q.value.meaning)
+        for q in qualifiers
+        if not _is_qualifier(q.name, codes.LATERALITY)
+        and not _is_qualifier(q.name, codes.TOPOGRAPHICAL_MODIFIER)
+    ]
+    before = [text for text in [*sides, *levels] if text.casefold() not in site_words]
+    if not site:
+        # Without a site, "right" or "lobar" alone is still where to look.
+        return ", ".join(_word(text) for text in [*before, *others])
+    where = " ".join(_word(text) for text in [*before, site.meaning])
     return ", ".join(part for part in [where, *others] if part)
 
 
-def _is_laterality(name: Code) -> bool:
-    return (name.value, name.scheme_designator) == (
-        codes.LATERALITY.value,
-        codes.LATERALITY.scheme_designator,
-    ) or name.meaning.casefold() == "laterality"
+def _is_qualifier(name: Code, concept: Code) -> bool:
+    return _same(name, concept) or name.meaning.casefold() == concept.meaning.casefold()
+
+
+def _size_measurement(finding: _Candidate | None) -> Measurement | None:
+    """The finding's size: its long axis (or diameter), else its first length."""
+    if finding is None:
+        return None
+    lengths = [m for m in finding.measurements if m.unit.value in codes.LENGTH_UNITS]
+    preferred = [
+        m for m in lengths if _same(m.name, codes.LONG_AXIS) or _same(m.name, codes.DIAMETER)
+    ]
+    return next(iter(preferred or lengths), None)
+
+
+def _tested(flag: PriorityFlag, candidate: _Candidate, skip: Measurement | None) -> list[str]:
+    """The measurements the flag tested, other than the size already given: ``volume 620
+    mm3``, ``number of new lesions 2``."""
+    return [
+        _measurement_words(m)
+        for name in flag.when.measurements
+        for m in candidate.measurements
+        if _names(name, m.name) and m is not skip
+    ]
+
+
+def _measurement_words(m: Measurement) -> str:
+    unit = "" if m.unit.value == "1" else f" {m.unit.value}"
+    return f"{_word(m.name.meaning)} {_number(m.value)}{unit}"
+
+
+def _most_probable(findings: Sequence[_Candidate]) -> _Candidate | None:
+    """The finding to name first (the first of the most probable), or None."""
+    return max(findings, key=lambda f: f.probability or 0.0, default=None)
+
+
+def _more(findings: Sequence[_Candidate], shown: _Candidate | None) -> str:
+    """`` (+2 more findings)`` after the finding shown; "" when it is the only one."""
+    others = len(findings) - 1
+    if shown is None or others <= 0:
+        return ""
+    return f" (+{others} more finding{'s' if others > 1 else ''})"
 
 
 def _target_words(algorithm: AlgorithmInfo, flags: Sequence[PriorityFlag]) -> str:
-    """What the reason calls the algorithm's target: the label of a flag about it, or its
-    meaning."""
+    """What the reason calls the algorithm's target: the label of a flag that names it and
+    nothing narrower (no site, measurement or qualifier: "large nodule" is not every nodule),
+    or its plain name."""
     for flag in flags:
-        if flag.label and (
-            flag.when.finding is None or _names(flag.when.finding, algorithm.target)
+        when = flag.when
+        if (
+            flag.label
+            and (when.finding is None or _names(when.finding, algorithm.target))
+            and not (when.site or when.measurements or when.qualifiers)
         ):
             return flag.label
-    return _word(algorithm.target.meaning)
+    return _plain(algorithm.target)
+
+
+def _plain(code: Code) -> str:
+    """What a radiologist calls a coded finding type (``fracture``, ``nodule``)."""
+    return codes.PLAIN_WORDS.get((code.scheme_designator, code.value)) or _word(code.meaning)
 
 
 def _word(meaning: str) -> str:

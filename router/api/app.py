@@ -76,7 +76,7 @@ def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
         for r in db.query("SELECT * FROM results WHERE study_uid = ? ORDER BY id", (study_uid,))
     ]
     view["dispatches"] = [
-        _row(d)
+        _work_item(d)
         for d in db.query("SELECT * FROM dispatches WHERE study_uid = ? ORDER BY id", (study_uid,))
     ]
     view["flags"] = [
@@ -84,7 +84,7 @@ def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
         for f in db.query("SELECT * FROM flags WHERE study_uid = ? ORDER BY id", (study_uid,))
     ]
     view["deliveries"] = [
-        _row(d)
+        _work_item(d)
         for d in db.query("SELECT * FROM deliveries WHERE study_uid = ? ORDER BY id", (study_uid,))
     ]
     view["timings"] = _timings(view)
@@ -118,6 +118,17 @@ def _timings(view: dict[str, Any]) -> dict[str, float | None]:
             max(delivered) if (delivered := _delivered_at(view)) else None
         ),
     }
+
+
+def _work_item(row: sqlite3.Row) -> dict[str, Any]:
+    """A dispatch or delivery with when its next attempt is due (None unless it waits)."""
+    return _work_item_dict(_row(row))
+
+
+def _work_item_dict(item: dict[str, Any]) -> dict[str, Any]:
+    waiting = item["state"] == "pending"
+    item["next_attempt_at"] = max(item["not_before"], item["created_at"]) if waiting else None
+    return item
 
 
 def _list(
@@ -189,7 +200,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
 
     @app.get("/dispatches")
     def dispatches(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return _list(db, "dispatches", state, limit, "id DESC")
+        return [_work_item_dict(d) for d in _list(db, "dispatches", state, limit, "id DESC")]
 
     @app.post("/dispatches/{dispatch_id}/retry")
     def retry_dispatch(dispatch_id: int) -> dict[str, Any]:
@@ -200,7 +211,7 @@ def create_app(deps: ApiDependencies) -> FastAPI:
     @app.get("/deliveries")
     def deliveries(state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Worklist notifications (HL7, FHIR) and their delivery state."""
-        return _list(db, "deliveries", state, limit, "id DESC")
+        return [_work_item_dict(d) for d in _list(db, "deliveries", state, limit, "id DESC")]
 
     @app.post("/deliveries/{delivery_id}/retry")
     def retry_delivery(delivery_id: int) -> dict[str, Any]:

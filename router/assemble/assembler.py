@@ -15,6 +15,7 @@ from router.assemble.completion import (
     StudyState,
     decide_completion,
 )
+from router.logs import log_safe
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -82,7 +83,12 @@ class Assembler:
             if not updated:
                 continue  # an instance arrived meanwhile and reopened the study
             self.db.record_event("study_complete", row["study_uid"], detail=reason.value)
-            LOGGER.info("study complete (%s) revision %d", reason.value, row["revision"])
+            LOGGER.info(
+                "study %s complete (%s), revision %d",
+                log_safe(row["study_uid"]),
+                reason.value,
+                row["revision"],
+            )
             completed.append(row["study_uid"])
             self._on_complete(row["study_uid"], int(row["revision"]), reason)
         return completed

@@ -18,10 +18,17 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 _UNCOMPRESSED = {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN}
 MAX_PROPOSED_CONTEXTS = 128
 _SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 class SendError(Exception):
     """The destination could not be reached or refused an instance."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        """No association could be made, or it was lost mid-transfer (the peer is down or
+        unreachable), as opposed to a refusal by a peer that answered."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,8 @@ def send_files(
     if not assoc.is_established:
         raise SendError(
             f"association with {peer.ae_title}@{peer.host}:{peer.port} "
-            f"{'rejected' if assoc.is_rejected else 'failed'}"
+            f"{'rejected' if assoc.is_rejected else 'failed'}",
+            unreachable=not assoc.is_rejected,
         )
     stored = 0
     refused: list[str] = []
@@ -101,9 +109,32 @@ def send_files(
                     break
             if progress is not None:
                 progress(1)
+        lost = not assoc.is_established
     finally:
         if assoc.is_established:
             assoc.release()
+    if lost and stored < len(files):
+        raise SendError(
+            f"association with {peer.ae_title}@{peer.host}:{peer.port} lost after "
+            f"{stored} of {len(files)}",
+            unreachable=True,
+        )
     if refused:
         raise SendError(f"{len(refused)} of {len(files)} refused; first: {refused[0]}")
     return stored
+
+
+def echo(peer: Peer) -> bool:
+    """Whether ``peer`` answers a C-ECHO (Verification) within its timeout."""
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and int(getattr(status, "Status", -1)) == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()

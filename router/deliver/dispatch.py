@@ -15,6 +15,7 @@ from config.schema import RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.dicom_send import FileToSend, Peer, SendError, send_files
 from router.deliver.result_writer import result_object_paths
+from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.store.database import Database
 from router.store.queue import Claim, Claimer, FailOutcome, LeaseKeeper, QueueTable, SqliteWorkQueue
@@ -24,6 +25,9 @@ LOGGER = logging.getLogger(__name__)
 SendFunction = Callable[[Peer, list[FileToSend]], int]
 
 DISPATCHES = QueueTable("dispatches", ready="pending", claimed="sending", done="done", dead="dead")
+UNREACHABLE = "unreachable: "
+"""How the error of a send that found no one at the destination starts: the destination probe
+(``destination_probe.py``) looks for it."""
 
 
 class Dispatcher(PollingStage):
@@ -84,12 +88,17 @@ class Dispatcher(PollingStage):
                 files = self._files(row)
                 self._send(peer, files)
             except (SendError, OSError, ValueError, RuntimeError) as exc:
-                self._failed(claim, str(exc))
+                unreachable = isinstance(exc, ConnectionError) or (
+                    isinstance(exc, SendError) and exc.unreachable
+                )
+                self._failed(claim, f"{UNREACHABLE}{exc}" if unreachable else str(exc))
                 return True
         with self.db.transaction() as conn:
             if not self.items.complete(conn, claim):
                 LOGGER.warning(
-                    "dispatch %d: claim lost while sending; left to its new owner", claim.id
+                    "dispatch %d (study %s): claim lost while sending; left to its new owner",
+                    claim.id,
+                    row["study_uid"],
                 )
                 return True
         LOGGER.info(
@@ -104,7 +113,9 @@ class Dispatcher(PollingStage):
             try:
                 self._on_delivered(row)
             except Exception:
-                LOGGER.exception("delivery observer failed")
+                LOGGER.exception(
+                    "dispatch %d (study %s): delivery observer failed", row["id"], row["study_uid"]
+                )
         settle_study(self.db, row["study_uid"])
         return True
 
@@ -130,13 +141,14 @@ class Dispatcher(PollingStage):
         policy = self._config().dispatch.retry
         if self.items.fail(claim, error) is FailOutcome.RETRY:
             LOGGER.warning(
-                "dispatch %d to %s failed (attempt %d of %d), retry in %.0f s: %s",
+                "dispatch %d (study %s) to %s failed (attempt %d of %d), retry in %.0f s: %s",
                 row["id"],
+                row["study_uid"],
                 row["destination"],
                 claim.attempts,
                 policy.max_attempts,
                 policy.delay_s(claim.attempts),
-                error,
+                log_safe(error, 300),
             )
 
     def _dead(self, row: sqlite3.Row, error: str) -> None:
@@ -145,10 +157,11 @@ class Dispatcher(PollingStage):
             "dispatch_dead_letter", row["study_uid"], detail=f"dispatch {row['id']}: {error}"
         )
         LOGGER.error(
-            "dispatch %d to %s dead-lettered after %d attempts: %s",
+            "dispatch %d (study %s) to %s dead-lettered after %d attempts: %s",
             row["id"],
+            row["study_uid"],
             row["destination"],
             row["attempts"],
-            error,
+            log_safe(error, 300),
         )
         settle_study(self.db, row["study_uid"])

@@ -26,7 +26,8 @@ from pydicom import dcmread
 from algorithms.registry import Registry
 from config.schema import Priority, RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
-from router.deliver.outcome_codec import result_from_json
+from router.deliver.outcome_codec import key_images_from_json, result_from_json
+from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.store.database import Database
 from router.store.queue import (
@@ -40,7 +41,7 @@ from router.store.queue import (
 )
 from router.worklist_page.store import record_flag
 from worklist.channel import Channel, DeliveryError
-from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, KeyImage, Outcome, StudyFacts
 from worklist.notification import Notification, build_notification
 
 LOGGER = logging.getLogger(__name__)
@@ -143,7 +144,12 @@ class Notifier(PollingStage):
         try:
             self._decide(row)
         except Exception as exc:  # boundary: one bad row must not stop the worklist
-            LOGGER.exception("could not decide notification %d", row["id"])
+            LOGGER.exception(
+                "notification %d (study %s, job %d): could not decide",
+                row["id"],
+                row["study_uid"],
+                row["job_id"],
+            )
             self.db.record_event("notify_failed", row["study_uid"], row["job_id"], str(exc))
             self._finish_queue_row(row, [])
         settle_study(self.db, row["study_uid"])
@@ -203,18 +209,25 @@ class Notifier(PollingStage):
         """Rebuild the notification of a queue row from the database and the spool."""
         job = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (row["job_id"],))
         if job is None or job["algorithm"] not in self.registry:
-            LOGGER.error("notification %d: job or algorithm no longer known", row["id"])
+            LOGGER.error(
+                "notification %d (study %s, job %d): job or algorithm no longer known",
+                row["id"],
+                row["study_uid"],
+                row["job_id"],
+            )
             return None, job
         info = self.registry.info(job["algorithm"])
         outcome: Outcome
         created: float
         notification_id: str
+        key_images: tuple[KeyImage | None, ...] = ()
         if row["result_id"] is not None:
             result = self.db.query_one("SELECT * FROM results WHERE id = ?", (row["result_id"],))
             if result is None:
                 return None, job
             summary = json.loads(result["summary"] or "{}")
             outcome = result_from_json(summary["outcome"])
+            key_images = key_images_from_json(summary["outcome"])
             created = float(result["created_at"])
             notification_id = str(result["sop_instance_uid"])
         else:
@@ -231,6 +244,7 @@ class Notifier(PollingStage):
             Priority(job["priority"]),
             config.worklist.priority_policy,
             datetime.datetime.fromtimestamp(created, datetime.UTC),
+            key_images=key_images,
         )
         return notification, job
 
@@ -302,7 +316,11 @@ class Notifier(PollingStage):
                 {"message_id": receipt.message_id, "acknowledgement": receipt.acknowledgement},
             )
         if not done:
-            LOGGER.warning("delivery %d: claim lost while sending; left to its new owner", claim.id)
+            LOGGER.warning(
+                "delivery %d (study %s): claim lost while sending; left to its new owner",
+                claim.id,
+                row["study_uid"],
+            )
             return
         self.db.record_event(
             "delivery_done",
@@ -322,14 +340,17 @@ class Notifier(PollingStage):
         row = claim.row
         policy = channel.retry
         if self.items.fail(claim, error, retryable=retryable) is FailOutcome.RETRY:
+            # The error may quote the receiver's reply, which can echo message content:
+            # bounded and made safe (the full text is in the delivery's row, not the log).
             LOGGER.warning(
-                "delivery %d via %s failed (attempt %d of %d), retry in %.0f s: %s",
+                "delivery %d (study %s) via %s failed (attempt %d of %d), retry in %.0f s: %s",
                 row["id"],
+                row["study_uid"],
                 row["channel"],
                 claim.attempts,
                 policy.max_attempts,
                 policy.delay_s(claim.attempts),
-                error,
+                log_safe(error, 120),
             )
 
     def _dead(self, row: sqlite3.Row, error: str) -> None:
@@ -337,7 +358,13 @@ class Notifier(PollingStage):
         self.db.record_event(
             "delivery_dead_letter", row["study_uid"], detail=f"delivery {row['id']}: {error}"
         )
-        LOGGER.error("delivery %d via %s dead-lettered: %s", row["id"], row["channel"], error)
+        LOGGER.error(
+            "delivery %d (study %s) via %s dead-lettered: %s",
+            row["id"],
+            row["study_uid"],
+            row["channel"],
+            log_safe(error, 120),
+        )
         settle_study(self.db, row["study_uid"])
 
 

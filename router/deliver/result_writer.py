@@ -22,10 +22,11 @@ from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, Stud
 from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
 from router.deliver.notify import queue_result
-from router.deliver.outcome_codec import result_to_json
+from router.deliver.outcome_codec import key_images_of, result_to_json
 from router.run.job_queue import Job
 from router.run.series_loader import LoadedSeries
 from router.store.database import Database
+from worklist.facts import KeyImage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,10 +100,13 @@ class ResultWriter:
             path = folder / f"{obj.sop_instance_uid}.dcm"
             write_dataset(obj.dataset, path)
             paths[obj.kind.name.lower()] = path
+        key_images = key_images_of(result, loaded) if loaded is not None else ()
         with self.db.transaction() as conn:
             if within is not None:
                 within(conn)
-            result_id = self._record(conn, job, info, result, objects, paths, shadow)
+            result_id = self._record(
+                conn, job, info, result, objects, paths, shadow, key_images=key_images
+            )
             if shadow:
                 LOGGER.info(
                     "job %d (%s) in shadow mode: result kept, not sent", job.id, job.algorithm
@@ -144,11 +148,13 @@ class ResultWriter:
         objects: ResultObjects,
         paths: Mapping[str, Path],
         shadow: bool,
+        *,
+        key_images: Sequence[KeyImage | None] = (),
     ) -> int:
         report = objects.report
         summary = {
             "shadow": shadow,
-            "outcome": result_to_json(result),
+            "outcome": result_to_json(result, key_images),
             "reason": result.reason,
             "probability": result.probability,
             "findings": [

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from router.logs import log_safe
 from router.receive.spool import Spool, SpoolFullError
 from router.store.database import Database
 
@@ -47,12 +48,14 @@ class StoreStatus(enum.IntEnum):
 
 
 class IngestError(Exception):
-    """An instance that cannot be accepted; ``status`` is what the peer is told."""
+    """An instance that cannot be accepted; ``status`` is what the peer is told, ``study_uid``
+    the study it belongs to once its header was read (for the log line)."""
 
-    def __init__(self, status: StoreStatus, reason: str) -> None:
+    def __init__(self, status: StoreStatus, reason: str, study_uid: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.study_uid = study_uid
 
 
 @dataclass(frozen=True)
@@ -177,18 +180,22 @@ class Ingestor:
         if expected_sop_instance_uid and header.sop_instance_uid != expected_sop_instance_uid:
             reason = "SOP Instance UID in the dataset differs from the C-STORE request"
             self._quarantine(data, reason)
-            raise IngestError(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, reason)
+            raise IngestError(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, reason, header.study_uid
+            )
         try:
             spooled = self.spool.write(
                 header.study_uid, header.series_uid, header.sop_instance_uid, data
             )
         except SpoolFullError as exc:
-            raise IngestError(StoreStatus.OUT_OF_RESOURCES, str(exc)) from exc
+            raise IngestError(StoreStatus.OUT_OF_RESOURCES, str(exc), header.study_uid) from exc
         except ValueError as exc:  # a UID that cannot be a path
             self._quarantine(data, str(exc))
-            raise IngestError(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+            raise IngestError(StoreStatus.CANNOT_UNDERSTAND, str(exc), header.study_uid) from exc
         except OSError as exc:
-            raise IngestError(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc}") from exc
+            raise IngestError(
+                StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc}", header.study_uid
+            ) from exc
         outcome = self._index(
             header, transfer_syntax, spooled.path, spooled.size, spooled.sha256, origin
         )
@@ -196,7 +203,7 @@ class Ingestor:
             try:
                 self.on_stored(outcome)
             except Exception:  # an observer never breaks the store
-                LOGGER.exception("on_stored observer failed")
+                LOGGER.exception("study %s: on_stored observer failed", log_safe(header.study_uid))
         return outcome
 
     def _index(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -14,6 +16,8 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config.schema import AllowedCaller, NodeConfig
+from router.logs import log_safe
+from router.receive.first_bytes import non_dicom_kind, peek_first_bytes
 from router.receive.ingest import IngestError, Ingestor, Origin, StoreStatus
 from router.store.database import Database
 
@@ -122,6 +126,7 @@ class DicomNode:
         self._allowed_callers = allowed_callers
         self._on_received = on_received
         self._server: Any = None
+        self._stopping = threading.Event()
         ae = AE(ae_title=node.ae_title)
         ae.require_called_aet = node.check_called_ae
         ae.maximum_associations = node.max_associations
@@ -142,7 +147,9 @@ class DicomNode:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        self._stopping.clear()
         handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._handle_conn_open),
             (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_ESTABLISHED, self._handle_established),
             (evt.EVT_RELEASED, self._handle_released),
@@ -159,6 +166,7 @@ class DicomNode:
         )
 
     def stop(self) -> None:
+        self._stopping.set()  # a connection still being peeked at lets go
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -166,13 +174,40 @@ class DicomNode:
 
     # --- handlers -------------------------------------------------------------------------
 
+    def _handle_conn_open(self, event: Any) -> None:
+        """Close a client whose first bytes cannot begin a DICOM PDU (an HTTP request, a TLS
+        ClientHello, a scanner), naming it once, before pynetdicom reads them.
+
+        This runs in the connection's own thread before pynetdicom starts reading, and only
+        peeks, so a DICOM client's bytes are left for pynetdicom untouched and undelayed.
+        Closing through pynetdicom's socket makes it end the connection quietly. (A filter on
+        pynetdicom's log would see one "Unknown PDU type" line per six bytes read, without the
+        peer's address or the bytes that say what it is.)"""
+        transport = event.assoc.dul.socket
+        raw = getattr(transport, "socket", None)
+        if not isinstance(raw, socket.socket) or isinstance(raw, ssl.SSLSocket):
+            return
+        kind = non_dicom_kind(peek_first_bytes(raw, self.node.network_timeout_s, self._stopping))
+        if kind is None:
+            return
+        host, port = event.address[0], event.address[1]
+        LOGGER.warning(
+            "non-DICOM client at %s:%s (%s) — connection closed",
+            log_safe(host),
+            log_safe(port),
+            kind,
+        )
+        transport.close()
+
     def _handle_requested(self, event: Any) -> None:
         assoc = event.assoc
         calling_ae = assoc.requestor.primitive.calling_ae_title.strip()
         host = str(assoc.requestor.address)
         if not caller_allowed(self._allowed_callers(), calling_ae, host):
             LOGGER.warning(
-                "rejected association from %s at %s: not in allow-list", calling_ae, host
+                "rejected association from %s at %s: not in allow-list",
+                log_safe(calling_ae),
+                log_safe(host),
             )
             self.ingestor.db.record_event(
                 "association_rejected", detail=f"calling AE {calling_ae} from {host} not allowed"
@@ -210,15 +245,27 @@ class DicomNode:
             called_ae=assoc.acceptor.ae_title.strip(),
         )
         status = StoreStatus.SUCCESS
+        sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
         try:
             data = event.encoded_dataset(include_meta=True)
-            self.ingestor.ingest(data, origin, str(event.request.AffectedSOPInstanceUID))
+            self.ingestor.ingest(data, origin, sop_instance_uid)
         except IngestError as exc:
             status = exc.status
-            LOGGER.warning("C-STORE refused with 0x%04X: %s", exc.status, exc.reason)
+            LOGGER.warning(
+                "C-STORE of instance %s (study %s) from %s refused with 0x%04X: %s",
+                log_safe(sop_instance_uid),
+                log_safe(exc.study_uid or "unknown"),
+                log_safe(origin.calling_ae),
+                exc.status,
+                log_safe(exc.reason, 300),
+            )
         except Exception:  # boundary: any other failure is a refusal, never a crash
             status = StoreStatus.OUT_OF_RESOURCES
-            LOGGER.exception("C-STORE failed unexpectedly")
+            LOGGER.exception(
+                "C-STORE of instance %s from %s failed unexpectedly",
+                log_safe(sop_instance_uid),
+                log_safe(origin.calling_ae),
+            )
         if self._on_received is not None:
             try:
                 self._on_received(origin.calling_ae, status)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
+from pydantic import ValidationError
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.errors import InvalidDicomError
 
 from algorithms.manifest.discovery import discover_manifests
 from config.loader import ConfigError, ConfigIssue, check_algorithms, validate_config
-from config.schema import RouterConfig
-from config.yaml_document import YamlDocument, merge_issues, read_yaml, reference_issue
+from config.schema import DicomDestination, Fallback, NodeConfig, RouterConfig, Rule
+from config.yaml_document import (
+    KeyPath,
+    YamlDocument,
+    format_key,
+    merge_issues,
+    read_yaml,
+    reference_issue,
+)
 from router.route.matching import ASSOCIATION_ATTRIBUTES, RoutingDecision, SeriesFacts, route
 
 __all__ = [
@@ -22,25 +30,33 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_OK",
     "CheckOutcome",
+    "DryRunProgress",
     "DryRunResult",
     "SeriesDryRun",
     "SkippedFile",
+    "SkippedRule",
+    "UsableRules",
     "check_attribute_names",
     "check_config_file",
     "dry_run",
     "format_report",
     "run_check",
+    "usable_rules",
 ]
 
 EXIT_OK = 0
 """The configuration is valid (and the dry run, if asked for, ran)."""
 EXIT_INVALID = 1
-"""The configuration has problems; nothing else was done."""
+"""The configuration has problems (with ``--against``, its rules without problems were
+dry-run all the same)."""
 EXIT_BAD_FOLDER = 2
 """The configuration is valid but the ``--against`` folder could not be read."""
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 NUMERIC_VRS = frozenset({"DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
+
+DryRunProgress = Callable[[int, int], object]
+"""Called as ``progress(files_read, files_total)`` after each file the dry run reads."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,34 @@ class DryRunResult:
 
 
 @dataclass(frozen=True)
+class SkippedRule:
+    """A rule of a file with problems that the dry run leaves out, and why."""
+
+    key: str
+    """Where it is: ``rules[2]``."""
+    name: str
+    """Its name, or ``""`` when it has none that is text."""
+    line: int | None
+    reasons: tuple[str, ...]
+    """One per problem: ``line 15, run: algorithm 'lung_nodle' is not installed ...``."""
+
+
+@dataclass(frozen=True)
+class UsableRules:
+    """What a dry run can still use of a file with problems: the rules without problems (and
+    the destinations they send to), the fallback unless it has problems, the node's AE title
+    unless it has problems. Skipping a rule changes what the rules after it see (first match
+    wins), so the dry run shows the routing as if the skipped rules were not in the file."""
+
+    config: RouterConfig
+    total: int
+    """Rules in the file."""
+    skipped: tuple[SkippedRule, ...]
+    notes: tuple[str, ...]
+    """Other parts replaced by their defaults, e.g. a fallback with problems."""
+
+
+@dataclass(frozen=True)
 class CheckOutcome:
     """What ``radrouter check-config`` prints and its exit status."""
 
@@ -91,6 +135,8 @@ class CheckOutcome:
     config: RouterConfig | None
     issues: tuple[ConfigIssue, ...]
     dry_run: DryRunResult | None
+    usable: UsableRules | None = None
+    """For a file with problems dry-run with ``--against``: which rules were used."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,10 +152,18 @@ def check_config_file(
     file. Returns the config (``None`` when it does not load) and every issue, all found in
     one run: the algorithm and keyword checks read the file even when the schema refused it.
     The config is fit to run only when the list is empty."""
+    _, config, issues = _check_file(path, known_algorithms)
+    return config, issues
+
+
+def _check_file(
+    path: Path, known_algorithms: Collection[str]
+) -> tuple[YamlDocument | None, RouterConfig | None, list[ConfigIssue]]:
+    """:func:`check_config_file`, also returning the document (None when it was not read)."""
     try:
         document = read_yaml(Path(path))
     except ConfigError as exc:  # unreadable, or not YAML at all
-        return None, list(exc.issues)
+        return None, None, list(exc.issues)
     config: RouterConfig | None = None
     try:
         config = validate_config(document).config
@@ -122,7 +176,7 @@ def check_config_file(
     issues = merge_issues(
         schema_issues, check_algorithms(document, known), check_attribute_names(document)
     )
-    return config, issues + manifests.issues()
+    return document, config, issues + manifests.issues()
 
 
 def _model_dirs(document: YamlDocument) -> list[Path]:
@@ -176,6 +230,142 @@ def check_attribute_names(document: YamlDocument) -> list[ConfigIssue]:
 
 
 # --------------------------------------------------------------------------------------------
+# The part of a file with problems that can still be dry-run
+
+
+def usable_rules(document: YamlDocument, issues: Sequence[ConfigIssue]) -> UsableRules | None:
+    """The rules of ``document`` that have none of ``issues`` (nor send to a destination that
+    has some), as a config to dry-run; None when the file has no mapping at its top."""
+    data = document.data
+    if not isinstance(data, Mapping):
+        return None
+    found = _Problems(document, tuple(i for i in issues if i.file == document.source))
+    destinations = _Destinations.of(found, data.get("destinations"))
+    notes: list[str] = []
+    rules = data.get("rules")
+    if rules is not None and not isinstance(rules, list):
+        notes.append("rules: not a list, so there is no rule to dry-run")
+    kept: list[tuple[Rule, SkippedRule]] = []
+    skipped: list[SkippedRule] = []
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        path: KeyPath = ("rules", index)
+        name = rule.get("name") if isinstance(rule, Mapping) else None
+        line, _ = document.position(path)
+        about = SkippedRule(format_key(path), name if isinstance(name, str) else "", line, ())
+        reasons = found.reasons(path)
+        if isinstance(rule, Mapping):
+            reasons += destinations.reasons(rule.get("send_to"))
+        if not reasons:
+            try:
+                kept.append((Rule.model_validate(rule), about))
+                continue
+            except ValidationError as exc:  # the issues should have said so already
+                reasons.append(f"not a valid rule ({exc.error_count()} problems)")
+        skipped.append(replace(about, reasons=tuple(reasons)))
+
+    fallback = Fallback()
+    raw_fallback = data.get("fallback")
+    fallback_problems = found.reasons(("fallback",))
+    if isinstance(raw_fallback, Mapping):
+        fallback_problems += destinations.reasons(raw_fallback.get("send_to"))
+    if fallback_problems:
+        notes.append(
+            f"the fallback has problems ({'; '.join(fallback_problems)}), so the dry run uses "
+            "the default fallback: unrouted"
+        )
+    elif raw_fallback is not None:
+        try:
+            fallback = Fallback.model_validate(raw_fallback)
+        except ValidationError as exc:  # the issues should have said so already
+            notes.append(
+                f"the fallback is not valid ({exc.error_count()} problems), so the dry "
+                "run uses the default fallback: unrouted"
+            )
+
+    node = NodeConfig()
+    ae_title = document.value_at(("node", "ae_title"))
+    if found.under(("node", "ae_title")) or any(i.key == "node" for i in found.issues):
+        notes.append(
+            f"node.ae_title has problems, so without --called-ae the dry run uses {node.ae_title}"
+        )
+    elif isinstance(ae_title, str):
+        node = NodeConfig(ae_title=ae_title)
+
+    try:
+        config = RouterConfig(
+            node=node,
+            destinations=destinations.valid,
+            rules=[r for r, _ in kept],
+            fallback=fallback,
+        )
+    except ValidationError as exc:  # a check spanning rules that no issue named
+        notes.append(f"together the rules without problems are not valid either: {exc}")
+        config = RouterConfig(node=node)
+        left_out = ("left out with the others (see the note below)",)
+        skipped.extend(replace(about, reasons=left_out) for _, about in kept)
+        skipped.sort(key=lambda rule: rule.line or 0)
+    total = len(rules) if isinstance(rules, list) else 0
+    return UsableRules(config, total, tuple(skipped), tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Problems:
+    """The issues of one file, by the key they are about."""
+
+    document: YamlDocument
+    issues: tuple[ConfigIssue, ...]
+
+    def under(self, path: KeyPath) -> list[ConfigIssue]:
+        """The issues at ``path`` or inside it."""
+        key = format_key(path)
+        return [i for i in self.issues if i.key == key or i.key.startswith((f"{key}.", f"{key}["))]
+
+    def reasons(self, path: KeyPath) -> list[str]:
+        """The issues inside ``path`` as reasons for leaving it out: each one's line, its key
+        relative to ``path`` and the first clause of its message (all of it is listed above)."""
+        within = format_key(path)
+        return [
+            (f"line {i.line}, " if i.line is not None else "")
+            + f"{i.key[len(within) :].lstrip('.') or '(itself)'}: {i.message.split('; ', 1)[0]}"
+            for i in self.under(path)
+        ]
+
+
+@dataclass(frozen=True)
+class _Destinations:
+    """The destinations a file defines, and those of them without problems."""
+
+    found: _Problems
+    defined: frozenset[str]
+    valid: dict[str, DicomDestination]
+
+    @classmethod
+    def of(cls, found: _Problems, section: object) -> _Destinations:
+        entries = section if isinstance(section, Mapping) else {}
+        defined = frozenset(name for name in entries if isinstance(name, str))
+        valid: dict[str, DicomDestination] = {}
+        for name in sorted(defined):
+            if not found.under(("destinations", name)):
+                try:
+                    valid[name] = DicomDestination.model_validate(entries[name])
+                except ValidationError:  # the issues should have said so already
+                    continue
+        return cls(found, defined, valid)
+
+    def reasons(self, send_to: object) -> list[str]:
+        """``send_to`` entries naming a destination that is defined but has problems (one
+        that is not defined at all is an issue of the rule itself)."""
+        reasons = []
+        for position, name in enumerate(send_to if isinstance(send_to, list) else []):
+            if isinstance(name, str) and name in self.defined and name not in self.valid:
+                line, _ = self.found.document.position(("destinations", name))
+                reasons.append(
+                    f"send_to[{position}]: destination {name!r} has problems (line {line})"
+                )
+        return reasons
+
+
+# --------------------------------------------------------------------------------------------
 # Dry run
 
 
@@ -191,6 +381,7 @@ def dry_run(
     folder: Path,
     calling_ae: str = "DRYRUN",
     called_ae: str | None = None,
+    progress: DryRunProgress | None = None,
 ) -> DryRunResult:
     """Route every series found under ``folder`` (recursively) as the router would: headers
     only, grouped by SeriesInstanceUID, facts from the instance with the lowest
@@ -202,31 +393,24 @@ def dry_run(
     called = called_ae if called_ae is not None else config.node.ae_title
     series: dict[str, _SeriesAccumulator] = {}
     skipped: list[SkippedFile] = []
-    for path in _files_under(folder):
+    paths = list(_files_under(folder))
+    for done, path in enumerate(paths, start=1):
         relative = path.relative_to(folder)
-        try:
-            ds: pydicom.Dataset = pydicom.dcmread(path, stop_before_pixels=True, force=False)
-        except InvalidDicomError:
-            skipped.append(SkippedFile(relative, "not a DICOM file (no DICM preamble)"))
+        header = _read_header(path, relative)
+        if progress is not None:
+            progress(done, len(paths))
+        if isinstance(header, SkippedFile):
+            skipped.append(header)
             continue
-        except Exception as exc:  # truncated or corrupt: report, keep going
-            skipped.append(SkippedFile(relative, f"unreadable DICOM ({type(exc).__name__})"))
-            continue
-        if _text(ds, "MediaStorageSOPClassUID", meta=True) == DICOMDIR_SOP_CLASS:
-            skipped.append(SkippedFile(relative, "DICOMDIR (an index, not an image)"))
-            continue
-        series_uid = _text(ds, "SeriesInstanceUID")
-        if not series_uid:
-            skipped.append(SkippedFile(relative, "no SeriesInstanceUID"))
-            continue
-        key = (_int(ds, "InstanceNumber"), _text(ds, "SOPInstanceUID"))
+        series_uid = _text(header, "SeriesInstanceUID")
+        key = (_int(header, "InstanceNumber"), _text(header, "SOPInstanceUID"))
         entry = series.get(series_uid)
         if entry is None:
-            series[series_uid] = _SeriesAccumulator(key, ds, {key[1] or str(relative)})
+            series[series_uid] = _SeriesAccumulator(key, header, {key[1] or str(relative)})
             continue
         entry.instances.add(key[1] or str(relative))
         if key < entry.first_key:
-            entry.first_key, entry.first = key, ds
+            entry.first_key, entry.first = key, header
 
     results: list[tuple[tuple[str, int, str], SeriesDryRun]] = []
     for series_uid, entry in series.items():
@@ -255,6 +439,21 @@ def dry_run(
         calling_ae=calling_ae,
         called_ae=called,
     )
+
+
+def _read_header(path: Path, relative: Path) -> pydicom.Dataset | SkippedFile:
+    """The header of one file of a series, or why the dry run does not use it."""
+    try:
+        ds: pydicom.Dataset = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+    except InvalidDicomError:
+        return SkippedFile(relative, "not a DICOM file (no DICM preamble)")
+    except Exception as exc:  # truncated or corrupt: report, keep going
+        return SkippedFile(relative, f"unreadable DICOM ({type(exc).__name__})")
+    if _text(ds, "MediaStorageSOPClassUID", meta=True) == DICOMDIR_SOP_CLASS:
+        return SkippedFile(relative, "DICOMDIR (an index, not an image)")
+    if not _text(ds, "SeriesInstanceUID"):
+        return SkippedFile(relative, "no SeriesInstanceUID")
+    return ds
 
 
 def _files_under(folder: Path) -> Iterator[Path]:
@@ -293,17 +492,21 @@ def format_report(
     issues: Sequence[ConfigIssue],
     dry_run_result: DryRunResult | None = None,
     config: RouterConfig | None = None,
+    usable: UsableRules | None = None,
 ) -> str:
     """The text ``radrouter check-config`` prints: ``OK`` (with a summary when ``config`` is
-    given), or each issue as ``FILE:LINE:COL: KEY: MESSAGE``; then, for a dry run, one block
-    per series."""
+    given), or each issue on a line of its own as ``FILE:LINE:COL: KEY: MESSAGE`` and their
+    count; then, for a dry run, the rules it left out (``usable``) and one block per series."""
     lines: list[str] = []
     if issues:
-        lines.extend(str(issue) for issue in issues)
+        lines.extend(" ".join(str(issue).splitlines()) for issue in issues)
         count = len(issues)
         lines.append(f"{path}: {count} problem{'s' if count != 1 else ''} found; not valid")
-        return "\n".join(lines) + "\n"
-    lines.append(f"{path}: OK ({_summary(config)})" if config is not None else f"{path}: OK")
+    else:
+        lines.append(f"{path}: OK ({_summary(config)})" if config is not None else f"{path}: OK")
+    if usable is not None:
+        lines.append("")
+        lines.extend(_usable_lines(usable))
     if dry_run_result is not None:
         lines.append("")
         lines.extend(_dry_run_lines(dry_run_result))
@@ -318,6 +521,22 @@ def _summary(config: RouterConfig) -> str:
     destinations = ", ".join(sorted(config.destinations)) or "none"
     algorithms = ", ".join(sorted(config.algorithm_names())) or "none"
     return f"{rules}; destinations: {destinations}; algorithms: {algorithms}"
+
+
+def _usable_lines(usable: UsableRules) -> list[str]:
+    used = usable.total - len(usable.skipped)
+    lines = [
+        f"Dry run of the rules without problems only: {used} of {usable.total} "
+        f"rule{'s' if usable.total != 1 else ''} used, {len(usable.skipped)} skipped "
+        "(routing is shown as if the skipped rules were not in the file)"
+    ]
+    for rule in usable.skipped:
+        name = f" {rule.name!r}" if rule.name else ""
+        line = f" (line {rule.line})" if rule.line is not None else ""
+        lines.append(f"  skipped {rule.key}{name}{line}:")
+        lines.extend(f"    {reason}" for reason in rule.reasons)
+    lines.extend(f"  note: {note}" for note in usable.notes)
+    return lines
 
 
 def _dry_run_lines(result: DryRunResult) -> list[str]:
@@ -358,19 +577,35 @@ def run_check(
     against: Path | None = None,
     calling_ae: str = "DRYRUN",
     called_ae: str | None = None,
+    progress: DryRunProgress | None = None,
 ) -> CheckOutcome:
     """The whole ``check-config`` command: check, optionally dry-run, format. The CLI prints
-    ``outcome.text`` and exits with ``outcome.exit_code`` (see ``EXIT_*``)."""
-    config, issues = check_config_file(path, known_algorithms)
-    if config is None or issues:
-        text = format_report(path, issues, config=config)
-        return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), None)
+    ``outcome.text`` and exits with ``outcome.exit_code`` (see ``EXIT_*``). A file with
+    problems is dry-run too, with the rules that have none (``outcome.usable``)."""
+    document, config, issues = _check_file(path, known_algorithms)
+    if config is not None and not issues:
+        if against is None:
+            return CheckOutcome(EXIT_OK, format_report(path, [], config=config), config, (), None)
+        try:
+            result = dry_run(config, against, calling_ae, called_ae, progress)
+        except OSError as exc:
+            text = format_report(path, [], config=config) + f"cannot dry-run: {exc}\n"
+            return CheckOutcome(EXIT_BAD_FOLDER, text, config, (), None)
+        text = format_report(path, [], result, config=config)
+        return CheckOutcome(EXIT_OK, text, config, (), result)
+
+    report = format_report(path, issues, config=config)
     if against is None:
-        return CheckOutcome(EXIT_OK, format_report(path, [], config=config), config, (), None)
+        return CheckOutcome(EXIT_INVALID, report, config, tuple(issues), None)
+    usable = usable_rules(document, issues) if document is not None else None
+    if usable is None:
+        why = "the file could not be read" if document is None else "its top level is not a mapping"
+        text = report + f"\ncannot dry-run: {why}\n"
+        return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), None)
     try:
-        result = dry_run(config, against, calling_ae=calling_ae, called_ae=called_ae)
+        result = dry_run(usable.config, against, calling_ae, called_ae, progress)
     except OSError as exc:
-        text = format_report(path, [], config=config) + f"cannot dry-run: {exc}\n"
-        return CheckOutcome(EXIT_BAD_FOLDER, text, config, (), None)
-    text = format_report(path, [], result, config=config)
-    return CheckOutcome(EXIT_OK, text, config, (), result)
+        text = format_report(path, issues, usable=usable) + f"\ncannot dry-run: {exc}\n"
+        return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), None, usable)
+    text = format_report(path, issues, result, usable=usable)
+    return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), result, usable)

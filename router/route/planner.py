@@ -11,6 +11,7 @@ from pydicom import dcmread
 
 from config.schema import RouterConfig
 from router.assemble.completion import CompletionReason
+from router.logs import log_safe
 from router.route.matching import SeriesFacts, route
 from router.run.job_queue import JobQueue
 from router.run.priors.stage import request_prior
@@ -42,6 +43,7 @@ class Planner:
                 (time.time(), study_uid),
             )
             self.db.record_event("study_retrieved_as_prior", study_uid)
+            LOGGER.info("study %s was retrieved as a prior: not routed", log_safe(study_uid))
             return "prior"
         series_rows = self.db.query(
             "SELECT series_uid, routed_at, last_received_at FROM series WHERE study_uid = ?",
@@ -49,6 +51,7 @@ class Planner:
         )
         work = 0
         unchanged = 0
+        job_ids: list[int] = []
         with self.db.transaction() as conn:
             for series in series_rows:
                 if series["routed_at"] and series["last_received_at"] < series["routed_at"]:
@@ -89,6 +92,7 @@ class Planner:
                         if needs_prior:
                             # A follow-up: the prior stage finds its prior, then releases it.
                             request_prior(conn, job_id, study_uid)
+                        job_ids.append(job_id)
                         work += 1
                     else:
                         for destination in action.send_to:
@@ -105,6 +109,14 @@ class Planner:
             )
         self.db.record_event(
             "study_routed", study_uid, detail=f"{work} work item(s); completion: {reason.value}"
+        )
+        LOGGER.info(
+            "study %s revision %d routed: job(s) %s, %d forward(s); now %s",
+            log_safe(study_uid),
+            revision,
+            ", ".join(map(str, job_ids)) or "none",
+            work - len(job_ids),
+            state,
         )
         if work and self._on_planned is not None:
             self._on_planned()

@@ -15,6 +15,7 @@ from config.schema import RouterConfig
 from dicom_sr.context import InstanceReference
 from router.assemble.study_state import settle_study
 from router.deliver.result_writer import PriorEvidence, ResultWriter
+from router.logs import log_safe
 from router.run.job_queue import ClaimedJob, Job, JobQueue
 from router.run.priors.loading import load_prior_study
 from router.run.priors.local_index import held_prior
@@ -120,14 +121,21 @@ class JobRunner:
         found = held_prior(self.db, job.prior_study_uid, job.prior_series_uid)
         if found is None:
             LOGGER.warning(
-                "job %d: prior series %s is no longer held", job.id, job.prior_series_uid
+                "job %d (study %s): prior series %s is no longer held",
+                job.id,
+                log_safe(job.study_uid),
+                log_safe(job.prior_series_uid),
             )
             return (), None
         try:
             study = load_prior_study(self.db, found, job.algorithm)
         except VolumeError as exc:
             LOGGER.warning(
-                "job %d: prior study %s not usable: %s", job.id, found.study_instance_uid, exc
+                "job %d (study %s): prior study %s not usable: %s",
+                job.id,
+                log_safe(job.study_uid),
+                log_safe(found.study_instance_uid),
+                log_safe(exc, 300),
             )
             return (), None
         instances = [
@@ -213,7 +221,11 @@ class WorkerPool:
             try:
                 outcome = self.runner.run(job, self._completer(claimed))
             except ClaimLostError:
-                LOGGER.warning("job %d: claim lost while it ran; its result is dropped", job.id)
+                LOGGER.warning(
+                    "job %d (study %s): claim lost while it ran; its result is dropped",
+                    job.id,
+                    log_safe(job.study_uid),
+                )
                 return True
             except Exception as exc:  # boundary: a crashing or hanging model fails this job only
                 self._failed(claimed, exc)
@@ -224,11 +236,22 @@ class WorkerPool:
             job.id,
             f"{outcome.verdict.value}, {outcome.finding_count} finding(s)",
         )
+        LOGGER.info(
+            "job %d (%s, study %s) done: %s, %d finding(s)%s",
+            job.id,
+            job.algorithm,
+            log_safe(job.study_uid),
+            outcome.verdict.value,
+            outcome.finding_count,
+            "" if outcome.model_seconds is None else f" in {outcome.model_seconds:.1f} s",
+        )
         if self._on_job_done is not None:
             try:
                 self._on_job_done(job, outcome)
             except Exception:
-                LOGGER.exception("job observer failed")
+                LOGGER.exception(
+                    "job %d (study %s): job observer failed", job.id, log_safe(job.study_uid)
+                )
         if self._on_results is not None:
             self._on_results()
         settle_study(self.queue.db, job.study_uid)
@@ -256,9 +279,10 @@ class WorkerPool:
             "job_retry" if will_retry else "job_failed", job.study_uid, job.id, reason
         )
         LOGGER.error(
-            "job %d (%s) failed%s: %s",
+            "job %d (%s, study %s) failed%s: %s",
             job.id,
             job.algorithm,
+            log_safe(job.study_uid),
             ", will retry" if will_retry else "",
-            reason,
+            log_safe(reason, 300),
         )

@@ -47,8 +47,8 @@ INTERRUPTED = "interrupted: the process working on it stopped before it finished
 @dataclass(frozen=True)
 class QueueTable:
     """How one table holds its items. Names are identifiers written in this code (never input);
-    every table has ``id, state, attempts, not_before, created_at, finished_at, claimed_by,
-    lease_until`` and an error column."""
+    every table has ``id, study_uid, state, attempts, not_before, created_at, finished_at,
+    claimed_by, lease_until`` and an error column."""
 
     name: str
     ready: str
@@ -156,6 +156,8 @@ class WorkQueue(Protocol):
     def requeue_dead(
         self, item_id: int | None = None, also: InTransaction | None = None
     ) -> list[sqlite3.Row]: ...
+
+    def hurry(self, item_ids: Collection[int]) -> int: ...
 
     def counts(self) -> dict[str, int]: ...
 
@@ -275,7 +277,8 @@ class SqliteWorkQueue:
         """Items whose lease ran out (their claimer is gone): interrupted attempts."""
         now = time.time() if now is None else now
         rows = self.db.query(
-            f"SELECT id, claimed_by FROM {self.table.name} WHERE state = ? AND lease_until < ?",
+            f"SELECT id, claimed_by, study_uid FROM {self.table.name} "
+            "WHERE state = ? AND lease_until < ?",
             (self.table.claimed, now),
         )
         return self._interrupted(rows, now, expired_before=now)
@@ -286,7 +289,8 @@ class SqliteWorkQueue:
         node = f"{self.claimer.node_id}/"
         this_boot = f"{node}{self.claimer.boot_id}/"
         rows = self.db.query(
-            f"SELECT id, claimed_by FROM {self.table.name} WHERE state = ? AND (claimed_by = '' "
+            f"SELECT id, claimed_by, study_uid FROM {self.table.name} WHERE state = ? "
+            "AND (claimed_by = '' "
             "OR (substr(claimed_by, 1, ?) = ? AND substr(claimed_by, 1, ?) != ?))",
             (self.table.claimed, len(node), node, len(this_boot), this_boot),
         )
@@ -312,9 +316,10 @@ class SqliteWorkQueue:
                 continue
             count += 1
             LOGGER.warning(
-                "%s item %d was interrupted (claimed by %s): %s",
+                "%s item %d (study %s) was interrupted (claimed by %s): %s",
                 self.table.name,
                 row["id"],
+                row["study_uid"],
                 row["claimed_by"] or "an earlier version",
                 "dead-lettered, no attempts left" if outcome is FailOutcome.DEAD else "requeued",
             )
@@ -367,7 +372,12 @@ class SqliteWorkQueue:
         try:
             self._on_dead(row, error)
         except Exception:  # boundary: the item is dead-lettered whatever the observer does
-            LOGGER.exception("%s item %d: dead-letter handler failed", self.table.name, row["id"])
+            LOGGER.exception(
+                "%s item %d (study %s): dead-letter handler failed",
+                self.table.name,
+                row["id"],
+                row["study_uid"],
+            )
 
     # --- dead letters and counts ------------------------------------------------------------
 
@@ -375,6 +385,18 @@ class SqliteWorkQueue:
         self, item_id: int | None = None, also: InTransaction | None = None
     ) -> list[sqlite3.Row]:
         return requeue_dead(self.db, self.table, item_id, also)
+
+    def hurry(self, item_ids: Collection[int]) -> int:
+        """Make waiting items ready now (their back-off is moot: e.g. the destination they
+        wait for answers again); their order stays the queue's own."""
+        if not item_ids:
+            return 0
+        with self.db.transaction() as conn:
+            return conn.execute(
+                f"UPDATE {self.table.name} SET not_before = 0 WHERE state = ? "
+                f"AND id IN ({', '.join('?' * len(item_ids))})",
+                (self.table.ready, *item_ids),
+            ).rowcount
 
     def counts(self) -> dict[str, int]:
         return {

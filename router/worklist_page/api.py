@@ -6,16 +6,22 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import Path as PathParameter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from router.logs import log_safe
 from router.store.database import Database
 from router.worklist_page.key_images import (
+    FindingSlices,
     KeyImageNotFoundError,
     SegmentationLookup,
+    finding_slice_png,
+    finding_slices,
     key_image_png,
     no_segmentations,
 )
@@ -55,24 +61,28 @@ class FeedbackRequest(BaseModel):
     reader: str = Field(default="", max_length=READER_MAX_CHARS)
 
 
-class _PngCache:
-    """Rendered thumbnails by (result, finding, size, window); results never change."""
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _LruCache(Generic[K, V]):
+    """Rendered thumbnails, and the slices of findings, by request; results never change."""
 
     def __init__(self, max_entries: int) -> None:
-        self._entries: OrderedDict[tuple[int, int, int, str], bytes] = OrderedDict()
+        self._entries: OrderedDict[K, V] = OrderedDict()
         self._max_entries = max_entries
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int, int, str]) -> bytes | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
-            png = self._entries.get(key)
-            if png is not None:
+            value = self._entries.get(key)
+            if value is not None:
                 self._entries.move_to_end(key)
-            return png
+            return value
 
-    def put(self, key: tuple[int, int, int, str], png: bytes) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
-            self._entries[key] = png
+            self._entries[key] = value
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
@@ -83,14 +93,29 @@ def create_worklist_router(
     segmentations: SegmentationLookup = no_segmentations,
     thumbnail_cache_entries: int = 256,
 ) -> APIRouter:
-    """``/worklist`` (page), ``/api/worklist``, thumbnails, feedback and its CSV export.
+    """``/worklist`` (page), ``/api/worklist``, thumbnails, the slices of a finding, feedback
+    and its CSV export.
 
     ``segmentations`` maps a result id to the SEG files written for it, so thumbnails also
-    outline the masks; by default there are none and only the SR regions are drawn.
+    outline the masks and a finding's slices are its segment's frames; without it only the SR
+    regions are drawn and a finding has only its key slice.
     """
     router = APIRouter()
     labels = StudyLabels(db)
-    thumbnails = _PngCache(thumbnail_cache_entries)
+    thumbnails: _LruCache[tuple[int, int, int, int, str], bytes] = _LruCache(
+        thumbnail_cache_entries
+    )
+    covered: _LruCache[tuple[int, int], FindingSlices] = _LruCache(thumbnail_cache_entries)
+
+    def slices_of(result_id: int, finding: int) -> FindingSlices:
+        slices = covered.get((result_id, finding))
+        if slices is None:
+            slices = finding_slices(
+                db, result_id, finding_index=finding, segmentations=segmentations
+            )
+            covered.put((result_id, finding), slices)
+        return slices
+
     static = resources.files("router.worklist_page") / "static"
     page_html = (static / "worklist.html").read_bytes()
     assets = {name: (static / name).read_bytes() for name in _ASSETS}
@@ -124,28 +149,63 @@ def create_worklist_router(
         finding: int = Query(0, ge=0, le=999),
         size: int = Query(DEFAULT_SIZE, ge=MIN_SIZE, le=MAX_SIZE),
         window: WindowChoice = WindowChoice.AUTO,
+        slice_index: int | None = Query(None, alias="slice", ge=0, le=9999),
     ) -> Response:
-        key = (result_id, finding, size, window.value)
+        """The key image of a finding; with ``slice``, slice k of the finding's slices."""
+        key = (result_id, finding, -1 if slice_index is None else slice_index, size, window.value)
         png = thumbnails.get(key)
         if png is None:
             try:
-                png = key_image_png(
-                    db,
-                    result_id,
-                    finding_index=finding,
-                    size=size,
-                    window=window,
-                    segmentations=segmentations,
-                )
+                if slice_index is None:
+                    png = key_image_png(
+                        db,
+                        result_id,
+                        finding_index=finding,
+                        size=size,
+                        window=window,
+                        segmentations=segmentations,
+                    )
+                else:
+                    png = finding_slice_png(
+                        slices_of(result_id, finding), slice_index, size=size, window=window
+                    )
             except KeyImageNotFoundError as exc:
                 raise HTTPException(status_code=404, detail=str(exc)) from exc
             except Exception as exc:  # boundary: an unreadable object fails this image only
-                LOGGER.exception("thumbnail of result %d could not be rendered", result_id)
+                study = db.query_one("SELECT study_uid FROM results WHERE id = ?", (result_id,))
+                LOGGER.exception(
+                    "thumbnail of result %d (study %s) could not be rendered",
+                    result_id,
+                    log_safe(study["study_uid"] if study is not None else "unknown"),
+                )
                 raise HTTPException(
                     status_code=500, detail="the key image could not be rendered"
                 ) from exc
             thumbnails.put(key, png)
         return Response(png, media_type="image/png", headers=_THUMBNAIL_HEADERS)
+
+    @router.get("/api/results/{result_id}/findings/{finding}/slices")
+    def finding_slice_list(
+        result_id: int, finding: int = PathParameter(ge=0, le=999)
+    ) -> dict[str, Any]:
+        """The slices that hold a finding (its SEG segment's frames, else its key slice), in
+        image order, with the image numbers a PACS viewer shows."""
+        try:
+            slices = slices_of(result_id, finding)
+        except KeyImageNotFoundError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        except Exception as exc:  # boundary: an unreadable object fails this list only
+            study = db.query_one("SELECT study_uid FROM results WHERE id = ?", (result_id,))
+            LOGGER.exception(
+                "slices of finding %d of result %d (study %s) could not be listed",
+                finding,
+                result_id,
+                log_safe(study["study_uid"] if study is not None else "unknown"),
+            )
+            raise HTTPException(
+                status_code=500, detail="the finding's slices could not be read"
+            ) from exc
+        return _slices_json(slices)
 
     @router.post("/api/results/{result_id}/feedback", status_code=201)
     def feedback(result_id: int, body: FeedbackRequest) -> dict[str, Any]:
@@ -191,6 +251,26 @@ def _study_json(study: WorklistStudy, label: StudyLabel) -> dict[str, Any]:
     }
 
 
+def _slices_json(slices: FindingSlices) -> dict[str, Any]:
+    base = f"/api/results/{slices.result_id}/thumbnail.png?finding={slices.finding_index}"
+    return {
+        "result_id": slices.result_id,
+        "finding": slices.finding_index,
+        "series_number": slices.series_number,
+        "key_index": slices.key_index,
+        "window": slices.window.value,
+        "slices": [
+            {
+                "index": index,
+                "instance_number": chosen.instance_number,
+                "frame_number": chosen.frame_number,
+                "image_url": f"{base}&slice={index}",
+            }
+            for index, chosen in enumerate(slices.slices)
+        ],
+    }
+
+
 def _result_json(result: WorklistResult) -> dict[str, Any]:
     has_image = result.result_id is not None and result.finding_count > 0
     return {
@@ -206,6 +286,7 @@ def _result_json(result: WorklistResult) -> dict[str, Any]:
         "last_image_to_flag_s": round(result.last_image_to_flag_s, 3),
         "finding_count": result.finding_count,
         "thumbnail_url": (f"/api/results/{result.result_id}/thumbnail.png" if has_image else None),
+        "slices_url": (f"/api/results/{result.result_id}/findings/0/slices" if has_image else None),
         "feedback": (
             None
             if result.feedback is None

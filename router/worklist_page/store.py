@@ -22,6 +22,7 @@ from collections import defaultdict
 
 from algorithms.contract import Verdict
 from config.schema import Priority
+from router.logs import log_safe
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -208,11 +209,13 @@ def record_flag(
             ).fetchone()
     flag_id = int(row["id"])
     LOGGER.info(
-        "flag %d: %s %s on result %s: %s%s",
+        "flag %d for study %s (job %s, result %s): %s %s, %s%s",
         flag_id,
+        log_safe(study_uid),
+        job_id,
+        result_id,
         algorithm,
         stated.value,
-        result_id,
         lane.value,
         " (raised)" if raised else "",
     )
@@ -334,7 +337,11 @@ def record_feedback(
     assert feedback_id is not None
     # Comments and reader names stay out of the log: they may name the patient or the reader.
     LOGGER.info(
-        "feedback %d on result %d: %s", feedback_id, result_id, "agree" if agree else "disagree"
+        "feedback %d on result %d (study %s): %s",
+        feedback_id,
+        result_id,
+        log_safe(values.study_uid),
+        "agree" if agree else "disagree",
     )
     db.record_event("feedback", values.study_uid, None, f"result {result_id}")
     return dataclasses.replace(values, id=feedback_id)

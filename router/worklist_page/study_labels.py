@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from router.logs import log_safe
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -59,7 +60,11 @@ class StudyLabels:
                 row["path"], stop_before_pixels=True, specific_tags=_LABEL_KEYWORDS
             )
         except (OSError, InvalidDicomError) as exc:
-            LOGGER.warning("study label unreadable from the spool: %s", type(exc).__name__)
+            LOGGER.warning(
+                "study %s: label unreadable from the spool: %s",
+                log_safe(study_uid),
+                type(exc).__name__,
+            )
             return UNKNOWN_LABEL
         label = StudyLabel(
             accession_number=str(header.get("AccessionNumber", "") or ""),

@@ -23,6 +23,9 @@ MASK_COLOUR = (0, 200, 255)
 DEFAULT_SIZE = 256
 MIN_SIZE, MAX_SIZE = 64, 1024
 _REGION_LINE_WIDTH = 3
+_MASK_LINE_PX_PER_256 = 2
+"""Width of a SEG outline per 256 pixels of thumbnail (2 px at 256, 6 at 768): thin enough to
+show the edge, wide enough to be seen once the page shrinks the thumbnail."""
 _SMALL_REGION_PX = 12
 """Outlines smaller than this (after downscaling) also get a ring around them, to be seen."""
 _RING_RADIUS_PX = 10
@@ -152,6 +155,30 @@ def choose_window(
     return header or _percentile_window(values)
 
 
+def auto_window_choice(
+    source: pydicom.Dataset,
+    *,
+    frame_number: int | None = None,
+    regions: Sequence[Outline] = (),
+    masks: Sequence[npt.NDArray[np.bool_]] = (),
+) -> WindowChoice:
+    """What ``auto`` picks on this frame, as a fixed choice for the frames next to it: the lung
+    or soft-tissue window for CT around a finding, else ``auto`` (the header's window)."""
+    frame_index = 0 if frame_number is None else frame_number - 1
+    stored = pixel_array(source, index=frame_index)
+    interpretation = str(source.get("PhotometricInterpretation", "MONOCHROME2"))
+    if interpretation in _COLOUR_INTERPRETATIONS or stored.ndim == 3:
+        return WindowChoice.AUTO
+    values = _modality_values(source, stored, frame_index)
+    context = _context_mask(values.shape, regions, masks)
+    window = choose_window(source, values, frame_index, context, WindowChoice.AUTO)
+    if window == LUNG_WINDOW:
+        return WindowChoice.LUNG
+    if window == SOFT_TISSUE_WINDOW and source.get("Modality") == "CT":
+        return WindowChoice.SOFT_TISSUE
+    return WindowChoice.AUTO
+
+
 def header_window(source: pydicom.Dataset, frame_index: int = 0) -> Window | None:
     """The first Window Center/Width of the image, or of its frame's Frame VOI LUT."""
     item = _functional_group(source, frame_index, "FrameVOILUTSequence") or source
@@ -243,11 +270,13 @@ def _context_mask(
 
 
 def _draw_mask_outline(image: Image.Image, mask: npt.NDArray[np.bool_]) -> None:
+    """The mask's border as a band inside it (the tissue around it stays visible)."""
     scaled = Image.fromarray(mask.astype(np.uint8) * 255).resize(
         image.size, Image.Resampling.NEAREST
     )
     inside = np.asarray(scaled) > 0
-    edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
+    width = max(1, round(min(image.size) * _MASK_LINE_PX_PER_256 / 256))
+    edge = inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=0)
     pixels = np.array(image)
     pixels[edge] = MASK_COLOUR
     image.paste(Image.fromarray(pixels))

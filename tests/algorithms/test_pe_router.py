@@ -120,7 +120,7 @@ def test_contrast_chest_cts_get_an_sr_flagging_the_embolus_or_stating_absent(
     (flag,) = flagged["flags"]
     assert flag["priority"] == "stat" and flag["raised"] == 1 and flag["verdict"] == "present"
     assert flag["reason"].startswith(
-        "AI: suspected pulmonary embolism, right pulmonary artery, lobar, p="
+        "AI: suspected pulmonary embolism, right lobar pulmonary artery, series "
     )
     quiet = wait_state(router, negative_uid, {"done"})
     assert all(f["raised"] == 0 for f in quiet["flags"])

@@ -1,4 +1,5 @@
-"""The shared test helpers: synthetic CT slices are valid, dciodvfy output is parsed."""
+"""The shared test helpers: synthetic CT slices are valid, dciodvfy and PixelMed output is
+parsed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import numpy as np
 import pytest
 from pydicom.uid import CTImageStorage
 
-from testing.dicom_tools import make_ct_slices, run_dciodvfy
+from testing.dicom_tools import (
+    PIXELMED_JAR,
+    make_ct_slices,
+    run_dciodvfy,
+    run_pixelmed_sr_validator,
+)
 
 
 def test_make_ct_slices_pass_dciodvfy_without_errors_or_warnings(tmp_path: Path) -> None:
@@ -62,3 +68,22 @@ def test_run_dciodvfy_reports_the_errors_of_an_invalid_file(tmp_path: Path) -> N
 
     assert report.returncode != 0
     assert any("<Rows>" in error for error in report.errors), report.output
+
+
+@pytest.mark.slow  # one JVM, about 6 s of CPU
+@pytest.mark.skipif(not PIXELMED_JAR.is_file(), reason="PixelMed missing (libpixelmed-java)")
+def test_run_pixelmed_sr_validator_does_not_pass_a_file_it_cannot_validate(tmp_path: Path) -> None:
+    path = tmp_path / "ct.dcm"
+    make_ct_slices(1)[0].save_as(path, enforce_file_format=True)
+
+    report = run_pixelmed_sr_validator(path)
+
+    assert report.returncode == 0  # PixelMed exits 0 whatever it finds
+    assert (report.iod, report.root_template) == (None, None), report.output
+    assert "IOD (SOP Class) unrecognized" in report.output
+    assert not report.validated
+
+
+def test_run_pixelmed_sr_validator_refuses_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        run_pixelmed_sr_validator(tmp_path / "missing.dcm")

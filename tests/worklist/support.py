@@ -17,7 +17,7 @@ from algorithms.contract import (
 )
 from algorithms.lung_nodule.plugin import LungNoduleDetector
 from config.schema import Priority, PriorityFlag
-from worklist.facts import Outcome, StudyFacts
+from worklist.facts import KeyImage, Outcome, StudyFacts
 from worklist.notification import Notification, build_notification
 from worklist.priority import PriorityPolicy
 
@@ -56,6 +56,10 @@ STUDY = StudyFacts(
     patient_birth_date="19640812",
     patient_sex="F",
 )
+
+
+PE_IMAGE = KeyImage(series_number=4, instance_number=120)
+"""Where the PE test finding is in the PACS viewer: series 4, image 120."""
 
 
 def region() -> ImageRegion:
@@ -134,7 +138,15 @@ def notification(
     study: StudyFacts = STUDY,
     lane: Priority = Priority.ROUTINE,
     notification_id: str = "result-1",
+    key_images: tuple[KeyImage | None, ...] = (),
 ) -> Notification:
     return build_notification(
-        notification_id, study, algorithm, outcome, lane, POLICY, created_at=CREATED_AT
+        notification_id,
+        study,
+        algorithm,
+        outcome,
+        lane,
+        POLICY,
+        created_at=CREATED_AT,
+        key_images=key_images,
     )

@@ -78,4 +78,4 @@ def test_notify_retry_keeps_its_own_defaults_when_partly_given() -> None:
     assert config.worklist.notify.hl7 is not None
     retry = config.worklist.notify.hl7.retry
     assert retry.max_attempts == 9
-    assert retry.backoff_max_s == NotifyRetryPolicy().backoff_max_s == 120.0
+    assert retry.backoff_max_s == NotifyRetryPolicy().backoff_max_s == 300.0

@@ -20,8 +20,11 @@ def blocks(language: str) -> list[str]:
     return [body for lang, body in fenced if lang == language]
 
 
-EXAMPLE = support.notification(support.positive(support.pe_finding(0.93)))
-"""What the examples show: the PE test notification, made at ``support.CREATED_AT``."""
+EXAMPLE = support.notification(
+    support.positive(support.pe_finding(0.93)), key_images=(support.PE_IMAGE,)
+)
+"""What the examples show: the PE test notification (its finding on series 4 image 120), made
+at ``support.CREATED_AT``."""
 EXAMPLE_HL7 = Hl7NotifyConfig(
     host="ris.example",
     port=2575,

@@ -8,7 +8,7 @@ import pytest
 
 from config.schema import Priority
 from tests.worklist import support
-from worklist.facts import AlgorithmFailure, StudyFacts, priority_from_dicom
+from worklist.facts import AlgorithmFailure, KeyImage, StudyFacts, priority_from_dicom
 from worklist.notification import Notification
 
 
@@ -91,3 +91,38 @@ def test_notification_needs_an_id_and_an_aware_time() -> None:
             made.decision,
             datetime.datetime(2025, 1, 1),
         )
+
+
+def test_key_image_says_series_image_and_frame_as_far_as_known() -> None:
+    assert KeyImage(3, 87).words() == "series 3 image 87"
+    assert KeyImage(3, 1, frame_number=87).words() == "series 3 image 1 frame 87"
+    assert KeyImage(None, 87).words() == "image 87"
+    assert KeyImage(3, None, frame_number=5).words() == "series 3"
+    assert KeyImage().words() == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"instance_number": 0}, "instance_number"),
+        ({"frame_number": -1}, "frame_number"),
+        ({"laterality": "B"}, "laterality"),
+    ],
+)
+def test_key_image_refuses_values_no_viewer_shows(
+    arguments: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        KeyImage(**arguments)  # type: ignore[arg-type]
+
+
+def test_notification_carries_one_key_image_per_finding_or_refuses() -> None:
+    result = support.positive(support.pe_finding(0.9))
+
+    made = support.notification(result, key_images=(support.PE_IMAGE,))
+
+    assert made.key_images == (support.PE_IMAGE,)
+    with pytest.raises(ValueError, match="one per finding"):
+        support.notification(result, key_images=(support.PE_IMAGE, support.PE_IMAGE))
+    with pytest.raises(ValueError, match="no key_images"):
+        support.notification(AlgorithmFailure("crash"), key_images=(support.PE_IMAGE,))

@@ -31,7 +31,9 @@ def channel_for(
 
 
 def test_result_is_delivered_when_the_receiver_answers_aa() -> None:
-    notification = support.notification(support.positive(support.pe_finding(0.93)))
+    notification = support.notification(
+        support.positive(support.pe_finding(0.93)), key_images=(support.PE_IMAGE,)
+    )
 
     with running_hl7_listener() as listener:
         receipt = channel_for(listener).deliver(notification)
@@ -45,7 +47,9 @@ def test_result_is_delivered_when_the_receiver_answers_aa() -> None:
     assert message.filler_order_number == "ACC-2025-0042"
     assert message.priority == "S"
     reason = message.rows(codes.PRIORITY_REASON)[0].value
-    assert reason == "AI: suspected PE, lower lobe of right lung, p=0.93 [Test PE Detector 1.2.0]"
+    assert reason == (
+        "AI: suspected PE, lower lobe of right lung, series 4 image 120 [Test PE Detector 1.2.0]"
+    )
     assert listener.raw[0].startswith("MSH|^~\\&|RADROUTER||RIS||")
 
 

@@ -18,7 +18,7 @@ from algorithms.contract import (
 )
 from config.schema import Priority, PriorityFlag
 from tests.worklist import support
-from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, KeyImage, Outcome, StudyFacts
 from worklist.priority import (
     DecisionStatus,
     PriorityDecision,
@@ -36,54 +36,71 @@ def decide(
     lane: Priority = Priority.ROUTINE,
     existing: Priority | None = None,
     policy: PriorityPolicy = support.POLICY,
+    key_images: tuple[KeyImage | None, ...] = (),
 ) -> PriorityDecision:
     study = StudyFacts(support.STUDY.study_instance_uid, existing_priority=existing)
-    return decide_priority(outcome, algorithm, study, lane, policy)
+    return decide_priority(outcome, algorithm, study, lane, policy, key_images=key_images)
 
 
 # --------------------------------------------------------------------------------------------
 # Examples
 
 
-def test_probable_pe_raises_a_routine_study_to_stat_with_location_and_probability() -> None:
-    decision = decide(support.positive(support.pe_finding(0.93)))
+def test_probable_pe_raises_a_routine_study_to_stat_naming_where_and_which_image() -> None:
+    decision = decide(support.positive(support.pe_finding(0.93)), key_images=(support.PE_IMAGE,))
 
     assert decision.priority is Priority.STAT
     assert decision.base_priority is Priority.ROUTINE
     assert decision.flag_raised and decision.raised
     assert decision.status is DecisionStatus.FLAGGED
-    assert (
-        decision.reason
-        == "AI: suspected PE, lower lobe of right lung, p=0.93 [Test PE Detector 1.2.0]"
+    assert decision.reason == (
+        "AI: suspected PE, lower lobe of right lung, series 4 image 120 [Test PE Detector 1.2.0]"
     )
 
 
-def test_pe_below_the_probability_threshold_is_found_but_not_flagged() -> None:
-    decision = decide(support.positive(support.pe_finding(0.5)))
+def test_pe_below_the_probability_threshold_is_stated_without_configuration_words() -> None:
+    decision = decide(support.positive(support.pe_finding(0.5)), key_images=(support.PE_IMAGE,))
 
     assert decision.priority is Priority.ROUTINE
     assert decision.status is DecisionStatus.FOUND
     assert not decision.flag_raised
-    assert decision.reason == "AI: PE found, no priority flag met [Test PE Detector 1.2.0]"
+    assert decision.reason == (
+        "AI: suspected PE, lower lobe of right lung, series 4 image 120 [Test PE Detector 1.2.0]"
+    )
 
 
-def test_study_level_probability_alone_can_raise_a_flag() -> None:
+def test_study_level_probability_alone_can_raise_a_flag_and_says_no_location_was_given() -> None:
     result = AlgorithmResult(Verdict.PRESENT, probability=0.97)
 
     decision = decide(result)
 
     assert decision.priority is Priority.STAT
-    assert decision.reason == "AI: suspected PE, p=0.97 [Test PE Detector 1.2.0]"
+    assert decision.reason == "AI: suspected PE, no location given [Test PE Detector 1.2.0]"
 
 
-def test_large_nodule_raises_to_urgent_and_names_the_tested_measurement() -> None:
+def test_study_level_flag_points_at_the_most_probable_finding() -> None:
+    result = support.positive(
+        support.pe_finding(0.6), support.pe_finding(0.7, left=True), probability=0.95
+    )
+    images = (KeyImage(4, 80), KeyImage(4, 95))
+
+    decision = decide(result, key_images=images)
+
+    assert decision.priority is Priority.STAT
+    assert decision.reason == (
+        "AI: suspected PE, left, series 4 image 95 (+1 more finding) [Test PE Detector 1.2.0]"
+    )
+
+
+def test_large_nodule_raises_to_urgent_and_is_named_by_its_size() -> None:
     result = support.positive(support.nodule(12.0, 0.88))
 
-    decision = decide(result, algorithm=support.NODULE_DETECTOR)
+    decision = decide(result, algorithm=support.NODULE_DETECTOR, key_images=(KeyImage(3, 87),))
 
     assert decision.priority is Priority.URGENT
-    assert decision.reason.startswith("AI: suspected nodule, lung, 12 mm, p=0.88 [")
-    assert support.NODULE_DETECTOR.version in decision.reason
+    assert decision.reason == (
+        "AI: 12 mm nodule, lung, series 3 image 87 [radrouter Lung Nodule Detector 0.2.0]"
+    )
 
 
 def test_small_nodule_does_not_raise() -> None:
@@ -121,7 +138,7 @@ def test_the_most_urgent_flag_wins_and_other_flagged_findings_are_counted() -> N
     decision = decide(result, algorithm=support.NODULE_DETECTOR, policy=policy)
 
     assert decision.priority is Priority.STAT
-    assert decision.reason.startswith("AI: suspected nodule, lung, new, p=0.90 (+1 more flagged) [")
+    assert decision.reason.startswith("AI: 4 mm nodule, lung, new (+1 more finding) [")
 
 
 def test_flag_on_an_already_stat_study_is_reported_but_changes_nothing() -> None:
@@ -170,9 +187,8 @@ def test_algorithm_without_a_policy_never_raises() -> None:
     decision = decide(support.positive(support.pe_finding(0.99)), policy={})
 
     assert decision.priority is Priority.ROUTINE
-    assert (
-        decision.reason
-        == "AI: pulmonary embolism found, no priority flag met [Test PE Detector 1.2.0]"
+    assert decision.reason == (
+        "AI: suspected pulmonary embolism, lower lobe of right lung [Test PE Detector 1.2.0]"
     )
 
 
@@ -209,6 +225,22 @@ def test_location_puts_laterality_before_the_site_and_other_qualifiers_after() -
         describe_location(support.RIGHT_LOWER_LOBE, qualifiers) == "lower lobe of right lung, new"
     )
     assert describe_location(None, ()) == ""
+
+
+def test_location_puts_the_level_with_the_side_and_falls_back_to_the_images_laterality() -> None:
+    lobar = (
+        Qualifier(algorithm_codes.LATERALITY, algorithm_codes.RIGHT),
+        Qualifier(algorithm_codes.TOPOGRAPHICAL_MODIFIER, algorithm_codes.LOBAR),
+    )
+
+    assert describe_location(algorithm_codes.PULMONARY_ARTERY, lobar) == (
+        "right lobar pulmonary artery"
+    )
+    assert describe_location(algorithm_codes.FEMUR, (), "L") == "left femur"
+    assert describe_location(algorithm_codes.RIGHT_PULMONARY_ARTERY, (), "L") == (
+        "right pulmonary artery"
+    )
+    assert describe_location(None, lobar) == "right, lobar"
 
 
 def test_decision_refuses_to_lower_a_priority() -> None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from config.schema import Matcher, PriorsConfig
+from router.logs import log_safe
 from router.run.priors.local_index import find_local_prior
 from router.run.priors.query_retrieve import PriorRetrievalError, retrieve_prior
 from router.run.priors.selection import CurrentStudy, FoundPrior
@@ -41,12 +42,12 @@ def find_prior(
         except PriorRetrievalError as exc:
             LOGGER.warning(
                 "prior for study %s: source %s failed: %s",
-                current.study_instance_uid,
+                log_safe(current.study_instance_uid),
                 source.ae_title,
-                exc,
+                log_safe(exc, 300),
             )
             continue
         if found is not None:
             return found
-    LOGGER.info("prior for study %s: none found", current.study_instance_uid)
+    LOGGER.debug("prior for study %s: none found", log_safe(current.study_instance_uid))
     return None

@@ -12,6 +12,7 @@ from pydicom.errors import InvalidDicomError
 
 from algorithms.contract import PriorFinding, PriorStudy
 from dicom_sr.read import read_measurement_report
+from router.logs import log_safe
 from router.run.priors.selection import FoundPrior
 from router.run.series_loader import LoadedSeries, load_series
 from router.store.database import Database
@@ -34,7 +35,9 @@ def prior_findings(
     try:
         report = read_measurement_report(pydicom.dcmread(row["path"]))
     except (OSError, InvalidDicomError, ValueError) as exc:
-        LOGGER.warning("prior result of study %s unreadable: %s", study_uid, exc)
+        LOGGER.warning(
+            "prior result of study %s unreadable: %s", log_safe(study_uid), log_safe(exc, 300)
+        )
         return ()
     slice_of = {
         s.sop_instance_uid: k for k, s in enumerate(loaded.slices) if s.frame_number in (None, 1)

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from config.schema import Matcher, Rule
+from router.logs import log_safe
 from router.run.priors.selection import (
     CurrentStudy,
     FoundPrior,
@@ -61,7 +62,7 @@ class PriorIndex:
             except (OSError, InvalidDicomError) as exc:
                 LOGGER.warning(
                     "prior index: study %s header unreadable (%s)",
-                    row["study_uid"],
+                    log_safe(row["study_uid"]),
                     type(exc).__name__,
                 )
                 continue
@@ -124,11 +125,11 @@ def find_local_prior(
     for cand in select_priors(current, index.studies_of(current.patient_id), max_age_days):
         series_uid = _local_series(db, rule, cand.study_instance_uid)
         if series_uid is not None:
-            LOGGER.info(
+            LOGGER.debug(
                 "prior for study %s: held study %s, series %s",
-                current.study_instance_uid,
-                cand.study_instance_uid,
-                series_uid,
+                log_safe(current.study_instance_uid),
+                log_safe(cand.study_instance_uid),
+                log_safe(series_uid),
             )
             return FoundPrior(
                 cand.study_instance_uid,

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.schema import Matcher, PriorSource, Rule
+from router.logs import log_safe
 from router.run.priors.local_index import series_paths
 from router.run.priors.selection import (
     CurrentStudy,
@@ -204,11 +205,11 @@ def retrieve_prior(
                 header = pydicom.dcmread(held[0], stop_before_pixels=True)
                 if not series_matches(rule, header):
                     continue
-                LOGGER.info(
+                LOGGER.debug(
                     "prior for study %s: study %s series %s retrieved from %s (%d instances)",
-                    current.study_instance_uid,
-                    cand.study_instance_uid,
-                    series_uid,
+                    log_safe(current.study_instance_uid),
+                    log_safe(cand.study_instance_uid),
+                    log_safe(series_uid),
                     source.ae_title,
                     len(held),
                 )

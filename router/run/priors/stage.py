@@ -22,6 +22,7 @@ from pathlib import Path
 import pydicom
 
 from config.schema import RetryPolicy, RouterConfig
+from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.run.job_queue import JobQueue
 from router.run.priors.finder import find_prior
@@ -85,7 +86,12 @@ class PriorStage(PollingStage):
             try:
                 outcome = self._search(job_id)
             except Exception as exc:  # boundary: one request's failure is retried, then given up
-                LOGGER.exception("prior request %d (job %d) failed", claim.id, job_id)
+                LOGGER.exception(
+                    "prior request %d (job %d, study %s) failed",
+                    claim.id,
+                    job_id,
+                    log_safe(claim.row["study_uid"]),
+                )
                 self.items.fail(claim, f"{type(exc).__name__}: {exc}")
                 return True
         self._finish(claim, job_id, outcome)
@@ -138,9 +144,21 @@ class PriorStage(PollingStage):
                     outcome.found.series_instance_uid if outcome.found else "",
                 )
         except ClaimLostError:
-            LOGGER.warning("prior request %d was taken over; its outcome is dropped", claim.id)
+            LOGGER.warning(
+                "prior request %d (job %d, study %s) was taken over; its outcome is dropped",
+                claim.id,
+                job_id,
+                log_safe(claim.row["study_uid"]),
+            )
             return
         self.db.record_event("prior_searched", str(claim.row["study_uid"]), job_id, outcome.detail)
+        LOGGER.info(
+            "prior request %d (job %d, study %s): %s",
+            claim.id,
+            job_id,
+            log_safe(claim.row["study_uid"]),
+            log_safe(outcome.detail, 300),
+        )
         if self._on_released is not None:
             self._on_released()
 
@@ -148,6 +166,13 @@ class PriorStage(PollingStage):
         """A request that failed for good releases its job without a prior."""
         with self.db.transaction() as conn:
             JobQueue.release_waiting(conn, int(row["job_id"]), "", "")
+        LOGGER.warning(
+            "prior request %d (job %d, study %s) failed for good, the job runs without a prior: %s",
+            row["id"],
+            row["job_id"],
+            log_safe(row["study_uid"]),
+            log_safe(error, 300),
+        )
         self.db.record_event(
             "prior_search_failed", str(row["study_uid"]), int(row["job_id"]), error
         )

@@ -2,6 +2,7 @@
 "use strict";
 
 const POLL_MS = 5000;
+const VIEWER_SIZE = 768;
 const LANE_TEXT = { stat: "STAT", urgent: "URGENT", routine: "ROUTINE" };
 const VERDICT_TEXT = {
   present: "Present",
@@ -12,6 +13,8 @@ const VERDICT_TEXT = {
 
 let lastPayload = "";
 const drafts = new Map(); // result id -> comment being typed, kept across refreshes
+// The larger view: the slices that hold one finding, stepped with buttons or arrow keys.
+const viewer = { data: null, index: 0, resultId: null };
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -83,19 +86,31 @@ function resultItem(study, result) {
   );
   const item = el("li", { className: "result", dataset: { resultId: result.result_id ?? "" } });
   if (result.thumbnail_url) {
-    item.append(
-      el(
-        "a",
-        { href: `${result.thumbnail_url}?size=768`, target: "_blank", rel: "noopener" },
-        el("img", {
-          className: "key-image",
-          src: result.thumbnail_url,
-          alt: `Key image of the ${result.algorithm} finding for ${studyName(study)}, region outlined`,
-          width: 160,
-          loading: "lazy",
-        }),
-      ),
+    const link = el(
+      "a",
+      {
+        href: `${result.thumbnail_url}?size=${VIEWER_SIZE}`,
+        target: "_blank",
+        rel: "noopener",
+        className: "key-image-link",
+        title: "Open the slices of this finding",
+        dataset: { resultId: result.result_id },
+      },
+      el("img", {
+        className: "key-image",
+        src: result.thumbnail_url,
+        alt: `Key image of the ${result.algorithm} finding for ${studyName(study)}, region outlined`,
+        width: 160,
+        loading: "lazy",
+      }),
     );
+    if (result.slices_url) {
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        openViewer(study, result);
+      });
+    }
+    item.append(link);
   }
   item.append(text);
   if (result.result_id !== null) text.append(feedbackForm(study, result));
@@ -204,6 +219,76 @@ function render(data) {
   }
 }
 
+function imageName(data, slice) {
+  const parts = [];
+  if (data.series_number !== null) parts.push(`series ${data.series_number}`);
+  if (slice.instance_number !== null) parts.push(`image ${slice.instance_number}`);
+  if (slice.frame_number !== null) parts.push(`frame ${slice.frame_number}`);
+  return parts.length ? parts.join(" ") : `slice ${slice.index + 1}`;
+}
+
+async function openViewer(study, result) {
+  const dialog = document.getElementById("viewer");
+  viewer.data = null;
+  viewer.resultId = result.result_id;
+  document.getElementById("viewer-title").textContent =
+    `${result.algorithm} finding, ${studyName(study)}`;
+  document.getElementById("viewer-caption").textContent = "Loading the slices…";
+  document.getElementById("viewer-image").removeAttribute("src");
+  if (!dialog.open) dialog.showModal();
+  try {
+    const response = await fetch(result.slices_url, { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    viewer.data = await response.json();
+    showSlice(viewer.data.key_index);
+  } catch (error) {
+    document.getElementById("viewer-caption").textContent =
+      `Could not load the slices (${error.message}).`;
+  }
+}
+
+function showSlice(index) {
+  const data = viewer.data;
+  if (!data) return;
+  const count = data.slices.length;
+  viewer.index = Math.max(0, Math.min(count - 1, index));
+  const slice = data.slices[viewer.index];
+  const name = imageName(data, slice);
+  const key = viewer.index === data.key_index ? " · key image" : "";
+  const image = document.getElementById("viewer-image");
+  image.src = `${slice.image_url}&size=${VIEWER_SIZE}`;
+  image.alt = `${name}: slice ${viewer.index + 1} of ${count} holding the finding, outlined`;
+  image.dataset.index = String(viewer.index);
+  document.getElementById("viewer-caption").textContent =
+    `${name} · slice ${viewer.index + 1} of ${count}${key}`;
+  document.getElementById("viewer-previous").disabled = viewer.index === 0;
+  document.getElementById("viewer-next").disabled = viewer.index === count - 1;
+}
+
+function viewerKey(event) {
+  const steps = { ArrowLeft: -1, ArrowUp: -1, PageUp: -1, ArrowRight: 1, ArrowDown: 1, PageDown: 1 };
+  if (!viewer.data) return;
+  if (event.key in steps) showSlice(viewer.index + steps[event.key]);
+  else if (event.key === "Home") showSlice(0);
+  else if (event.key === "End") showSlice(viewer.data.slices.length - 1);
+  else return;
+  event.preventDefault();
+}
+
+function setUpViewer() {
+  const dialog = document.getElementById("viewer");
+  document.getElementById("viewer-previous").addEventListener("click", () => showSlice(viewer.index - 1));
+  document.getElementById("viewer-next").addEventListener("click", () => showSlice(viewer.index + 1));
+  document.getElementById("viewer-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("keydown", viewerKey);
+  dialog.addEventListener("close", () => {
+    // Back to the thumbnail that opened it (the list may have been re-rendered meanwhile).
+    const opener = document.querySelector(`a.key-image-link[data-result-id="${viewer.resultId}"]`);
+    viewer.data = null;
+    if (opener) opener.focus();
+  });
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
@@ -231,6 +316,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const reader = document.getElementById("reader");
   reader.value = localStorage.getItem("radrouter.reader") || "";
   reader.addEventListener("change", () => localStorage.setItem("radrouter.reader", reader.value.trim()));
+  setUpViewer();
   refresh();
   setInterval(refresh, POLL_MS);
 });

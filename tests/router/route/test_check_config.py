@@ -9,7 +9,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from config.loader import load_default_config, parse_config, read_default_config
+from config.loader import ConfigError, load_default_config, parse_config, read_default_config
 from config.yaml_document import parse_yaml
 from router.route.check_config import (
     EXIT_BAD_FOLDER,
@@ -20,6 +20,7 @@ from router.route.check_config import (
     dry_run,
     format_report,
     run_check,
+    usable_rules,
 )
 
 PATIENT_NAME = "Sample^Patient"
@@ -255,10 +256,15 @@ def test_run_check_exit_codes(tmp_path: Path, samples: dict[str, str]) -> None:
     assert outcome.dry_run is not None and len(outcome.dry_run) == 3
     assert "Dry run against" in outcome.text
 
-    outcome = run_check(good, {"other"}, against=Path(samples["folder"]))
+    outcome = run_check(good, {"other"})
     assert outcome.exit_code == EXIT_INVALID
     assert outcome.dry_run is None
     assert "rules[0].run" in outcome.text
+
+    outcome = run_check(good, {"other"}, against=Path(samples["folder"]))
+    assert outcome.exit_code == EXIT_INVALID, "a dry run does not make the file valid"
+    assert outcome.dry_run is not None and outcome.usable is not None
+    assert [rule.name for rule in outcome.usable.skipped] == ["chest-ct"]
 
     outcome = run_check(good, {"lung_nodule"}, against=tmp_path / "missing")
     assert outcome.exit_code == EXIT_BAD_FOLDER
@@ -271,3 +277,148 @@ def test_dry_run_of_an_empty_folder(tmp_path: Path) -> None:
     text = format_report("x.yaml", [], result)
     assert text.startswith("x.yaml: OK\n")
     assert "no DICOM series found" in text
+
+
+MANY_KINDS = """\
+node:
+  ae_title: "${RADROUTER_TEST_UNSET_AE}"
+  port: abc
+destinations:
+  pacs: {ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+  broken: {ae_title: X, host: !!python/name:os.system x, port: 99999}
+completion: {hard_cap_s: 1, study_idle_s: 30}
+rules:
+  - name: thin-chest
+    when: {Modality: CT, SliceThickness: {max: 3}}
+    run: lung_nodule
+    send_to: [pacs]
+  - name: unknown-algorithm
+    when: {Modality: CT}
+    run: lung_nodle
+  - name: unknown-destination
+    when: {Modality: CT}
+    send_to: [pcas]
+  - name: broken-destination
+    when: {Modality: CT}
+    send_to: [broken]
+  - name: bad-regex
+    when: {SeriesDescription: {regex: "(unclosed"}}
+  - name: not-a-keyword
+    when: {Modalty: CT}
+  - name: thin-chest
+    when: {Modality: CT}
+  - name: boolean
+    when: {Modality: true}
+  - name: any-mr
+    when: {Modality: MR}
+    priority: urgent
+fallback: {run: nope}
+extra_key: 1
+"""
+
+
+def test_every_kind_of_mistake_is_listed_once_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RADROUTER_TEST_UNSET_AE", raising=False)
+    path = tmp_path / "router.yaml"
+    path.write_text(MANY_KINDS, encoding="utf-8")
+    outcome = run_check(path, {"lung_nodule"})
+    assert outcome.exit_code == EXIT_INVALID
+    assert [issue.key for issue in outcome.issues] == [
+        "node.ae_title",  # unset environment variable
+        "node.port",  # wrong type
+        "destinations.broken.host",  # YAML tag
+        "destinations.broken.port",  # out of range
+        "completion.hard_cap_s",  # a check spanning keys
+        "rules[1].run",  # unknown algorithm
+        "rules[2].send_to[0]",  # unknown destination
+        "rules[4].when.SeriesDescription.regex",  # invalid regular expression
+        "rules[5].when.Modalty",  # not a DICOM keyword
+        "rules[6].name",  # used twice
+        "rules[7].when.Modality",  # a boolean matcher
+        "fallback.run",  # unknown algorithm
+        "extra_key",  # unknown key
+    ]
+    lines = outcome.text.splitlines()
+    listed = [
+        line for line in lines if line.startswith(f"{path}:") and "problems found" not in line
+    ]
+    assert listed == [str(issue) for issue in outcome.issues]
+    assert lines[-1] == f"{path}: {len(listed)} problems found; not valid"
+
+
+def test_a_broken_file_dry_runs_its_rules_without_problems(
+    tmp_path: Path, samples: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RADROUTER_TEST_UNSET_AE", raising=False)
+    path = tmp_path / "router.yaml"
+    path.write_text(MANY_KINDS, encoding="utf-8")
+    outcome = run_check(path, {"lung_nodule"}, against=Path(samples["folder"]))
+    assert outcome.exit_code == EXIT_INVALID
+    assert outcome.usable is not None and outcome.dry_run is not None
+    assert outcome.usable.total == 9
+    assert [rule.name for rule in outcome.usable.config.rules] == ["thin-chest", "any-mr"]
+    skipped = {rule.key: rule for rule in outcome.usable.skipped}
+    assert list(skipped) == [f"rules[{n}]" for n in range(1, 8)]
+    assert skipped["rules[1]"].reasons == (
+        "line 15, run: algorithm 'lung_nodle' is not installed (did you mean 'lung_nodule'?)",
+    )
+    assert skipped["rules[2]"].reasons == (
+        "line 18, send_to[0]: unknown destination 'pcas' (did you mean 'pacs'?)",
+    )
+    assert skipped["rules[3]"].reasons == (
+        "send_to[0]: destination 'broken' has problems (line 6)",
+    )
+    assert (
+        skipped["rules[4]"]
+        .reasons[0]
+        .startswith("line 23, when.SeriesDescription.regex: invalid regular expression")
+    )
+    assert "'Modalty' is not a DICOM keyword" in skipped["rules[5]"].reasons[0]
+    assert "is used twice" in skipped["rules[6]"].reasons[0]
+    assert skipped["rules[7]"].reasons == (
+        "line 29, when.Modality: a matcher value must be text or a number",
+    )
+    assert (skipped["rules[6]"].name, skipped["rules[6]"].line) == ("thin-chest", 26)
+    (fallback, node) = outcome.usable.notes
+    assert "fallback has problems" in fallback and "'nope' is not installed" in fallback
+    assert "node.ae_title has problems" in node and outcome.dry_run.called_ae == "RADROUTER"
+
+    by_series = {series.series_uid: series.decision for series in outcome.dry_run}
+    assert [a.rule_name for a in by_series[samples["thin"]].actions] == ["thin-chest"]
+    assert [a.rule_name for a in by_series[samples["mr"]].actions] == ["any-mr"]
+    assert by_series[samples["thick"]].unrouted  # the file's fallback is not used
+    text = outcome.text
+    assert "Dry run of the rules without problems only: 2 of 9 rules used, 7 skipped" in text
+    assert "  skipped rules[6] 'thin-chest' (line 26):\n    line 26, name: rule name" in text
+    assert text.index("problems found") < text.index("Dry run of") < text.index("Dry run against")
+
+
+def test_a_file_that_cannot_be_read_is_not_dry_run(tmp_path: Path, samples: dict[str, str]) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules: [\n", encoding="utf-8")
+    outcome = run_check(broken, {"lung_nodule"}, against=Path(samples["folder"]))
+    assert outcome.exit_code == EXIT_INVALID and outcome.dry_run is None
+    assert "cannot dry-run: the file could not be read" in outcome.text
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- rules\n", encoding="utf-8")
+    outcome = run_check(listed, {"lung_nodule"}, against=Path(samples["folder"]))
+    assert outcome.dry_run is None
+    assert "cannot dry-run: its top level is not a mapping" in outcome.text
+
+
+def test_usable_rules_when_the_rules_are_not_a_list() -> None:
+    text = "rules: {name: a}\n"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "router.yaml")
+    usable = usable_rules(parse_yaml(text, "router.yaml"), refused.value.issues)
+    assert usable is not None
+    assert usable.config.rules == [] and usable.total == 0
+    assert usable.notes == ("rules: not a list, so there is no rule to dry-run",)
+
+
+def test_dry_run_reports_its_progress(samples: dict[str, str]) -> None:
+    reports: list[tuple[int, int]] = []
+    dry_run(parse_config(CONFIG), Path(samples["folder"]), progress=lambda *r: reports.append(r))
+    assert reports == [(n, 6) for n in range(1, 7)]  # 5 DICOM files and a README

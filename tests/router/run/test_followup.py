@@ -202,7 +202,9 @@ def test_a_prior_held_only_by_the_pacs_is_pulled_by_c_move_and_not_routed_itself
     for p in write_mr_series(prior_exam.image, prior_exam.affine, prior_study, tmp_path / "p"):
         orthanc.upload(p)
     router = start_router(yaml(port, orthanc))
-    orthanc.add_modality("radrouter-followup", "RADROUTER", router.dicom_port)
+    # One entry per AE title: Orthanc moves to the first modality with the title, so an
+    # entry left by another test (another port) must be replaced, not added beside.
+    orthanc.add_modality("radrouter", "RADROUTER", router.dicom_port)
 
     current_paths = write_mr_series(
         current_exam.image, current_exam.affine, current_study, tmp_path / "c"

@@ -1,8 +1,9 @@
 """The worklist page and API on a running router: real studies in, flags, thumbnails, feedback.
 
-The notify stage that will call ``record_flag`` is not wired yet, so each test records the
-flags itself, with the values the stage will pass (the study's last image time and the
-result's row), after the router has processed real C-STOREd studies.
+Each test replaces the notify stage's flag by one it chooses (``notify``), with the values the
+stage passes (the study's last image time and the result's row), after the router has processed
+real C-STOREd studies: here the page is under test, the reasons the stage writes are tested in
+``test_key_image_slices.py`` and ``tests/worklist``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ TEST_REGISTRY = Registry(
     }
 )
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "worklist.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "img" / "worklist.png"
 CONFIG = (
     "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
     "http: {host: 127.0.0.1, port: 0}\n"
@@ -302,9 +303,21 @@ def test_page_orders_studies_shows_flags_and_stores_feedback_in_a_browser(
         series_description="crash",
     )
     d = send_study(router, tmp_path / "d", accession="ACC-D", description="CTPA")
-    notify(router, a, Priority.ROUTINE, raised=False, reason="AI: no dark region")
-    notify(router, b, Priority.URGENT, raised=True, reason="AI: dark region, p=0.90")
-    notify(router, d, Priority.STAT, raised=True, reason="AI: dark region 19 mm, right, p=0.90")
+    notify(router, a, Priority.ROUTINE, raised=False, reason="AI: no dark region found")
+    notify(
+        router,
+        b,
+        Priority.URGENT,
+        raised=True,
+        reason="AI: suspected dark region, series 2 image 5",
+    )
+    notify(
+        router,
+        d,
+        Priority.STAT,
+        raised=True,
+        reason="AI: 19 mm dark region, right lung, series 2 image 5",
+    )
 
     browser.get(f"http://127.0.0.1:{router.http_port}/worklist")
     # The page re-renders the list when it changes: an element read between two renders is
@@ -327,7 +340,7 @@ def test_page_orders_studies_shows_flags_and_stores_feedback_in_a_browser(
     ]
     assert "raised by AI" in rows[0].find_element(By.CSS_SELECTOR, "td.priority").text
     assert rows[0].find_element(By.CSS_SELECTOR, "td.reason").text == (
-        "AI: dark region 19 mm, right, p=0.90"
+        "AI: 19 mm dark region, right lung, series 2 image 5"
     )
     assert rows[0].find_element(By.CSS_SELECTOR, "td.accession").text == "ACC-D"
     assert rows[2].find_element(By.CSS_SELECTOR, ".verdict").text == "Absent"
@@ -337,7 +350,7 @@ def test_page_orders_studies_shows_flags_and_stores_feedback_in_a_browser(
     image = rows[0].find_element(By.CSS_SELECTOR, "img.key-image")
     wait.until(lambda _: image.get_attribute("naturalWidth") == "256")
     assert "region outlined" in (image.get_attribute("alt") or "")
-    for button in browser.find_elements(By.TAG_NAME, "button"):
+    for button in browser.find_elements(By.CSS_SELECTOR, "#worklist button"):
         assert (button.get_attribute("aria-label") or "").startswith(
             ("Agree with", "Disagree with")
         )

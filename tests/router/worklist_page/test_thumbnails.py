@@ -21,6 +21,7 @@ from router.worklist_page.thumbnails import (
     Outline,
     Window,
     WindowChoice,
+    auto_window_choice,
     choose_window,
     header_window,
     render_key_image,
@@ -84,6 +85,21 @@ def test_ct_auto_window_is_lung_around_a_lung_region_and_soft_tissue_elsewhere()
     assert choose_window(ct, hu, 0, in_lung, WindowChoice.AUTO) == LUNG_WINDOW
     assert choose_window(ct, hu, 0, in_tissue, WindowChoice.AUTO) == SOFT_TISSUE_WINDOW
     assert choose_window(ct, hu, 0, None, WindowChoice.AUTO) == Window(-600.0, 1500.0)
+
+
+def test_auto_window_is_fixed_on_the_key_slice_for_the_slices_next_to_it() -> None:
+    [ct] = make_ct_slices(1, rows=64, cols=64)
+    ct.WindowCenter, ct.WindowWidth = "50", "350"  # neither the lung nor the soft-tissue window
+    lung_box = Outline(((14.0, 24.0), (22.0, 24.0), (22.0, 40.0), (14.0, 40.0), (14.0, 24.0)))
+    tissue = copy.deepcopy(ct)
+    tissue.PixelData = np.full((64, 64), 40 + 1024, dtype=np.int16).tobytes()
+    mr = copy.deepcopy(ct)
+    mr.Modality = "MR"
+
+    assert auto_window_choice(ct, regions=[lung_box]) is WindowChoice.LUNG
+    assert auto_window_choice(tissue, regions=[lung_box]) is WindowChoice.SOFT_TISSUE
+    assert auto_window_choice(ct) is WindowChoice.AUTO  # no finding: the header's window
+    assert auto_window_choice(mr, regions=[lung_box]) is WindowChoice.AUTO
 
 
 def test_other_modalities_use_the_header_window_else_percentiles() -> None:

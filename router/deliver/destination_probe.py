@@ -1,0 +1,118 @@
+"""The destination probe: asks every destination that could not be reached for a C-ECHO, and
+when it answers again, sends what waits for it at once instead of after its back-off.
+
+A PACS down for maintenance is the common case, not the exception: its dispatches fail with
+an ``unreachable:`` error and back off (up to 5 minutes between tries, for about a day). This
+stage notices the end of the outage within ``dispatch.probe_interval_s`` and makes the pending
+dispatches of that destination ready, oldest first; with ``dispatch.resend_dead_when_back`` it
+also re-sends the ones that were dead-lettered because the destination was unreachable (not
+those it refused). Nobody has to notice the outage or run ``radrouter retry``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from config.schema import RouterConfig
+from router.assemble.study_state import reopen_study
+from router.deliver.dicom_send import Peer, echo
+from router.deliver.dispatch import UNREACHABLE
+from router.polling_stage import PollingStage
+from router.store.database import Database
+from router.store.queue import WorkQueue
+
+LOGGER = logging.getLogger(__name__)
+
+EchoFunction = Callable[[Peer], bool]
+PROBE_TIMEOUT_S = 10.0
+
+
+class DestinationProbe(PollingStage):
+    name = "destination-probe"
+
+    def __init__(
+        self,
+        db: Database,
+        config: Callable[[], RouterConfig],
+        dispatches: WorkQueue,
+        on_back: Callable[[], None] | None = None,
+        probe: EchoFunction = echo,
+    ) -> None:
+        super().__init__()
+        self.db = db
+        self._config = config
+        self._dispatches = dispatches
+        self._on_back = on_back
+        self._probe = probe
+        self._last_pass = 0.0
+
+    @property
+    def idle_s(self) -> float:  # type: ignore[override]
+        interval = self._config().dispatch.probe_interval_s
+        return interval if interval > 0 else 60.0
+
+    def run_once(self) -> bool:
+        """One pass over the unreachable destinations; always False (then wait an interval)."""
+        config = self._config()
+        interval = config.dispatch.probe_interval_s
+        if interval <= 0 or time.monotonic() - self._last_pass < interval * 0.9:
+            return False
+        self._last_pass = time.monotonic()
+        for name in self.unreachable_destinations():
+            destination = config.destinations.get(name)
+            if destination is None:
+                continue
+            peer = Peer(
+                destination.ae_title,
+                destination.host,
+                destination.port,
+                destination.calling_ae_title or config.node.ae_title,
+                min(destination.timeout_s, PROBE_TIMEOUT_S),
+            )
+            if self._probe(peer):
+                self._back(name, peer, config.dispatch.resend_dead_when_back)
+        return False
+
+    def unreachable_destinations(self) -> list[str]:
+        """Destinations with a dispatch waiting or dead because no one answered there."""
+        rows = self.db.query(
+            "SELECT DISTINCT destination FROM dispatches WHERE state IN ('pending', 'dead') "
+            "AND substr(last_error, 1, ?) = ? ORDER BY destination",
+            (len(UNREACHABLE), UNREACHABLE),
+        )
+        return [str(r["destination"]) for r in rows]
+
+    def _back(self, name: str, peer: Peer, resend_dead: bool) -> None:
+        pending = [
+            int(r["id"])
+            for r in self.db.query(
+                "SELECT id FROM dispatches WHERE destination = ? AND state = 'pending' ORDER BY id",
+                (name,),
+            )
+        ]
+        hurried = self._dispatches.hurry(pending)
+        revived = 0
+        if resend_dead:
+            for row in self.db.query(
+                "SELECT id FROM dispatches WHERE destination = ? AND state = 'dead' "
+                "AND substr(last_error, 1, ?) = ? ORDER BY id",
+                (name, len(UNREACHABLE), UNREACHABLE),
+            ):
+                revived += len(self._dispatches.requeue_dead(int(row["id"]), reopen_study))
+        LOGGER.info(
+            "destination %s (%s@%s:%d) answers C-ECHO again: %d waiting and %d dead-lettered "
+            "dispatch(es) sent now",
+            name,
+            peer.ae_title,
+            peer.host,
+            peer.port,
+            hurried,
+            revived,
+        )
+        self.db.record_event(
+            "destination_back", detail=f"{name}: {hurried} waiting, {revived} dead-lettered"
+        )
+        if (hurried or revived) and self._on_back is not None:
+            self._on_back()
