@@ -3,6 +3,7 @@ running router's HTTP API: both sources hand over the same rows, so the listing 
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class Section:
     pending_title: str
 
 
+READY_STATES = frozenset({"queued", "pending"})
+"""The states in which an item waits for its turn (``QueueTable.ready`` of every queue)."""
+
 SECTIONS = (
     Section(
         "jobs",
@@ -108,6 +112,8 @@ class QueueItem:
     max_attempts: int | None
     """Jobs carry their budget; dispatches and deliveries take theirs from the config."""
     last_error: str
+    not_before: float = 0.0
+    """When a waiting item's next attempt is due (0: as soon as it is its turn)."""
 
     @classmethod
     def from_row(cls, section: Section, row: Mapping[str, Any]) -> QueueItem:
@@ -120,6 +126,7 @@ class QueueItem:
             attempts=int(row["attempts"]),
             max_attempts=None if budget is None else int(budget),
             last_error=str(row[section.error_column] or ""),
+            not_before=float(row.get("not_before") or 0.0),
         )
 
 
@@ -223,7 +230,11 @@ def _item_line(section: Section, item: QueueItem) -> str:
     error = " ".join(item.last_error.split()) or "(none)"
     if len(error) > ERROR_CHARS:
         error = error[: ERROR_CHARS - 3] + "..."
-    return f"  #{item.id} study {item.study_uid} {target}: {state}{attempts}, last error: {error}"
+    line = f"  #{item.id} study {item.study_uid} {target}: {state}{attempts}, last error: {error}"
+    if item.state in READY_STATES and item.not_before > 0:
+        due = datetime.datetime.fromtimestamp(item.not_before).strftime("%Y-%m-%d %H:%M:%S")
+        line += f", next attempt at {due}"
+    return line
 
 
 # --------------------------------------------------------------------------------------------

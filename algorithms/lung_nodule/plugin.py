@@ -16,6 +16,7 @@ from algorithms.contract import (
     Finding,
     ImageRegion,
     Measurement,
+    Qualifier,
     StudyInput,
     Verdict,
 )
@@ -165,7 +166,11 @@ class LungNoduleDetector:
                 Verdict.ABSENT,
                 reason=f"No lung nodule detected (probability threshold {threshold:g})",
             )
-        findings = tuple(_finding(d, n) for n, d in enumerate(detections, start=1))
+        affine = series.geometry.affine
+        findings = tuple(
+            _finding(d, n, postprocess.side_of(d.centre_voxel, box[2], affine))
+            for n, d in enumerate(detections, start=1)
+        )
         return AlgorithmResult(
             Verdict.PRESENT,
             findings=findings,
@@ -173,7 +178,10 @@ class LungNoduleDetector:
         )
 
 
-def _finding(det: postprocess.Detection, number: int) -> Finding:
+SIDE_CODES = {"right": codes.RIGHT, "left": codes.LEFT}
+
+
+def _finding(det: postprocess.Detection, number: int, side: str | None) -> Finding:
     return Finding(
         finding_type=codes.LUNG_NODULE,
         probability=det.probability,
@@ -184,6 +192,7 @@ def _finding(det: postprocess.Detection, number: int) -> Finding:
             Measurement(codes.VOLUME, round(det.volume_mm3, 1), codes.CUBIC_MILLIMETRE),
         ),
         finding_site=codes.LUNG,
+        qualifiers=() if side is None else (Qualifier(codes.LATERALITY, SIDE_CODES[side]),),
         tracking_id=f"Nodule {number}",
         mask=det.mask,
     )

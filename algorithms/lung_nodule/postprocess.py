@@ -283,3 +283,25 @@ def detect(
     labels, candidates = find_candidates(prob, allowed)
     found = [c for c in candidates if c.peak >= probability_threshold][:max_findings]
     return [measure(prob, labels, c, c.peak, grid, input_shape, spacing) for c in found]
+
+
+MIDLINE_MARGIN_MM = 10.0
+"""A nodule this close to the midline (between the lungs) is given no side."""
+
+
+def side_of(
+    centre_voxel: tuple[float, float, float],
+    lung_columns: slice,
+    affine: npt.NDArray[np.float64],
+) -> str | None:
+    """ "right" or "left" (the patient's) of a nodule, from where its centre lies against the
+    midline between the lungs (the middle of the lungs' bounding box across the image); None
+    within ``MIDLINE_MARGIN_MM`` of it. Patient LPS: +x is the patient's left."""
+    k, i, j = centre_voxel
+    middle = (lung_columns.start + lung_columns.stop - 1) / 2.0
+    nodule_x = float((affine @ np.array([k, i, j, 1.0]))[0])
+    midline_x = float((affine @ np.array([k, i, middle, 1.0]))[0])
+    offset = nodule_x - midline_x
+    if abs(offset) < MIDLINE_MARGIN_MM:
+        return None
+    return "left" if offset > 0 else "right"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from algorithms import codes
-from algorithms.contract import Algorithm, StudyInput, Verdict
+from algorithms.contract import Algorithm, Qualifier, StudyInput, Verdict
 from algorithms.lung_nodule import fp_reduction, inference, postprocess, preprocess
 from algorithms.lung_nodule.plugin import LungNoduleDetector, check_input
 from training.lung_nodule.evaluate import make_study
@@ -261,6 +261,7 @@ def test_plugin_finds_a_solid_nodule_in_the_right_lung(
     assert _distance_mm(best.centre_voxel, truth, spacing) < 4.0
     assert best.probability >= detector.threshold >= postprocess.PROBABILITY_THRESHOLD
     assert best.finding_type == codes.LUNG_NODULE and best.finding_site == codes.LUNG
+    assert best.qualifiers == (Qualifier(codes.LATERALITY, codes.RIGHT),)
     values = {m.name: m for m in best.measurements}
     assert values[codes.LONG_AXIS].unit == codes.MILLIMETRE
     assert values[codes.VOLUME].unit == codes.CUBIC_MILLIMETRE
@@ -292,6 +293,7 @@ def test_plugin_finds_a_part_solid_nodule_in_the_left_lung(detector: LungNoduleD
     best = min(result.findings, key=lambda f: _distance_mm(f.centre_voxel, truth, SPACING))
     assert _distance_mm(best.centre_voxel, truth, SPACING) < 5.0
     assert best.probability >= detector.threshold
+    assert best.qualifiers == (Qualifier(codes.LATERALITY, codes.LEFT),)
 
 
 def test_the_studys_threshold_overrides_the_operating_threshold(

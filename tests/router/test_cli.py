@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from router.admin import SECTIONS
+from router.admin import READY_STATES, SECTIONS
 from router.cli import build_parser, installed_version
 from router.store.database import Database
 from testing.dicom_tools import make_ct_slices
@@ -506,3 +506,18 @@ def test_status_sections_use_the_states_of_the_work_queues() -> None:
             {WAITING} if table is JOBS else set()
         )
         assert section.error_column == table.error_column
+        assert table.ready in READY_STATES
+
+
+def test_status_shows_when_a_waiting_dispatch_is_tried_next(tmp_path: Path) -> None:
+    db = Database(tmp_path / "radrouter.sqlite3")
+    db.connection().execute(
+        "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, not_before, "
+        "created_at, last_error) VALUES ('1.2.3', 1, 'pacs', 'pending', 3, 4102444800, 0, "
+        "'unreachable: association with PACS@10.0.0.1:104 failed')"
+    )
+    result = radrouter("status", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (line,) = [row for row in result.stdout.splitlines() if row.strip().startswith("#1 ")]
+    assert "3 attempts" in line and "unreachable: association" in line
+    assert "next attempt at 2100-01-0" in line or "next attempt at 2099-12-31" in line

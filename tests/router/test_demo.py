@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from algorithms import codes
-from algorithms.contract import Algorithm, AlgorithmResult, StudyInput, Verdict
+from algorithms.contract import Algorithm, AlgorithmResult, Qualifier, StudyInput, Verdict
 from algorithms.lung_nodule.preprocess import MODEL_SPACING_MM
 from algorithms.registry import Registry
 from config.loader import load_default_config
@@ -117,6 +117,7 @@ def test_the_shipped_model_finds_the_default_demos_nodule_and_nothing_else(
     # The measurement's resolution is the model grid (MODEL_SPACING_MM, docs/lung_nodule.md).
     assert abs(long_axis - args.nodule_mm) <= MODEL_SPACING_MM
     assert finding.probability >= 0.9
+    assert finding.qualifiers == (Qualifier(codes.LATERALITY, codes.RIGHT),), "in the right lung"
 
 
 def test_without_a_nodule_the_shipped_model_says_absent(

@@ -240,6 +240,21 @@ def test_nodule_is_named_by_its_size_site_and_image() -> None:
     )
 
 
+def test_nodule_with_its_side_is_in_the_right_or_left_lung() -> None:
+    """As ``algorithms.lung_nodule.plugin._finding``: a laterality qualifier on the lung."""
+    right = (Qualifier(codes.LATERALITY, codes.RIGHT),)
+    result = AlgorithmResult(
+        Verdict.PRESENT,
+        (finding(codes.LUNG_NODULE, 0.9, site=codes.LUNG, qualifiers=right, long_axis_mm=12.0),),
+    )
+
+    decision = decide(result, NODULE, NODULE_POLICY, KeyImage(3, 87))
+
+    assert decision.reason == (
+        "AI: 12 mm nodule, right lung, series 3 image 87 [radrouter Lung Nodule Detector 0.2.0]"
+    )
+
+
 def test_small_nodule_is_listed_the_same_way_without_raising() -> None:
     result = AlgorithmResult(
         Verdict.PRESENT,
