@@ -12,6 +12,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"  # 16 chars of the DICOM AE default repertoire, no '\'
 """DICOM AE titles: up to 16 characters of the default character repertoire, no backslash."""
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""Names of environment variables (secrets are read from the environment, never the YAML)."""
 
 
 class Strict(BaseModel):
@@ -40,17 +42,129 @@ class AllowedCaller(Strict):
     host: str | None = None
 
 
+# --------------------------------------------------------------------------------------------
+# DICOM TLS (PS3.15 Annex B.9, BCP 195): the node's TLS listener, and TLS to destinations and
+# prior sources. Secrets (a key's passphrase) come from the environment or a file, never the YAML.
+
+DICOM_TLS_PORT = 2762
+"""The IANA port for DICOM over TLS (``dicom-tls``)."""
+SHA256_FINGERPRINT_PATTERN = r"^([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$"
+
+
+def _one_password_source(env: str | None, file: Path | None, cert_file: Path | None) -> None:
+    if env is not None and file is not None:
+        raise ValueError("give key_password_env or key_password_file, not both")
+    if (env is not None or file is not None) and cert_file is None:
+        raise ValueError("a key passphrase needs a cert_file (and its key)")
+
+
+class ClientCertificate(Strict):
+    """A client certificate the TLS listener recognises, by exactly one of ``subject_cn``,
+    ``san`` or ``sha256``, and the calling AE titles it may use."""
+
+    subject_cn: str | None = Field(default=None, min_length=1)
+    """The certificate's subject common name."""
+    san: str | None = Field(default=None, min_length=1)
+    """A DNS name, IP address or URI among its subject alternative names."""
+    sha256: str | None = Field(default=None, pattern=SHA256_FINGERPRINT_PATTERN)
+    """The SHA-256 fingerprint of the certificate (DER), in hex, colons allowed."""
+    ae_titles: list[AETitle] = Field(min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _plain_hex(cls, value: str | None) -> str | None:
+        return None if value is None else value.replace(":", "").lower()
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> ClientCertificate:
+        given = [v for v in (self.subject_cn, self.san, self.sha256) if v is not None]
+        if len(given) != 1:
+            raise ValueError("identify the certificate by exactly one of subject_cn, san, sha256")
+        return self
+
+
+class NodeTlsConfig(Strict):
+    """The node's DICOM TLS listener: TLS 1.2 or later with the BCP 195 cipher suites, and
+    optionally client certificates (mutual TLS) mapped to the calling AE titles they may use."""
+
+    bind: str | None = None
+    """Address of the TLS listener; ``None``: the node's ``bind``."""
+    port: int = Field(default=DICOM_TLS_PORT, ge=1, le=65535)
+    cert_file: Path
+    """The node's certificate (PEM), followed by any intermediate CA certificates."""
+    key_file: Path | None = None
+    """Its private key (PEM); ``None``: the key is in ``cert_file``."""
+    key_password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    """Environment variable holding the key's passphrase (for an encrypted key)."""
+    key_password_file: Path | None = None
+    """File holding the key's passphrase (one line), e.g. a container secret."""
+    client_ca_file: Path | None = None
+    """PEM bundle of the CAs that sign client certificates. Given, every client must present a
+    certificate one of them signed (mutual TLS); ``None``: no client certificate is asked for."""
+    client_certificates: list[ClientCertificate] | None = None
+    """With ``client_ca_file``: which certificate may use which calling AE titles; an
+    association from a certificate no entry matches, or with an AE title its entries do not
+    list, is rejected. ``None``: any certificate the CAs signed, with any AE title."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeTlsConfig:
+        _one_password_source(self.key_password_env, self.key_password_file, self.cert_file)
+        if self.client_certificates is not None and self.client_ca_file is None:
+            raise ValueError("client_certificates needs client_ca_file (the CAs that sign them)")
+        return self
+
+
+class DicomTlsClient(Strict):
+    """TLS for radrouter's associations to one peer (a destination or a prior source): TLS 1.2
+    or later with the BCP 195 cipher suites; the peer's certificate must chain to ``ca_file``
+    and carry ``server_name``."""
+
+    ca_file: Path | None = None
+    """PEM bundle of the CAs to trust for this peer; ``None``: the system's."""
+    cert_file: Path | None = None
+    """radrouter's client certificate (PEM, with intermediates), for a peer that asks for one."""
+    key_file: Path | None = None
+    """Its private key (PEM); ``None``: the key is in ``cert_file``."""
+    key_password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    key_password_file: Path | None = None
+    server_name: str | None = Field(default=None, min_length=1)
+    """The DNS name or IP address the peer's certificate must carry; default: its ``host``."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DicomTlsClient:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the certificate it belongs to)")
+        _one_password_source(self.key_password_env, self.key_password_file, self.cert_file)
+        return self
+
+
 class NodeConfig(Strict):
-    """radrouter's own DICOM node."""
+    """radrouter's own DICOM node: a plain DICOM listener, a DICOM TLS listener, or both."""
 
     ae_title: AETitle = "RADROUTER"
     bind: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=1, le=65535)
+    port: int | None = Field(default=11112, ge=1, le=65535)
+    """The plain DICOM (TCP) port; ``None``: no plain listener (TLS only)."""
+    tls: NodeTlsConfig | None = None
+    """The DICOM TLS listener, on its own port beside the plain one; ``None``: none."""
     check_called_ae: bool = True
     allowed_callers: list[AllowedCaller] | None = None
     """``None`` accepts any caller; a list accepts only those listed."""
     max_associations: int = Field(default=16, ge=1, le=256)
     network_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _listeners(self) -> NodeConfig:
+        if self.port is None and self.tls is None:
+            raise ValueError("the node needs a listener: give port, tls, or both")
+        if (
+            self.port is not None
+            and self.tls is not None
+            and self.tls.port == self.port
+            and (self.tls.bind or self.bind) == self.bind
+        ):
+            raise ValueError(f"port and tls.port are both {self.port}: give TLS its own port")
+        return self
 
 
 class HttpConfig(Strict):
@@ -63,6 +177,12 @@ class StorageConfig(Strict):
     """Spool files and the SQLite database live here."""
     min_free_mb: int = Field(default=256, ge=0)
     """Below this free space the node refuses new instances with an out-of-resources status."""
+    keep_finished_days: float | None = Field(default=30.0, gt=0)
+    """Received images and result files of a finished study (done, unrouted, or a prior)
+    are deleted this long after it finished; its index rows stay. null: kept forever."""
+    keep_unresolved_days: float | None = Field(default=90.0, gt=0)
+    """The same for a study that needs attention (a failed job, a dead letter), whose files
+    a retry would need: kept longer. null: kept until resolved."""
 
 
 class DicomDestination(Strict):
@@ -75,6 +195,8 @@ class DicomDestination(Strict):
     calling_ae_title: AETitle | None = None
     """AE title radrouter presents; defaults to the node's own."""
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: DicomTlsClient | None = None
+    """DICOM TLS to this destination; ``None``: plain DICOM."""
 
 
 class RetryPolicy(Strict):
@@ -213,6 +335,9 @@ class PriorSource(Strict):
     calling_ae_title: AETitle | None = None
     """AE title radrouter presents; defaults to the node's own."""
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: DicomTlsClient | None = None
+    """DICOM TLS for the C-FIND/C-MOVE association; ``None``: plain DICOM. (The PACS sends
+    the C-MOVE's instances on an association of its own, to the node: its own setting.)"""
 
 
 class PriorsConfig(Strict):
@@ -299,7 +424,6 @@ def _hl7_name(value: str) -> str:
 
 Hl7Name = Annotated[str, AfterValidator(_hl7_name)]
 """HL7 v2 HD namespace IDs (MSH-3 to MSH-6, the PID-3 assigning authority)."""
-ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 URI_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$"
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})

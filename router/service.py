@@ -28,12 +28,14 @@ from router.metrics import Metrics
 from router.receive.ingest import Ingestor, IngestOutcome, Origin, read_header
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.spool import Spool
+from router.retention import RetentionStage
 from router.route.check_config import check_attribute_names
 from router.route.planner import Planner
 from router.run.job_queue import Job, JobQueue
 from router.run.priors.stage import PriorStage
 from router.run.worker import JobOutcome, JobRunner, WorkerPool
 from router.store.database import Database
+from router.store.pseudonyms import PatientKeys
 from router.store.queue import Claimer, LeaseKeeper
 from worklist.channels import channels_from_config
 
@@ -159,6 +161,7 @@ class RouterService:
             claimer=self.claimer,
             leases=self.leases,
         )
+        self.retention = RetentionStage(self.db, self.holder.current, self.data_dir)
         self.probe = DestinationProbe(
             self.db, self.holder.current, self.dispatcher.items, on_back=self.dispatcher.wake
         )
@@ -183,6 +186,7 @@ class RouterService:
         self.priors = PriorStage(
             self.db,
             self.holder.current,
+            keys=PatientKeys.for_site(self.data_dir),
             claimer=self.claimer,
             leases=self.leases,
             on_released=self.workers.wake,
@@ -220,6 +224,7 @@ class RouterService:
         self.workers.start()
         self.dispatcher.start()
         self.probe.start()
+        self.retention.start()
         self.notifier.start()
         self.node.start()
         self._start_http()
@@ -242,6 +247,7 @@ class RouterService:
         self.workers.stop()
         self.dispatcher.stop()
         self.probe.stop()
+        self.retention.stop()
         self.notifier.stop()
         given_back = self.leases.release_all()
         self.leases.stop()

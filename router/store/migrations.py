@@ -338,9 +338,23 @@ CREATE TABLE IF NOT EXISTS prior_index (
 CREATE INDEX IF NOT EXISTS prior_index_patient ON prior_index (patient_key);
 """
 
+V3_KEYED_PATIENT_PSEUDONYMS = """
+-- The prior index keyed patients by a plain SHA-256 of the PatientID, which anyone can
+-- reverse by hashing every MRN; keys are now HMACs under the site secret
+-- (router/store/pseudonyms.py). The index is derived data: emptied here, rebuilt on use.
+DELETE FROM prior_index;
+"""
+
+V4_RETENTION = """
+-- Retention (router/retention.py): when a study's images and result files were deleted.
+ALTER TABLE studies ADD COLUMN purged_at REAL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
+    Migration(3, "keyed patient pseudonyms in the prior index", V3_KEYED_PATIENT_PSEUDONYMS),
+    Migration(4, "retention: studies record when their files were purged", V4_RETENTION),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

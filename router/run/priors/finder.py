@@ -11,12 +11,14 @@ from router.run.priors.local_index import find_local_prior
 from router.run.priors.query_retrieve import PriorRetrievalError, retrieve_prior
 from router.run.priors.selection import CurrentStudy, FoundPrior
 from router.store.database import Database
+from router.store.pseudonyms import PatientKeys
 
 LOGGER = logging.getLogger(__name__)
 
 
 def find_prior(
     db: Database,
+    keys: PatientKeys,
     config: PriorsConfig,
     node_ae: str,
     current: CurrentStudy,
@@ -25,7 +27,7 @@ def find_prior(
     """The most recent earlier matching series of the patient: held locally, else from each
     source in order. A source that fails is logged and skipped."""
     selector = config.series_selector if config.series_selector is not None else rule_selector
-    found = find_local_prior(db, current, selector, config.max_age_days)
+    found = find_local_prior(db, keys, current, selector, config.max_age_days)
     if found is not None:
         return found
     for source in config.sources:

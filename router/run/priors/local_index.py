@@ -1,5 +1,5 @@
 """Priors among the studies radrouter already holds: an index of every received study by
-patient (a hash of PatientID, never the ID itself) and date, and the search in it.
+patient (a keyed pseudonym of PatientID, ``router.store.pseudonyms``, never the ID) and date, and the search in it.
 
 Patient identifiers never reach the logs or the database in clear: log lines name study UIDs
 only.
@@ -7,7 +7,6 @@ only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,23 +25,20 @@ from router.run.priors.selection import (
     series_matches,
 )
 from router.store.database import Database
+from router.store.pseudonyms import PatientKeys
 
 LOGGER = logging.getLogger(__name__)
 
 _HEADER_TAGS = ["PatientID", "StudyDate", "StudyTime", "StudyInstanceUID"]
 
 
-def patient_key(patient_id: str) -> str:
-    """What the index stores instead of the PatientID."""
-    return hashlib.sha256(f"radrouter-patient:{patient_id.strip()}".encode()).hexdigest()
-
-
 class PriorIndex:
     """Patient (hashed) and date of every received study, read lazily from one spooled header
     per study into the ``prior_index`` table."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keys: PatientKeys) -> None:
         self.db = db
+        self.keys = keys
 
     def refresh(self) -> int:
         """Index studies not indexed yet; returns how many were added."""
@@ -72,7 +68,7 @@ class PriorIndex:
                     "study_time) VALUES (?, ?, ?, ?)",
                     (
                         row["study_uid"],
-                        patient_key(str(ds.get("PatientID", "") or "")),
+                        self.keys.key(str(ds.get("PatientID", "") or "")),
                         str(ds.get("StudyDate", "") or ""),
                         str(ds.get("StudyTime", "") or ""),
                     ),
@@ -85,7 +81,7 @@ class PriorIndex:
             return []
         rows = self.db.query(
             "SELECT study_uid, study_date, study_time FROM prior_index WHERE patient_key = ?",
-            (patient_key(patient_id),),
+            (self.keys.key(patient_id),),
         )
         return [PriorCandidate(r["study_uid"], r["study_date"], r["study_time"]) for r in rows]
 
@@ -116,10 +112,14 @@ def _local_series(db: Database, rule: Rule, study_uid: str) -> str | None:
 
 
 def find_local_prior(
-    db: Database, current: CurrentStudy, selector: Mapping[str, Matcher], max_age_days: int
+    db: Database,
+    keys: PatientKeys,
+    current: CurrentStudy,
+    selector: Mapping[str, Matcher],
+    max_age_days: int,
 ) -> FoundPrior | None:
     """The most recent earlier study radrouter holds for the patient with a matching series."""
-    index = PriorIndex(db)
+    index = PriorIndex(db, keys)
     index.refresh()
     rule = selector_rule(selector)
     for cand in select_priors(current, index.studies_of(current.patient_id), max_age_days):

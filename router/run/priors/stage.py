@@ -28,6 +28,7 @@ from router.run.job_queue import JobQueue
 from router.run.priors.finder import find_prior
 from router.run.priors.selection import CurrentStudy, FoundPrior
 from router.store.database import Database
+from router.store.pseudonyms import PatientKeys
 from router.store.queue import Claim, Claimer, LeaseKeeper, QueueTable, SqliteWorkQueue
 
 LOGGER = logging.getLogger(__name__)
@@ -64,12 +65,14 @@ class PriorStage(PollingStage):
         db: Database,
         config: Callable[[], RouterConfig],
         *,
+        keys: PatientKeys,
         claimer: Claimer,
         leases: LeaseKeeper,
         on_released: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.db = db
+        self.keys = keys
         self._config = config
         self._leases = leases
         self._on_released = on_released
@@ -120,6 +123,7 @@ class PriorStage(PollingStage):
         }
         found = find_prior(
             self.db,
+            self.keys,
             settings.priors,
             config.node.ae_title,
             CurrentStudy.from_header(header),

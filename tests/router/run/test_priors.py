@@ -3,6 +3,7 @@ with C-FIND and retrieved with C-MOVE, and the findings of radrouter's earlier r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -23,7 +24,7 @@ from dicom_sr.io import write_dataset
 from dicom_sr.tid1500 import build_measurement_report
 from router.run.priors.finder import find_prior
 from router.run.priors.loading import load_prior_study, prior_findings
-from router.run.priors.local_index import find_local_prior, patient_key
+from router.run.priors.local_index import find_local_prior
 from router.run.priors.selection import CurrentStudy, PriorCandidate, select_priors
 from router.run.series_loader import load_series
 from router.store.database import Database
@@ -137,11 +138,6 @@ def test_same_day_study_without_times_is_not_called_earlier() -> None:
     assert select_priors(current, [PriorCandidate("1.2.4", "20240610", "080000")], 30) == []
 
 
-def test_patient_key_hides_the_patient_id() -> None:
-    key = patient_key("SYN-12345")
-    assert "12345" not in key and len(key) == 64 and key == patient_key(" SYN-12345 ")
-
-
 # --- studies already held ----------------------------------------------------------------------
 
 
@@ -165,16 +161,20 @@ def test_local_prior_is_the_most_recent_earlier_flair_of_the_same_patient(
     db = router.service.db
     now = CurrentStudy("SYN-A", current.study_date, current.study_instance_uid, current.study_time)
 
-    found = find_local_prior(db, now, FLAIR_SELECTOR_RULE, max_age_days=3650)
+    keys = router.service.priors.keys
+    found = find_local_prior(db, keys, now, FLAIR_SELECTOR_RULE, max_age_days=3650)
 
     assert found is not None and found.source == "local"
     assert found.study_instance_uid == older.study_instance_uid
     assert found.series_instance_uid == _series_uid(written["older"]["flair"])
     assert len(found.paths) == 12 and found.study_date == "20220301"
-    # No PatientID in clear in the index.
+    # No PatientID in the index, nor its plain hash: the keyed pseudonym only.
     assert not db.query("SELECT 1 FROM prior_index WHERE patient_key LIKE '%SYN%'")
+    plain = hashlib.sha256(b"radrouter-patient:SYN-A").hexdigest()
+    assert not db.query("SELECT 1 FROM prior_index WHERE patient_key = ?", (plain,))
+    assert db.query("SELECT 1 FROM prior_index WHERE patient_key = ?", (keys.key("SYN-A"),))
     # Too old for a one-year limit: nothing.
-    assert find_local_prior(db, now, FLAIR_SELECTOR_RULE, max_age_days=365) is None
+    assert find_local_prior(db, keys, now, FLAIR_SELECTOR_RULE, max_age_days=365) is None
 
 
 # --- a PACS: C-FIND and C-MOVE -----------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_prior_is_retrieved_from_the_pacs_with_c_find_and_c_move(
     now = CurrentStudy(patient, current.study_date, current.study_instance_uid, current.study_time)
 
     started = time.monotonic()
-    found = find_prior(db, config, "RADROUTER", now, {"Modality": "CT"})
+    found = find_prior(db, router.service.priors.keys, config, "RADROUTER", now, {"Modality": "CT"})
     elapsed = time.monotonic() - started
 
     assert found is not None, "no prior retrieved"
@@ -222,7 +222,7 @@ def test_prior_is_retrieved_from_the_pacs_with_c_find_and_c_move(
     assert loaded.findings == ()
     assert elapsed < 60
     # Held now: a second search finds it locally without asking the PACS.
-    again = find_prior(db, config, "RADROUTER", now, {"Modality": "CT"})
+    again = find_prior(db, router.service.priors.keys, config, "RADROUTER", now, {"Modality": "CT"})
     assert again is not None and again.source == "local"
 
 
@@ -234,7 +234,10 @@ def test_unreachable_source_is_skipped_and_no_prior_is_found(
         sources=[{"ae_title": "NOPACS", "host": "127.0.0.1", "port": 9, "timeout_s": 2}]
     )
     now = CurrentStudy("SYN-NONE", "20240610", generate_uid(prefix=None))
-    assert find_prior(router.service.db, config, "RADROUTER", now, {}) is None
+    assert (
+        find_prior(router.service.db, router.service.priors.keys, config, "RADROUTER", now, {})
+        is None
+    )
 
 
 def test_prior_source_config_rejects_bad_ae_titles() -> None:

@@ -67,10 +67,13 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(tmp_path: Path) -> N
     before = row_counts(path)
     db = Database(path)
     version = db.query_one("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version is not None and int(version["value"]) == LATEST_VERSION == 2
+    assert version is not None and int(version["value"]) == LATEST_VERSION == 4
     after = row_counts(path)
-    assert {t: n for t, n in after.items() if t in before} == before
+    kept = {t: n for t, n in after.items() if t in before and t != "prior_index"}
+    assert kept == {t: n for t, n in before.items() if t != "prior_index"}
     assert after["prior_requests"] == 0
+    # The prior index held plain hashes of PatientIDs: emptied (rebuilt with keyed ones).
+    assert before["prior_index"] == 1 and after["prior_index"] == 0
     jobs = {r["id"]: r["state"] for r in db.query("SELECT id, state FROM jobs")}
     assert jobs == {1: "done", 2: "running", 3: "queued"}
     assert (tmp_path / "radrouter.sqlite3.v1.bak").exists(), "a copy is kept before migrating"
