@@ -1,14 +1,24 @@
 """Load the routing YAML into a RouterConfig: the schema, plus the checks that span keys
-(rules naming destinations and algorithms); every problem names its file, line, column and key."""
+(rules naming destinations and algorithms) and those that look outside the file (the TLS
+certificate files named); every problem names its file, line, column and key."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from config.schema import AE_TITLE_PATTERN, ATTRIBUTE_PATTERN, RouterConfig
+from config.schema import (
+    AE_TITLE_PATTERN,
+    ATTRIBUTE_PATTERN,
+    SHA256_FINGERPRINT_PATTERN,
+    RouterConfig,
+    http_is_loopback,
+    http_is_secure,
+)
 from config.yaml_document import (
     ConfigError,
     ConfigIssue,
@@ -45,6 +55,8 @@ PATTERNS = {
     AE_TITLE_PATTERN: "a valid AE title: 1 to 16 characters, no backslash or control characters",
     ATTRIBUTE_PATTERN: "an attribute name: use a DICOM keyword such as Modality or "
     "SeriesDescription (capitalised, no spaces), or CallingAE/CalledAE",
+    SHA256_FINGERPRINT_PATTERN: "a SHA-256 fingerprint: 64 hex digits, colons between pairs "
+    "allowed",
 }
 """What the schema's patterns mean, for messages."""
 
@@ -138,12 +150,65 @@ def check_algorithms(document: YamlDocument, known: Collection[str]) -> list[Con
     return issues
 
 
+def check_exposure(loaded: LoadedConfig) -> list[ConfigIssue]:
+    """What listens beyond loopback unprotected, unless the file says ``insecure: true``: the
+    HTTP API without both TLS and authentication, a DICOM listener that accepts any caller
+    (no ``allowed_callers``, and for the TLS listener no client certificates either)."""
+    config, document = loaded.config, loaded.document
+    if config.insecure:
+        return []
+    issues: list[ConfigIssue] = []
+    hint = "; or mark the file `insecure: true` for a closed test network"
+    if not http_is_loopback(config.http) and not http_is_secure(config):
+        issues.append(
+            document.issue(
+                ("http", "host"),
+                f"the HTTP API listens on {config.http.host} without TLS and authentication: "
+                f"set http.tls and http.auth (docs/security.md){hint}",
+                at_key=False,
+            )
+        )
+    node = config.node
+    open_to_all = node.allowed_callers is None
+    if node.port is not None and open_to_all and not _is_loopback(node.bind):
+        issues.append(
+            document.issue(
+                ("node", "bind"),
+                f"the DICOM node listens on {node.bind} and accepts any caller: list the "
+                f"senders in node.allowed_callers{hint}",
+                at_key=False,
+            )
+        )
+    tls = node.tls
+    if tls is not None and open_to_all and tls.client_ca_file is None:
+        bind = tls.bind or node.bind
+        if not _is_loopback(bind):
+            issues.append(
+                document.issue(
+                    ("node", "tls"),
+                    f"the DICOM TLS listener on {bind} accepts any caller: require client "
+                    f"certificates (node.tls.client_ca_file) or list node.allowed_callers{hint}",
+                )
+            )
+    return issues
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # Checks of the plain data, run whether or not the schema accepts the rest
 
 
 def _document_issues(document: YamlDocument) -> list[ConfigIssue]:
-    return _matcher_issues(document) + _reference_issues(document)
+    return _matcher_issues(document) + _reference_issues(document) + _tls_issues(document)
 
 
 def _matcher_issues(document: YamlDocument) -> list[ConfigIssue]:
@@ -231,6 +296,63 @@ def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
             if issue is not None:
                 issues.append(issue)
     return issues
+
+
+TLS_FILE_KEYS = ("cert_file", "key_file", "key_password_file", "ca_file", "client_ca_file")
+"""The keys of a ``tls`` section (``node.tls``, ``destinations.*.tls``,
+``algorithms.*.priors.sources[].tls``) that name files."""
+
+
+def _tls_sections(data: object) -> Iterator[tuple[KeyPath, Mapping[object, object]]]:
+    root = _mapping(data)
+    node_tls = _mapping(root.get("node")).get("tls")
+    if isinstance(node_tls, Mapping):
+        yield ("node", "tls"), node_tls
+    for name, destination in _mapping(root.get("destinations")).items():
+        tls = _mapping(destination).get("tls")
+        if isinstance(tls, Mapping):
+            yield ("destinations", str(name), "tls"), tls
+    for name, settings in _mapping(root.get("algorithms")).items():
+        sources = _mapping(_mapping(settings).get("priors")).get("sources")
+        for index, source in enumerate(_list(sources)):
+            tls = _mapping(source).get("tls")
+            if isinstance(tls, Mapping):
+                yield ("algorithms", str(name), "priors", "sources", index, "tls"), tls
+
+
+def _tls_issues(document: YamlDocument) -> list[ConfigIssue]:
+    """Certificate, key, CA and passphrase files that the router could not read when it
+    starts (or, for a destination, when it sends), and passphrase variables not set. Relative
+    paths are taken from the working directory, as the router takes them."""
+    issues: list[ConfigIssue] = []
+    for path, section in _tls_sections(document.data):
+        for key in TLS_FILE_KEYS:
+            value = section.get(key)
+            if not isinstance(value, str) or not value:
+                continue  # absent, or the schema reports it
+            problem = _unreadable_file(Path(value))
+            if problem is not None:
+                issues.append(document.issue((*path, key), problem, at_key=False))
+        variable = section.get("key_password_env")
+        if isinstance(variable, str) and variable and not os.environ.get(variable):
+            issues.append(
+                document.issue(
+                    (*path, "key_password_env"),
+                    f"environment variable {variable} (the key's passphrase) is not set",
+                    at_key=False,
+                )
+            )
+    return issues
+
+
+def _unreadable_file(path: Path) -> str | None:
+    if not path.exists():
+        return f"no such file: {str(path)!r}"
+    if not path.is_file():
+        return f"{str(path)!r} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{str(path)!r} cannot be read (permissions)"
+    return None
 
 
 def _mapping(value: object) -> Mapping[object, object]:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"  # 16 chars of the DICOM AE default repertoire, no '\'
 """DICOM AE titles: up to 16 characters of the default character repertoire, no backslash."""
@@ -51,11 +60,17 @@ DICOM_TLS_PORT = 2762
 SHA256_FINGERPRINT_PATTERN = r"^([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$"
 
 
-def _one_password_source(env: str | None, file: Path | None, cert_file: Path | None) -> None:
-    if env is not None and file is not None:
+def _needs_certificate(value: object, info: ValidationInfo) -> None:
+    """Field check (at the key's own line) for keys that only make sense with ``cert_file``."""
+    if value is not None and "cert_file" in info.data and info.data["cert_file"] is None:
+        raise ValueError(f"{info.field_name} needs cert_file (the certificate the key is for)")
+
+
+def _one_password_source(value: Path | None, info: ValidationInfo) -> Path | None:
+    """``key_password_file`` beside ``key_password_env``: say which one is meant."""
+    if value is not None and info.data.get("key_password_env") is not None:
         raise ValueError("give key_password_env or key_password_file, not both")
-    if (env is not None or file is not None) and cert_file is None:
-        raise ValueError("a key passphrase needs a cert_file (and its key)")
+    return value
 
 
 class ClientCertificate(Strict):
@@ -106,12 +121,16 @@ class NodeTlsConfig(Strict):
     association from a certificate no entry matches, or with an AE title its entries do not
     list, is rejected. ``None``: any certificate the CAs signed, with any AE title."""
 
-    @model_validator(mode="after")
-    def _consistent(self) -> NodeTlsConfig:
-        _one_password_source(self.key_password_env, self.key_password_file, self.cert_file)
-        if self.client_certificates is not None and self.client_ca_file is None:
+    _password_source = field_validator("key_password_file")(_one_password_source)
+
+    @field_validator("client_certificates")
+    @classmethod
+    def _needs_cas(
+        cls, value: list[ClientCertificate] | None, info: ValidationInfo
+    ) -> list[ClientCertificate] | None:
+        if value is not None and info.data.get("client_ca_file") is None:
             raise ValueError("client_certificates needs client_ca_file (the CAs that sign them)")
-        return self
+        return value
 
 
 class DicomTlsClient(Strict):
@@ -130,11 +149,42 @@ class DicomTlsClient(Strict):
     server_name: str | None = Field(default=None, min_length=1)
     """The DNS name or IP address the peer's certificate must carry; default: its ``host``."""
 
+    _password_source = field_validator("key_password_file")(_one_password_source)
+
+    @field_validator("key_file", "key_password_env", "key_password_file", mode="after")
+    @classmethod
+    def _with_certificate(cls, value: object, info: ValidationInfo) -> object:
+        _needs_certificate(value, info)
+        return value
+
+
+class InputLimits(Strict):
+    """What one peer may send the node (docs/security.md, "Hostile DICOM input")."""
+
+    max_instance_mb: int = Field(default=2048, ge=1, le=65536)
+    """Largest data set of one instance. A larger one is refused ("cannot understand") as it
+    arrives, without being kept; what arrived up to the limit is on disk, never in memory."""
+    max_sequence_depth: int = Field(default=32, ge=1, le=64)
+    """Deepest nesting of sequences (SR content trees reach about 10)."""
+    max_associations_per_host: int = Field(default=8, ge=1, le=256)
+    """Connections one host may hold at once; more are refused with a transient reason
+    (local limit exceeded), so one host cannot take every one of ``max_associations``."""
+
+
+class QuarantineConfig(Strict):
+    """What the node keeps of the instances it refused, and for how long."""
+
+    max_mb: int = Field(default=1024, ge=0)
+    """Size cap of the quarantine folder; the oldest entries are removed first."""
+    keep_bytes_days: float = Field(default=7.0, ge=0)
+    """The refused bytes (patient data) are kept this long, to look into a refusal."""
+    keep_reasons_days: float = Field(default=90.0, ge=0)
+    """The reason of each refusal (no patient data) is kept this long."""
+
     @model_validator(mode="after")
-    def _consistent(self) -> DicomTlsClient:
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file (the certificate it belongs to)")
-        _one_password_source(self.key_password_env, self.key_password_file, self.cert_file)
+    def _reasons_outlive_bytes(self) -> QuarantineConfig:
+        if self.keep_reasons_days < self.keep_bytes_days:
+            raise ValueError("keep_reasons_days must be at least keep_bytes_days")
         return self
 
 
@@ -142,7 +192,9 @@ class NodeConfig(Strict):
     """radrouter's own DICOM node: a plain DICOM listener, a DICOM TLS listener, or both."""
 
     ae_title: AETitle = "RADROUTER"
-    bind: str = "0.0.0.0"
+    bind: str = "127.0.0.1"
+    """Loopback by default: open it (``0.0.0.0``) together with ``allowed_callers`` or
+    client certificates."""
     port: int | None = Field(default=11112, ge=1, le=65535)
     """The plain DICOM (TCP) port; ``None``: no plain listener (TLS only)."""
     tls: NodeTlsConfig | None = None
@@ -152,6 +204,12 @@ class NodeConfig(Strict):
     """``None`` accepts any caller; a list accepts only those listed."""
     max_associations: int = Field(default=16, ge=1, le=256)
     network_timeout_s: float = Field(default=60.0, gt=0)
+    """An association that sends nothing for this long is aborted, and one PDU must arrive
+    whole within it."""
+    acse_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """A connection must send its association request within this long."""
+    limits: InputLimits = InputLimits()
+    quarantine: QuarantineConfig = QuarantineConfig()
 
     @model_validator(mode="after")
     def _listeners(self) -> NodeConfig:
@@ -170,6 +228,14 @@ class NodeConfig(Strict):
 class HttpConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    allowed_hosts: list[Annotated[str, Field(pattern=HOST_NAME_PATTERN)]] | None = None
+    """Host names (the ``Host`` header, port ignored) requests may be addressed to; others
+    are refused (DNS rebinding). ``None``: ``host`` unless it is a wildcard, plus localhost,
+    127.0.0.1 and ::1, plus this machine's name when ``host`` is a wildcard."""
+    tls: HttpTlsConfig | None = None
+    """HTTPS (TLS 1.2 or later); ``None``: plain HTTP, for loopback only."""
+    auth: HttpAuthConfig | None = None
+    """``None``: no authentication, for loopback only (``/readyz`` says it is insecure)."""
 
 
 class StorageConfig(Strict):
@@ -429,6 +495,165 @@ HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 
+class ApiRole(enum.StrEnum):
+    """What a person or machine may do through the HTTP API; each role includes the ones
+    before it (``router.api.access`` holds which endpoint needs which)."""
+
+    VIEWER = "viewer"
+    """Reads the worklist and the studies."""
+    RADIOLOGIST = "radiologist"
+    """A viewer who also gives feedback on AI results (recorded under their own name)."""
+    ADMIN = "admin"
+    """Everything: jobs, dead letters and their retries, the feedback export, metrics."""
+
+    @property
+    def rank(self) -> int:
+        return {"viewer": 0, "radiologist": 1, "admin": 2}[self.value]
+
+    def includes(self, other: ApiRole) -> bool:
+        return self.rank >= other.rank
+
+
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+"""Signature algorithms a token may use: asymmetric only, so a public key can never be used
+as an HMAC secret (the "HS256 with the public key" confusion) and ``none`` is not a choice."""
+HOST_NAME_PATTERN = r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$|^\[?[0-9A-Fa-f:.]+\]?$"
+"""A host name or address the HTTP API answers to; ``*.example.org`` for its sub-domains."""
+CLAIM_PATH_PATTERN = r"^[A-Za-z0-9_:/.-]+$"
+
+
+def _one_secret_source(env: str | None, file: Path | None, what: str) -> None:
+    if env is not None and file is not None:
+        raise ValueError(f"give {what}_env or {what}_file, not both")
+
+
+class HttpTlsConfig(Strict):
+    """HTTPS for the HTTP API: the server's certificate chain and private key (PEM files)."""
+
+    cert_file: Path
+    """The server certificate, followed by its intermediate CAs."""
+    key_file: Path
+    key_password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    """Name of the environment variable holding the key's passphrase (never the passphrase)."""
+    key_password_file: Path | None = None
+    """A file holding the key's passphrase (its first line)."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """The oldest TLS version accepted."""
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> HttpTlsConfig:
+        _one_secret_source(self.key_password_env, self.key_password_file, "key_password")
+        return self
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS
+
+
+class OidcConfig(Strict):
+    """OpenID Connect: bearer tokens (JWT) from the hospital's identity provider, and the
+    worklist page's sign-in (authorization code flow with PKCE) when ``client_id`` is set."""
+
+    issuer: str = Field(pattern=HTTP_URL_PATTERN)
+    """The ``iss`` every token must carry, exactly."""
+    audience: str = Field(min_length=1)
+    """The ``aud`` an API bearer token must carry (the ID tokens of the sign-in carry
+    ``client_id``)."""
+    jwks_url: str = Field(pattern=HTTP_URL_PATTERN)
+    """Where the provider publishes its signing keys (``jwks_uri`` of its discovery document)."""
+    algorithms: list[JwtAlgorithm] = Field(default=["RS256", "ES256"], min_length=1)
+    role_claim: str = Field(default="roles", pattern=CLAIM_PATH_PATTERN)
+    """The claim holding the user's roles or groups; dots reach into objects
+    (``realm_access.roles``)."""
+    role_map: dict[str, ApiRole] = Field(min_length=1)
+    """Value of ``role_claim`` -> radrouter role. Values not listed grant nothing."""
+    user_claim: str = Field(default="preferred_username", pattern=CLAIM_PATH_PATTERN)
+    """The claim naming the user in feedback and audit records (``sub`` when it is missing)."""
+    leeway_s: float = Field(default=30.0, ge=0, le=300)
+    """Clock skew allowed on ``exp`` and ``nbf``."""
+    jwks_cache_s: float = Field(default=3600.0, ge=10, le=86400)
+    """How long fetched keys are used before they are fetched again (an unknown ``kid``
+    fetches them at once, at most every 10 s)."""
+    ca_file: Path | None = None
+    """PEM bundle of the CAs to trust for the provider's https URLs; the system's by default."""
+    client_id: str | None = Field(default=None, min_length=1)
+    """The worklist page's client at the provider; ``None``: no sign-in page (API only)."""
+    client_secret_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    """Name of the environment variable holding the client secret (a confidential client);
+    without a secret radrouter signs in as a public client (PKCE alone)."""
+    client_secret_file: Path | None = None
+    authorization_endpoint: str | None = Field(default=None, pattern=HTTP_URL_PATTERN)
+    token_endpoint: str | None = Field(default=None, pattern=HTTP_URL_PATTERN)
+    redirect_uri: str | None = Field(default=None, pattern=HTTP_URL_PATTERN)
+    """The sign-in's return address as registered at the provider; by default
+    ``https://<the Host the browser used>/auth/callback``."""
+    scopes: list[str] = Field(default=["openid", "profile"], min_length=1)
+    session_max_age_s: float = Field(default=28800.0, ge=60, le=7 * 86400)
+    """How long a page session lasts after sign-in (8 hours: a shift)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OidcConfig:
+        _one_secret_source(self.client_secret_env, self.client_secret_file, "client_secret")
+        for name in ("issuer", "jwks_url", "authorization_endpoint", "token_endpoint"):
+            url = getattr(self, name)
+            if url is not None and url.startswith("http://") and not _is_loopback_url(url):
+                raise ValueError(f"{name} needs an https:// URL (or a loopback host)")
+        page = (self.authorization_endpoint, self.token_endpoint)
+        if self.client_id is not None and None in page:
+            raise ValueError(
+                "client_id (the page's sign-in) needs authorization_endpoint and token_endpoint"
+            )
+        if self.client_id is None and (
+            any(p is not None for p in page)
+            or self.client_secret_env is not None
+            or self.client_secret_file is not None
+        ):
+            raise ValueError(
+                "authorization_endpoint, token_endpoint and client_secret need client_id"
+            )
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must include openid")
+        return self
+
+
+class HttpAuthConfig(Strict):
+    """Who may use the HTTP API: OpenID Connect tokens and sessions, and API keys."""
+
+    oidc: OidcConfig | None = None
+    api_keys_file: Path | None = None
+    """The API keys for machines, as salted hashes (``radrouter api-key create`` writes it);
+    changes are picked up without a restart."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without authentication (for a Prometheus that cannot send a key)."""
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> HttpAuthConfig:
+        if self.oidc is None and self.api_keys_file is None:
+            raise ValueError("give oidc, api_keys_file or both (or leave auth out)")
+        return self
+
+
+def http_is_loopback(http: HttpConfig) -> bool:
+    """Whether the HTTP API listens on this host's loopback interface only."""
+    host = http.host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def http_is_secure(config: RouterConfig | HttpConfig) -> bool:
+    """Whether the HTTP API has both HTTPS and authentication: what a router that listens
+    beyond loopback must have (``check-config`` refuses it otherwise)."""
+    http = config.http if isinstance(config, RouterConfig) else config
+    return http.tls is not None and http.auth is not None
+
+
 class MeasurementBound(Strict):
     """An inclusive range a finding's measurement must lie in."""
 
@@ -555,6 +780,70 @@ class WorklistConfig(Strict):
     notify: NotifyConfig = NotifyConfig()
 
 
+class AuditSyslogConfig(Strict):
+    """An audit record repository (IHE ATNA): RFC 5424 messages over TLS (RFC 5425), plain
+    TCP (same framing) or UDP (RFC 5426)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=6514, ge=1, le=65535)
+    """6514 is the IANA port of syslog over TLS."""
+    transport: Literal["tls", "tcp", "udp"] = "tls"
+    ca_file: Path | None = None
+    """PEM file of the CAs the collector's certificate must chain to; the system's by default."""
+    cert_file: Path | None = None
+    """radrouter's certificate (PEM), for a collector that authenticates its nodes."""
+    key_file: Path | None = None
+    """The key of ``cert_file`` (default: in ``cert_file`` itself)."""
+    server_name: str | None = Field(default=None, min_length=1)
+    """The name the collector's certificate must carry; default: ``host``."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retry_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """Longest wait between two tries while the collector does not answer."""
+
+    @model_validator(mode="after")
+    def _tls_files_with_tls(self) -> AuditSyslogConfig:
+        given = [n for n in ("ca_file", "cert_file", "key_file", "server_name") if getattr(self, n)]
+        if given and self.transport != "tls":
+            raise ValueError(f"{', '.join(given)}: only with transport: tls")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the certificate the key is for)")
+        return self
+
+
+class AuditConfig(Strict):
+    """The audit trail: DICOM audit messages (PS3.15 A.5) of who touched which study."""
+
+    enabled: bool = True
+    dir: Path | None = None
+    """Folder of the local audit log; default: ``audit`` in ``storage.data_dir``."""
+    max_file_mb: float = Field(default=64.0, gt=0)
+    """A log file is closed and a new one begun past this size (the old one is kept)."""
+    repeat_window_s: float = Field(default=300.0, ge=0, le=86400)
+    """The same read by the same person (a polling worklist page) is recorded once in this
+    long; 0 records every read."""
+    source_id: str | None = Field(default=None, min_length=1)
+    """AuditSourceID of the messages; default: the node's AE title."""
+    enterprise_site_id: str | None = Field(default=None, min_length=1)
+    """AuditEnterpriseSiteID (the hospital), when the collector serves several."""
+    syslog: AuditSyslogConfig | None = None
+    """Also send every message to this collector; ``None``: the local log only."""
+
+
+class ReloadConfig(Strict):
+    """How a running router takes a changed file (it never takes an invalid one)."""
+
+    settle_s: float = Field(default=2.0, ge=0, le=300)
+    """A changed file is read once it has not changed for this long, and read again to check
+    it is whole: an editor or a copy writing it in place has finished. Writing it elsewhere
+    and renaming it into place (atomic) is best."""
+    may_drop_all_rules: bool = False
+    """Without this, a file with no rules (while the running one has some) is refused: a file
+    cut short is far likelier than an intent to route nothing."""
+    may_drop_allowed_callers: bool = False
+    """Without this, a file that opens the node to any caller while the running one has an
+    allow-list is refused."""
+
+
 class RouterConfig(Strict):
     """The whole routing YAML."""
 
@@ -574,6 +863,12 @@ class RouterConfig(Strict):
     rules: list[Rule] = Field(default_factory=list)
     fallback: Fallback = Fallback()
     worklist: WorklistConfig = WorklistConfig()
+    audit: AuditConfig = AuditConfig()
+    reload: ReloadConfig = ReloadConfig()
+    insecure: bool = False
+    """Run although something listens beyond loopback unprotected: the HTTP API without TLS
+    and authentication, or the DICOM node accepting any caller (no allow-list, no client
+    certificates). For a closed test network only; ``/readyz`` says so."""
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RouterConfig:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+PRIVATE_FILE_MODE = 0o600
+"""Mode of every file written here (patient data)."""
 LITTLE_ENDIAN_TRANSFER_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 
@@ -21,7 +23,8 @@ def to_bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def write_dataset(ds: pydicom.Dataset, path: Path) -> Path:
-    """Write ``ds`` as a Part-10 file at ``path``, atomically (temporary file, fsync, rename).
+    """Write ``ds`` as a Part-10 file at ``path``, atomically (temporary file, fsync, rename),
+    readable by its owner only (0600).
 
     A reader never sees a half-written file, and an existing file at ``path`` is replaced only
     once the new one is complete on disk.
@@ -29,7 +32,10 @@ def write_dataset(ds: pydicom.Dataset, path: Path) -> Path:
     data = to_bytes(ds)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temporary.open("wb") as file:
+        temporary.unlink(missing_ok=True)
+        # The objects copy the patient's header: readable by the service user only.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import requests
@@ -285,6 +287,28 @@ class DatabaseSource:
 # A running router's HTTP API
 
 
+API_KEY_ENV = "RADROUTER_API_KEY"
+API_KEY_FILE_ENV = "RADROUTER_API_KEY_FILE"
+
+
+def api_key_from_environment(environ: Mapping[str, str] = os.environ) -> str:
+    """The API key ``status`` and ``retry`` present to a router with authentication on
+    (``radrouter api-key create``): ``$RADROUTER_API_KEY``, else the first line of the file
+    ``$RADROUTER_API_KEY_FILE``; "" for none. Never from the command line (it would show in
+    the process list)."""
+    key = environ.get(API_KEY_ENV, "").strip()
+    if key:
+        return key
+    path = environ.get(API_KEY_FILE_ENV, "").strip()
+    if not path:
+        return ""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    return lines[0].strip() if lines else ""
+
+
 def router_answers(url: str, timeout_s: float = 1.0, *, trust_env: bool = True) -> bool:
     """Whether a radrouter answers ``GET /healthz`` at ``url``."""
     with requests.Session() as session:
@@ -317,6 +341,9 @@ class ApiSource:
         self.progress = progress
         self._session = requests.Session()
         self._session.trust_env = trust_env
+        key = api_key_from_environment()
+        if key:
+            self._session.headers["X-API-Key"] = key
 
     @property
     def description(self) -> str:

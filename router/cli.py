@@ -26,7 +26,9 @@ from config.loader import (
 from config.schema import HttpConfig, RouterConfig
 
 if TYPE_CHECKING:
+    from algorithms.registry import Registry
     from router.admin import Source
+    from router.live_config import Rejection
 
 LOGGER = logging.getLogger("radrouter")
 
@@ -53,35 +55,48 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from router.live_config import config_problems
     from router.service import RouterService
 
     config_path = _config_path(args)
     try:
         loaded = _read(config_path)
+        refused = ""
     except ConfigError as exc:
-        print(f"config rejected:\n{exc}", file=sys.stderr)
-        return 2
+        loaded, refused = None, str(exc)
+    registry = _registry_for(loaded)
+    problems: list[str] = []
+    if loaded is not None:
+        problems = [str(p) for p in config_problems(loaded, registry.names())]
+    fallback = None
+    if loaded is None or problems:
+        refused = refused or "\n".join(problems)
+        loaded, fallback = _last_good(args, config_path, loaded, refused)
+        if loaded is None:
+            print(f"config rejected:\n{refused}", file=sys.stderr)
+            for plugin in registry.problems:
+                print(
+                    f"  algorithm {plugin.name!r} could not be used: {plugin.error}",
+                    file=sys.stderr,
+                )
+            return 2
+        registry = _registry_for(loaded)
     config = loaded.config
     LOGGER.info("config: %s", config_path or f"shipped default ({default_config_path()})")
-    service = RouterService(config, config_path, data_dir=args.data_dir)
-    from config.loader import check_algorithms
-    from router.route.check_config import check_attribute_names
-
-    problems = check_algorithms(loaded.document, service.registry.names())
-    problems += check_attribute_names(loaded.document)
-    if problems:
-        print("config rejected:\n" + "\n".join(str(p) for p in problems), file=sys.stderr)
-        for plugin in service.registry.problems:
-            print(f"  algorithm {plugin.name!r} could not be used: {plugin.error}", file=sys.stderr)
-        return 2
+    service = RouterService(
+        config, config_path, data_dir=args.data_dir, registry=registry, running_last_good=fallback
+    )
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     service.start()
     LOGGER.info(
-        "radrouter ready: DICOM %s on port %d, HTTP on port %s, data in %s",
+        "radrouter ready: DICOM %s on %s, HTTP on port %s, data in %s",
         config.node.ae_title,
-        service.node.port,
+        " and ".join(
+            f"{'TLS ' if kind == 'dicom_tls' else ''}port {port}"
+            for kind, port in service.node.listening_ports().items()
+        ),
         service.http_port,
         service.data_dir,
     )
@@ -89,6 +104,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     LOGGER.info("stopping")
     service.stop()
     return 0
+
+
+def _registry_for(loaded: LoadedConfig | None) -> Registry:
+    from algorithms.registry import Registry
+
+    model_dirs = loaded.config.model_dirs if loaded is not None else []
+    return Registry.discover(manifest_dirs=model_dirs)
+
+
+def _last_good(
+    args: argparse.Namespace,
+    config_path: Path | None,
+    refused_config: LoadedConfig | None,
+    problems: str,
+) -> tuple[LoadedConfig | None, Rejection | None]:
+    """The last configuration this router accepted, when the file on disk is refused: a bad
+    edit must never stop the next start. Logged loudly, and shown by ``/readyz``."""
+    import time
+
+    from router.live_config import LastGood, Rejection
+
+    if config_path is None:
+        return None, None
+    data_dir = args.data_dir or (
+        refused_config.config.storage.data_dir if refused_config is not None else Path("var")
+    )
+    copies = LastGood(Path(data_dir).resolve(), config_path)
+    try:
+        last_good = copies.load()
+    except ConfigError as exc:
+        LOGGER.error("the last good config is unusable too: %s", exc)
+        return None, None
+    if last_good is None:
+        return None, None
+    LOGGER.error(
+        "config %s REFUSED; running the last good configuration (%s) until it is fixed:\n%s",
+        config_path,
+        last_good.document.source,
+        problems,
+    )
+    return last_good, Rejection(time.time(), str(config_path), problems)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -290,10 +346,30 @@ def cmd_retry(args: argparse.Namespace) -> int:
             if item is not None and not requeued:
                 print(f"nothing requeued: {not_there} (see radrouter status)", file=sys.stderr)
             count += requeued
+            _audit_database_retry(args, source, table, item, requeued)
     if args.all_dead and not count:
         print("nothing requeued: no dead letters", file=sys.stderr)
     print(f"requeued {count}")
     return 0 if count else 1
+
+
+def _audit_database_retry(
+    args: argparse.Namespace, source: object, table: str, item: int | None, requeued: int
+) -> None:
+    """A retry made on the database file (no router answering) is recorded by the command
+    itself; through the API the router records it."""
+    from router.admin import DatabaseSource
+    from router.audit.events import QueueKind
+    from router.audit.wiring import record_command_line_retry
+
+    if not isinstance(source, DatabaseSource):
+        return
+    config = _load(_config_path(args))
+    data_dir = source.db.path.parent
+    try:
+        record_command_line_retry(config, data_dir, source.db, QueueKind(table), item, requeued)
+    except OSError as exc:
+        print(f"retry: the audit trail could not be written: {exc.strerror}", file=sys.stderr)
 
 
 def cmd_demo_study(args: argparse.Namespace) -> int:
@@ -331,6 +407,109 @@ def cmd_print_default_config(_: argparse.Namespace) -> int:
     from config.loader import default_config_text
 
     print(default_config_text(), end="")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Read the local audit log (who touched a study, what a user did), or check its chain
+    of files; the reading itself is recorded in the log (Audit Log Used)."""
+    import time
+
+    from router.audit.report import AuditQuestion, describe, select
+    from router.audit.wiring import audit_folder, command_line_actor, command_line_log
+
+    try:
+        config = _load(_config_path(args))
+        question = AuditQuestion(args.study, args.user, args.patient, args.since, args.until)
+    except (ConfigError, ValueError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir if args.data_dir is not None else config.storage.data_dir
+    folder = args.dir if args.dir is not None else audit_folder(config.audit, data_dir)
+    log, composer = command_line_log(config, folder)
+    if not log.files():
+        print(f"no audit log in {folder}: give --dir, --data-dir or --config", file=sys.stderr)
+        return 2
+    status = 0
+    if args.verify:
+        problems = log.verify()
+        for problem in problems:
+            print(f"chain broken: {problem}")
+        print(f"{len(log.files())} file(s) checked, {len(problems)} problem(s)", file=sys.stderr)
+        status = 1 if problems else 0
+    if not args.verify or question != AuditQuestion():
+        matched = select(log.messages(question.might_match), question)
+        for message in matched:
+            print(describe(message))
+        print(f"{len(matched)} message(s) for {question.describe()}", file=sys.stderr)
+    used = composer.log_used(time.time(), command_line_actor(), str(folder), question.describe())
+    try:
+        log.append([used.to_xml()], rotate=False)
+    except OSError as exc:
+        print(f"audit: this reading could not be recorded in the log: {exc}", file=sys.stderr)
+    return status
+
+
+def _audit_time(end_of_day: bool) -> Any:
+    """An argparse type: ISO 8601 date or date and time; without a zone, this machine's."""
+    import datetime
+
+    def parse(text: str) -> datetime.datetime:
+        try:
+            value = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a date (2026-05-01) or date and time (2026-05-01T14:30)"
+            ) from None
+        if end_of_day and len(text) == 10:  # a date alone: all of that day
+            value += datetime.timedelta(days=1, microseconds=-1)
+        return value if value.tzinfo is not None else value.astimezone()
+
+    return parse
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    """Make, list or revoke the API keys of ``http.auth.api_keys_file`` (or ``--file``)."""
+    from config.schema import ApiRole
+    from router.api.api_keys import ApiKeyFileError, create_key, read_keys, revoke_key
+
+    path: Path | None = args.file
+    if path is None:
+        try:
+            config = _load(_config_path(args))
+        except ConfigError as exc:
+            print(f"config rejected:\n{exc}", file=sys.stderr)
+            return 2
+        auth = config.http.auth
+        path = auth.api_keys_file if auth is not None else None
+        if path is None:
+            print(
+                "the config has no http.auth.api_keys_file: set it, or give --file",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        if args.action == "create":
+            key, entry = create_key(path, name=args.name, role=ApiRole(args.role))
+            print(key)
+            print(
+                f"API key {entry.name!r} ({entry.role.value}, id {entry.id}): its hash is in "
+                f"{path}. The key is shown only now; send it as 'Authorization: Bearer <key>' "
+                "or 'X-API-Key: <key>'.",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            for entry in read_keys(path):
+                print(f"{entry.id}  {entry.name:<24} {entry.role.value:<12} {entry.created_at}")
+        else:
+            gone = revoke_key(path, args.key)
+            if gone is None:
+                print(f"{path} has no key named or numbered {args.key!r}", file=sys.stderr)
+                return 1
+            print(f"revoked API key {gone.name!r} (id {gone.id})", file=sys.stderr)
+    except (ApiKeyFileError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -536,6 +715,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     default = command("print-default-config", "print the shipped routing YAML")
     default.set_defaults(func=cmd_print_default_config)
+
+    audit = command(
+        "audit",
+        "read the audit trail: who touched a study, what a user did",
+        "\n\nOne line per DICOM audit message of the local log matching every criterion given"
+        "\n(time in UTC, action, event, who asked, study, outcome). --verify checks that no"
+        "\nclosed log file changed since the next one was begun (the SHA-256 chain).",
+    )
+    with_config(audit, "the router's data folder, whose audit/ folder is read")
+    audit.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="the audit log folder (default: the config's audit.dir, else audit/ in the data "
+        "folder)",
+    )
+    audit.add_argument(
+        "--study", metavar="UID", help="messages naming this study: who saw it (default: any)"
+    )
+    audit.add_argument(
+        "--user", metavar="NAME", help="messages this user (or AE title) asked for (default: any)"
+    )
+    audit.add_argument(
+        "--patient", metavar="ID", help="messages naming this patient ID (default: any)"
+    )
+    audit.add_argument(
+        "--since",
+        type=_audit_time(end_of_day=False),
+        metavar="WHEN",
+        help="from this date or time, e.g. 2026-05-01 or 2026-05-01T14:30 (default: the start)",
+    )
+    audit.add_argument(
+        "--until",
+        type=_audit_time(end_of_day=True),
+        metavar="WHEN",
+        help="up to this date (all of it) or time (default: now)",
+    )
+    audit.add_argument(
+        "--verify", action="store_true", help="check the chain of log files; exit 1 if broken"
+    )
+    audit.set_defaults(func=cmd_audit)
+
+    api_key = command(
+        "api-key",
+        "make, list or revoke API keys for machines that call the HTTP API",
+        "\n\nThe keys file (http.auth.api_keys_file) holds only salted hashes: a new key is"
+        "\nprinted once, on standard output. The router reads the file again when it changes.",
+    )
+    api_key_actions = api_key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, summary in (
+        ("create", "make a key, print it once and store its hash"),
+        ("list", "list the keys: id, name, role, when made"),
+        ("revoke", "remove a key (by name or id)"),
+    ):
+        sub_command = api_key_actions.add_parser(
+            action,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            formatter_class=HelpFormatter,
+        )
+        where = sub_command.add_mutually_exclusive_group()
+        where.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help=f"routing YAML naming the keys file (default: ${CONFIG_ENV} if set, else the "
+            "shipped config)",
+        )
+        where.add_argument(
+            "--file", type=Path, metavar="FILE", help="the keys file itself (default: the config's)"
+        )
+        if action == "create":
+            sub_command.add_argument(
+                "--name", required=True, help="who uses the key, e.g. ris-bridge (unique)"
+            )
+            sub_command.add_argument(
+                "--role",
+                required=True,
+                choices=["viewer", "radiologist", "admin"],
+                help="what the key may do",
+            )
+        if action == "revoke":
+            sub_command.add_argument("key", metavar="NAME_OR_ID", help="the key to remove")
+        sub_command.set_defaults(func=cmd_api_key)
     return parser
 
 

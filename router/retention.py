@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from config.schema import RouterConfig
 from router.polling_stage import PollingStage
@@ -27,8 +28,15 @@ FINISHED_STATES = ("done", "unrouted", "prior")
 UNRESOLVED_STATES = ("attention",)
 BATCH = 20
 
-PurgeObserver = Callable[[str, int], None]
-"""Told (study UID, files deleted) after each purge: the audit trail."""
+PurgeObserver = Callable[[str, int, str], None]
+"""Told (study UID, files deleted, the setting that made it due) after each purge: the audit
+trail."""
+
+
+class DueStudy(NamedTuple):
+    study_uid: str
+    rule: str
+    """The setting whose period passed (``storage.keep_finished_days``, ...)."""
 
 
 class RetentionStage(PollingStage):
@@ -41,33 +49,37 @@ class RetentionStage(PollingStage):
         config: Callable[[], RouterConfig],
         data_dir: Path,
         on_purged: PurgeObserver | None = None,
+        before_purge: Callable[[str], None] | None = None,
     ) -> None:
+        """``before_purge`` is called with the study UID while its files still exist (the
+        audit trail reads whose study it is); ``on_purged`` after."""
         super().__init__()
         self.db = db
         self._config = config
         self._data_dir = data_dir.resolve()
         self._on_purged = on_purged
+        self._before_purge = before_purge
 
     def run_once(self, now: float | None = None) -> bool:
         """Purge up to a batch of due studies; False when none was due."""
         now = time.time() if now is None else now
         due = self.due_studies(now)
-        for study_uid in due:
-            self.purge(study_uid, now)
+        for study in due:
+            self.purge(study.study_uid, now, study.rule)
         return len(due) == BATCH
 
-    def due_studies(self, now: float) -> list[str]:
+    def due_studies(self, now: float) -> list[DueStudy]:
         storage = self._config().storage
-        due: list[str] = []
-        for states, days in (
-            (FINISHED_STATES, storage.keep_finished_days),
-            (UNRESOLVED_STATES, storage.keep_unresolved_days),
+        due: list[DueStudy] = []
+        for states, days, rule in (
+            (FINISHED_STATES, storage.keep_finished_days, "storage.keep_finished_days"),
+            (UNRESOLVED_STATES, storage.keep_unresolved_days, "storage.keep_unresolved_days"),
         ):
             if days is None:
                 continue
             marks = ", ".join("?" * len(states))
             due += [
-                str(r["study_uid"])
+                DueStudy(str(r["study_uid"]), rule)
                 for r in self.db.query(
                     f"SELECT study_uid FROM studies WHERE state IN ({marks}) "
                     "AND purged_at IS NULL AND finished_at IS NOT NULL AND finished_at < ? "
@@ -77,8 +89,13 @@ class RetentionStage(PollingStage):
             ]
         return due[:BATCH]
 
-    def purge(self, study_uid: str, now: float | None = None) -> int:
+    def purge(self, study_uid: str, now: float | None = None, rule: str = "by hand") -> int:
         """Delete the study's spooled instances and result objects; returns files deleted."""
+        if self._before_purge is not None:
+            try:
+                self._before_purge(study_uid)
+            except Exception:  # boundary: an observer never stops the purge
+                LOGGER.exception("study %s: pre-purge observer failed", study_uid)
         paths = [
             Path(r["path"])
             for r in self.db.query(
@@ -111,7 +128,7 @@ class RetentionStage(PollingStage):
         LOGGER.info("study %s purged after its retention period: %d file(s)", study_uid, deleted)
         if self._on_purged is not None:
             try:
-                self._on_purged(study_uid, deleted)
+                self._on_purged(study_uid, deleted, rule)
             except Exception:  # boundary: an observer never stops the purge
                 LOGGER.exception("study %s: purge observer failed", study_uid)
         return deleted

@@ -10,26 +10,39 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom.config
 import uvicorn
 
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
-from config.loader import ConfigError, check_algorithms, read_config
-from config.schema import RouterConfig
+from config.schema import RouterConfig, http_is_loopback, http_is_secure
 from router.api.app import ApiDependencies, Readiness, create_app
+from router.api.auth import HttpSecurity, RefusalEvents, RefusalHook, ignore_session
+from router.api.tls import server_context
 from router.assemble.assembler import Assembler
 from router.assemble.completion import CompletionReason
 from router.assemble.study_state import reopen_study, settle_study
+from router.audit.events import (
+    NO_AUDIT,
+    ApplicationStarted,
+    ApplicationStopped,
+    AuditRecorder,
+    StudyPurged,
+)
+from router.audit.http import AuditRefusals, AuditSessions
+from router.audit.wiring import build_trail
 from router.deliver.destination_probe import DestinationProbe
 from router.deliver.dicom_send import send_files
 from router.deliver.dispatch import Dispatcher, SendFunction
 from router.deliver.notify import ChannelFactory, Notifier, queue_failure
+from router.live_config import ConfigHolder, LastGood, Rejection
 from router.metrics import Metrics
-from router.receive.ingest import Ingestor, IngestOutcome, Origin, read_header
+from router.receive.ingest import Ingestor, IngestOutcome
 from router.receive.node import AssociationTracker, DicomNode
+from router.receive.private_files import make_private_dir, narrow_to_owner
+from router.receive.quarantine import Quarantine
 from router.receive.spool import Spool
 from router.retention import RetentionStage
-from router.route.check_config import check_attribute_names
 from router.route.planner import Planner
 from router.run.job_queue import Job, JobQueue
 from router.run.priors.stage import PriorStage
@@ -42,85 +55,6 @@ from worklist.channels import channels_from_config
 LOGGER = logging.getLogger(__name__)
 
 
-class ConfigHolder:
-    """The live config. Replaced whole, only by a config that passed every check."""
-
-    def __init__(
-        self, config: RouterConfig, path: Path | None, known_algorithms: list[str]
-    ) -> None:
-        self._config = config
-        self.path = path
-        self._known = known_algorithms
-        self._mtime = path.stat().st_mtime_ns if path else 0
-        self._lock = threading.Lock()
-
-    def current(self) -> RouterConfig:
-        with self._lock:
-            return self._config
-
-    def reload_if_changed(self) -> bool:
-        """Load the file if it changed; swap it in only if it is valid. True if swapped."""
-        if self.path is None:
-            return False
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except OSError:
-            LOGGER.error("config file %s is missing; keeping the running config", self.path)
-            return False
-        if mtime == self._mtime:
-            return False
-        self._mtime = mtime
-        try:
-            loaded = read_config(self.path)
-        except ConfigError as exc:
-            LOGGER.error("config change rejected, keeping the running config:\n%s", exc)
-            return False
-        candidate = loaded.config
-        problems = check_algorithms(loaded.document, self._known) + check_attribute_names(
-            loaded.document
-        )
-        if problems:
-            LOGGER.error(
-                "config change rejected, keeping the running config:\n%s",
-                "\n".join(str(p) for p in problems),
-            )
-            return False
-        with self._lock:
-            old, self._config = self._config, candidate
-        if (
-            old.node != candidate.node
-            or old.http != candidate.http
-            or old.storage != candidate.storage
-            or old.model_dirs != candidate.model_dirs
-        ):
-            LOGGER.warning(
-                "node/http/storage/model_dirs settings changed: they take effect after a restart"
-            )
-        changed_models = sorted(
-            name
-            for name in set(old.algorithms) | set(candidate.algorithms)
-            if _load_settings(old, name) != _load_settings(candidate, name)
-        )
-        if changed_models:
-            LOGGER.warning(
-                "device/max_concurrent of %s changed: they take effect when the model is next "
-                "loaded (after a restart)",
-                changed_models,
-            )
-        LOGGER.info(
-            "config reloaded from %s: rules %s (were %s)",
-            self.path,
-            [r.name for r in candidate.rules],
-            [r.name for r in old.rules],
-        )
-        return True
-
-
-def _load_settings(config: RouterConfig, name: str) -> tuple[str, int] | None:
-    settings = config.algorithms.get(name)
-    return None if settings is None else (settings.device, settings.max_concurrent)
-
-
 class RouterService:
     def __init__(
         self,
@@ -131,11 +65,28 @@ class RouterService:
         send: SendFunction = send_files,
         data_dir: Path | None = None,
         channels: ChannelFactory | None = None,
+        running_last_good: Rejection | None = None,
     ) -> None:
         self.registry = registry or Registry.discover(manifest_dirs=config.model_dirs)
-        self.holder = ConfigHolder(config, config_path, self.registry.names())
+        self.holder = ConfigHolder(
+            config,
+            config_path,
+            self.registry.names(),
+            last_good=LastGood((data_dir or config.storage.data_dir).resolve(), config_path),
+            running_last_good=running_last_good,
+        )
         self.data_dir = (data_dir or config.storage.data_dir).resolve()
+        make_private_dir(self.data_dir)  # spool, quarantine, results, database: patient data
+        # pydicom's validation warnings quote the value they find invalid ("Invalid value for
+        # VR DA: '02.01.1960'"): patient data in the log. radrouter reads headers tolerantly
+        # and checks what it relies on itself, so they only leak (docs/security.md).
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         self.db = Database(self.data_dir / "radrouter.sqlite3")
+        narrow_to_owner(self.db.path)  # SQLite gives its WAL and SHM files the same mode
+        self.audit_trail = build_trail(config, self.data_dir, self.db)
+        self.audit: AuditRecorder = self.audit_trail or NO_AUDIT
+        self.holder.audit = self.audit
         self.spool = Spool(self.data_dir / "spool", config.storage.min_free_mb * 2**20)
         self.metrics = Metrics(self._state_counts)
         self.claimer = Claimer.for_data_dir(self.data_dir)
@@ -160,8 +111,17 @@ class RouterService:
             self._delivered,
             claimer=self.claimer,
             leases=self.leases,
+            audit=self.audit,
         )
-        self.retention = RetentionStage(self.db, self.holder.current, self.data_dir)
+        self.retention = RetentionStage(
+            self.db,
+            self.holder.current,
+            self.data_dir,
+            on_purged=lambda study_uid, files, rule: self.audit.record(
+                StudyPurged(study_uid, files, rule)
+            ),
+            before_purge=(self.audit_trail.composer.remember_subject if self.audit_trail else None),
+        )
         self.probe = DestinationProbe(
             self.db, self.holder.current, self.dispatcher.items, on_back=self.dispatcher.wake
         )
@@ -187,6 +147,7 @@ class RouterService:
             self.db,
             self.holder.current,
             keys=PatientKeys.for_site(self.data_dir),
+            audit=self.audit,
             claimer=self.claimer,
             leases=self.leases,
             on_released=self.workers.wake,
@@ -195,7 +156,13 @@ class RouterService:
         self.assembler = Assembler(
             self.db, lambda: self.holder.current().completion, self._study_complete
         )
-        self.ingestor = Ingestor(self.db, self.spool, self.data_dir / "quarantine", self._stored)
+        self.ingestor = Ingestor(
+            self.db,
+            self.spool,
+            Quarantine(self.data_dir / "quarantine", self.db, config.node.quarantine),
+            self._stored,
+            limits=config.node.limits,
+        )
         self.tracker = AssociationTracker(self.db, lambda _id: self.assembler.wake())
         self.node = DicomNode(
             config.node,
@@ -203,10 +170,18 @@ class RouterService:
             self.tracker,
             lambda: self.holder.current().node.allowed_callers,
             self._received,
+            audit=self.audit,
         )
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_port: int | None = None
+        self.on_http_refused: RefusalHook = RefusalEvents(
+            lambda kind, detail: self.db.record_event(kind, detail=detail)
+        )
+        """Told of every refused HTTP request (``router.api.auth.AuthFailure``); set it before
+        ``start``. Until the audit trail takes it over, refusals go to the events table."""
+        if self.audit_trail is not None:
+            self.on_http_refused = AuditRefusals(self.audit_trail)
         self._stop = threading.Event()
         self._reload_thread: threading.Thread | None = None
         self._started = False
@@ -214,6 +189,8 @@ class RouterService:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self, warm: bool = True) -> None:
+        if self.audit_trail is not None:
+            self.audit_trail.start()
         self.recover()
         if warm:
             wanted = sorted(self.holder.current().algorithm_names() & set(self.registry.names()))
@@ -234,6 +211,7 @@ class RouterService:
         self._reload_thread.start()
         self._started = True
         self.db.record_event("router_started", detail=f"algorithms {self.runtime.loaded()}")
+        self.audit.record(ApplicationStarted())
 
     def stop(self) -> None:
         self._stop.set()
@@ -253,6 +231,9 @@ class RouterService:
         self.leases.stop()
         self.db.record_event("router_stopped", detail=f"{given_back} unfinished item(s) given back")
         self._started = False
+        self.audit.record(ApplicationStopped())
+        if self.audit_trail is not None:
+            self.audit_trail.stop()
 
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued."""
@@ -262,10 +243,7 @@ class RouterService:
         for path in self.spool.iter_files():
             if str(path) in indexed:
                 continue
-            data = path.read_bytes()
-            header, _ = read_header(data)
-            self.ingestor.ingest(data, Origin(None, "", ""), header.sop_instance_uid)
-            recovered += 1
+            recovered += self.ingestor.recover_file(path)
         interrupted = (
             self.db.connection()
             .execute(
@@ -300,6 +278,11 @@ class RouterService:
 
     def _start_http(self) -> None:
         http = self.holder.current().http
+        security = HttpSecurity.from_config(
+            http,
+            on_refused=self.on_http_refused,
+            on_session=AuditSessions(self.audit) if self.audit_trail else ignore_session,
+        )
         app = create_app(
             ApiDependencies(
                 db=self.db,
@@ -308,8 +291,11 @@ class RouterService:
                 retry_dispatch=self.dispatcher.retry_dead,
                 retry_delivery=self.notifier.retry_dead,
                 retry_job=self._retry_job,
+                security=security,
+                audit=self.audit,
             )
         )
+        tls = server_context(http.tls) if http.tls is not None else None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((http.host, http.port))
@@ -317,7 +303,13 @@ class RouterService:
         # log_config=None: uvicorn's lines go through radrouter's handler and format
         # (router/logs.py) instead of a handler of its own.
         server = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app,
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
+            )
         )
         self._http = server
         self._http_thread = threading.Thread(
@@ -327,7 +319,15 @@ class RouterService:
         deadline = time.time() + 10
         while not server.started and time.time() < deadline:
             time.sleep(0.02)
-        LOGGER.info("HTTP API on http://%s:%d", http.host, self._http_port)
+        scheme = "https" if tls is not None else "http"
+        LOGGER.info("HTTP API on %s://%s:%d", scheme, http.host, self._http_port)
+        if not http_is_secure(http):
+            LOGGER.warning(
+                "the HTTP API is not secure (TLS %s, authentication %s): fit for this "
+                "host's loopback only",
+                "on" if tls is not None else "off",
+                "on" if http.auth is not None else "off",
+            )
 
     def readiness(self) -> Readiness:
         loaded = self.runtime.loaded()
@@ -339,11 +339,15 @@ class RouterService:
         except Exception as exc:
             database = f"error: {exc}"
         ready = self._started and database == "ok" and not missing
+        ports = self.node.listening_ports() if self._started else {}
         return Readiness(
             ready,
             {
                 "database": database,
-                "dicom_port": self.node.port if self._started else None,
+                "config": self._config_state(),
+                "http_security": self._http_security(),
+                "dicom_port": ports.get("dicom"),
+                "dicom_tls_port": ports.get("dicom_tls"),
                 "models": loaded,
                 "model_status": {
                     name: {
@@ -359,6 +363,30 @@ class RouterService:
                 "plugin_problems": {p.name: p.error for p in self.registry.problems},
             },
         )
+
+    def _config_state(self) -> dict[str, Any]:
+        """What ``/readyz`` says of the configuration: its file, whether the last change of it
+        was refused (and why), whether the last good one runs instead, and ``insecure``."""
+        holder = self.holder
+        rejected = holder.rejection
+        return {
+            "file": str(holder.path) if holder.path is not None else "shipped default",
+            "running_last_good": holder.running_last_good,
+            "last_change_rejected": None
+            if rejected is None
+            else {"at": rejected.at, "file": rejected.path, "problems": rejected.problems},
+            "insecure": holder.current().insecure,
+        }
+
+    def _http_security(self) -> dict[str, Any]:
+        """What ``/readyz`` says of the HTTP API's own protection."""
+        http = self.holder.current().http
+        return {
+            "tls": http.tls is not None,
+            "authentication": http.auth is not None,
+            "loopback_only": http_is_loopback(http),
+            "secure": http_is_secure(http),
+        }
 
     # --- observers and hand-offs ------------------------------------------------------------
 

@@ -4,7 +4,8 @@
 # rest here.
 #   Debian: orthanc (the test PACS), dcmtk (reference SCU/SCP), dicom3tools (dciodvfy),
 #           chromium + chromium-driver (the headless browser the worklist page test drives),
-#           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates).
+#           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates),
+#           rsyslog + rsyslog-gnutls + openssl (a throwaway audit collector, TCP and TLS).
 #   Python: radrouter's dev extras (pytest, ruff, mypy, selenium, ... and the train extra),
 #           with torch==2.13.0 installed first, so nothing pulls a CUDA build.
 set -euo pipefail
@@ -18,6 +19,9 @@ need_apt=()
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 [ -e /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
 [ -x /usr/bin/java ] || need_apt+=(default-jre-headless)  # libpixelmed-java does not pull one
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)  # the audit collector of tests/router/audit
+compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need_apt+=(rsyslog-gnutls)  # its TLS
+[ -x /usr/bin/openssl ] || need_apt+=(openssl)  # the collector's test certificates
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -35,7 +35,7 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 from ruamel.yaml import YAML
 
-from config.loader import load_config, load_default_config
+from config.loader import check_exposure, load_config, load_default_config, read_config
 from router.cli import main as radrouter_main
 from testing.orthanc import free_port
 from testing.storescp import running_storescp
@@ -86,6 +86,19 @@ def test_container_config_defaults_open_both_ports_and_name_the_compose_pacs(
     assert config.storage.data_dir == Path("/var/lib/radrouter")
     pacs = config.destinations["pacs"]
     assert (pacs.ae_title, pacs.host, pacs.port) == ("ORTHANC", "orthanc", 4242)
+
+
+def test_the_container_refuses_to_serve_unprotected_until_told_it_is_meant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear_radrouter_environment(monkeypatch)
+    refused = read_config(CONTAINER_CONFIG)
+    assert refused.config.insecure is False
+    problems = [str(issue) for issue in check_exposure(refused)]
+    assert any("http" in p for p in problems) and any("allowed_callers" in p for p in problems)
+    monkeypatch.setenv("RADROUTER_INSECURE", "true")
+    meant = read_config(CONTAINER_CONFIG)
+    assert meant.config.insecure is True and check_exposure(meant) == []
 
 
 def test_container_config_takes_ports_and_pacs_from_the_environment(
@@ -206,6 +219,7 @@ def test_compose_points_radrouter_and_orthanc_at_each_other(
     for name, value in radrouter.items():
         monkeypatch.setenv(name, str(value))
     config = load_config(CONTAINER_CONFIG)
+    assert config.insecure, "the demo publishes plain HTTP on this host: it must say so"
     pacs = config.destinations["pacs"]
     assert pacs.host in services and services[pacs.host]["image"].startswith("orthancteam/orthanc")
     assert (pacs.ae_title, pacs.port) == (

@@ -71,24 +71,44 @@ class StudyFacts:
     @classmethod
     def from_header(cls, header: Mapping[str, str]) -> StudyFacts:
         """From header values by DICOM keyword (as the router indexes them); absent keys are
-        empty. ``RequestedProcedurePriority`` gives ``existing_priority``."""
+        empty. ``RequestedProcedurePriority`` gives ``existing_priority``.
+
+        Read tolerantly: a modality writes what it writes, and a flag must reach the RIS
+        whatever its birth date looks like. A date in an unambiguous other form
+        (``1960-01-02``, ``1960.01.02``, the ACR-NEMA style) is rewritten as a DICOM date; any
+        other non-conformant date, time, sex or over-long accession number is left out."""
 
         def text(keyword: str) -> str:
             return str(header.get(keyword, "")).strip()
 
+        accession = text("AccessionNumber")
+        study_time = text("StudyTime").replace(":", "")
+        sex = text("PatientSex").upper()
         return cls(
             study_instance_uid=text("StudyInstanceUID"),
-            accession_number=text("AccessionNumber"),
+            accession_number=accession if len(accession) <= 16 else "",
             modality=text("Modality"),
             existing_priority=priority_from_dicom(text("RequestedProcedurePriority")),
-            study_date=text("StudyDate"),
-            study_time=text("StudyTime"),
+            study_date=conformant_date(text("StudyDate")),
+            study_time=study_time if DICOM_TIME.match(study_time) else "",
             patient_id=text("PatientID"),
             issuer_of_patient_id=text("IssuerOfPatientID"),
             patient_name=text("PatientName"),
-            patient_birth_date=text("PatientBirthDate"),
-            patient_sex=text("PatientSex").upper(),
+            patient_birth_date=conformant_date(text("PatientBirthDate")),
+            patient_sex=sex if sex in ("M", "F", "O") else "",
         )
+
+
+_YEAR_FIRST_DATE = re.compile(r"^(\d{4})[-.](\d{2})[-.](\d{2})$")
+
+
+def conformant_date(value: str) -> str:
+    """``value`` as a DICOM date (YYYYMMDD), or empty when it is not one and cannot be read as
+    one without guessing (``02.01.1960`` could be 2 January or 1 February)."""
+    if DICOM_DATE.match(value):
+        return value
+    year_first = _YEAR_FIRST_DATE.match(value)
+    return "".join(year_first.groups()) if year_first else ""
 
 
 LATERALITY_WORDS: Mapping[str, str] = {"R": "right", "L": "left"}

@@ -11,9 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 
+from dicom_sr.uids import is_valid_uid
+from router.api.auth import HttpSecurity, SecurityGate, document_security
 from router.api.docs import OPENAPI_URL, create_docs_router
+from router.audit.events import (
+    NO_AUDIT,
+    AuditRecorder,
+    QueueKind,
+    ReadKind,
+    RetryRequested,
+    StudyRead,
+)
+from router.audit.http import request_actor
 from router.deliver.result_writer import result_object_paths
 from router.metrics import Metrics
 from router.store.database import Database
@@ -34,6 +45,11 @@ class ApiDependencies:
     retry_dispatch: Callable[[int | None], int]
     retry_job: Callable[[int], bool]
     retry_delivery: Callable[[int | None], int] = lambda _id: 0
+    audit: AuditRecorder = NO_AUDIT
+    """Where reads of patient data, feedback and retries are recorded (``router.audit``)."""
+    security: HttpSecurity | None = None
+    """The gate (Host, cross-site, authentication, roles: ``router.api.auth``). The service
+    always passes one; None (no gate at all) is for tests that build the app in-process."""
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -175,10 +191,13 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return _list(db, "studies", state, limit, "last_received_at DESC")
 
     @app.get("/studies/{study_uid}")
-    def study(study_uid: str) -> dict[str, Any]:
+    def study(study_uid: str, request: Request) -> dict[str, Any]:
+        if not is_valid_uid(study_uid):  # never echoed: the detail names the parameter only
+            raise HTTPException(status_code=400, detail="study_uid is not a DICOM UID")
         view = study_view(db, study_uid)
         if view is None:
             raise HTTPException(status_code=404, detail="no such study")
+        deps.audit.record(StudyRead(request_actor(request), study_uid, ReadKind.STUDY_VIEW))
         return view
 
     @app.get("/jobs")
@@ -193,8 +212,12 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return _row(row)
 
     @app.post("/jobs/{job_id}/retry")
-    def retry_job(job_id: int) -> dict[str, Any]:
-        if not deps.retry_job(job_id):
+    def retry_job(job_id: int, request: Request) -> dict[str, Any]:
+        requeued = deps.retry_job(job_id)
+        deps.audit.record(
+            RetryRequested(request_actor(request), QueueKind.JOB, job_id, int(requeued))
+        )
+        if not requeued:
             raise HTTPException(status_code=409, detail="job is not in state failed")
         return {"requeued": job_id}
 
@@ -203,8 +226,12 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return [_work_item_dict(d) for d in _list(db, "dispatches", state, limit, "id DESC")]
 
     @app.post("/dispatches/{dispatch_id}/retry")
-    def retry_dispatch(dispatch_id: int) -> dict[str, Any]:
-        if not deps.retry_dispatch(dispatch_id):
+    def retry_dispatch(dispatch_id: int, request: Request) -> dict[str, Any]:
+        requeued = deps.retry_dispatch(dispatch_id)
+        deps.audit.record(
+            RetryRequested(request_actor(request), QueueKind.DISPATCH, dispatch_id, requeued)
+        )
+        if not requeued:
             raise HTTPException(status_code=409, detail="dispatch is not dead-lettered")
         return {"requeued": dispatch_id}
 
@@ -214,8 +241,12 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         return [_work_item_dict(d) for d in _list(db, "deliveries", state, limit, "id DESC")]
 
     @app.post("/deliveries/{delivery_id}/retry")
-    def retry_delivery(delivery_id: int) -> dict[str, Any]:
-        if not deps.retry_delivery(delivery_id):
+    def retry_delivery(delivery_id: int, request: Request) -> dict[str, Any]:
+        requeued = deps.retry_delivery(delivery_id)
+        deps.audit.record(
+            RetryRequested(request_actor(request), QueueKind.DELIVERY, delivery_id, requeued)
+        )
+        if not requeued:
             raise HTTPException(status_code=409, detail="delivery is not dead-lettered")
         return {"requeued": delivery_id}
 
@@ -225,8 +256,15 @@ def create_app(deps: ApiDependencies) -> FastAPI:
 
     app.include_router(
         create_worklist_router(
-            db, segmentations=lambda result_id: result_object_paths(db, result_id, "seg")
+            db,
+            segmentations=lambda result_id: result_object_paths(db, result_id, "seg"),
+            audit=deps.audit,
         )
     )
     app.include_router(create_docs_router(title=app.title, openapi_url=OPENAPI_URL))
+    if deps.security is not None:
+        app.add_middleware(SecurityGate, security=deps.security)
+        app.include_router(deps.security.routes())
+        if deps.security.authenticator is not None:
+            document_security(app)
     return app

@@ -64,13 +64,7 @@ class DestinationProbe(PollingStage):
             destination = config.destinations.get(name)
             if destination is None:
                 continue
-            peer = Peer(
-                destination.ae_title,
-                destination.host,
-                destination.port,
-                destination.calling_ae_title or config.node.ae_title,
-                min(destination.timeout_s, PROBE_TIMEOUT_S),
-            )
+            peer = Peer.for_destination(destination, config.node.ae_title, PROBE_TIMEOUT_S)
             if self._probe(peer):
                 self._back(name, peer, config.dispatch.resend_dead_when_back)
         return False
@@ -102,12 +96,10 @@ class DestinationProbe(PollingStage):
             ):
                 revived += len(self._dispatches.requeue_dead(int(row["id"]), reopen_study))
         LOGGER.info(
-            "destination %s (%s@%s:%d) answers C-ECHO again: %d waiting and %d dead-lettered "
+            "destination %s (%s) answers C-ECHO again: %d waiting and %d dead-lettered "
             "dispatch(es) sent now",
             name,
-            peer.ae_title,
-            peer.host,
-            peer.port,
+            peer,
             hurried,
             revived,
         )

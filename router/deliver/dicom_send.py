@@ -1,4 +1,5 @@
-"""A C-STORE SCU that sends Part-10 files, proposing only the contexts those files need."""
+"""A C-STORE SCU that sends Part-10 files, proposing only the contexts those files need, over
+plain DICOM or DICOM TLS (``destinations.*.tls``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
+
+from config.schema import DicomDestination, DicomTlsClient
+from router.dicom_tls import OutgoingTls, TlsSetupError, outgoing_tls
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +43,27 @@ class Peer:
     port: int
     calling_ae_title: str
     timeout_s: float = 30.0
+    tls: DicomTlsClient | None = None
+    """DICOM TLS settings; ``None``: plain DICOM."""
+
+    @classmethod
+    def for_destination(
+        cls, destination: DicomDestination, node_ae: str, max_timeout_s: float | None = None
+    ) -> Peer:
+        """The peer a destination describes; radrouter calls as ``node_ae`` unless the
+        destination names its own calling AE title."""
+        timeout = destination.timeout_s
+        return cls(
+            destination.ae_title,
+            destination.host,
+            destination.port,
+            destination.calling_ae_title or node_ae,
+            timeout if max_timeout_s is None else min(timeout, max_timeout_s),
+            destination.tls,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
 
 
 @dataclass(frozen=True)
@@ -88,11 +114,14 @@ def send_files(
     ae.network_timeout = peer.timeout_s
     for sop_class, syntaxes in proposed_contexts(files):
         ae.requested_contexts.append(build_context(sop_class, syntaxes))
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc, tls = _associate(ae, peer)
     if not assoc.is_established:
+        failure = tls.failure() if tls is not None else None
+        if failure is not None:
+            # The peer answered, but TLS failed: a matter of certificates, not an outage.
+            raise SendError(f"TLS with {peer} failed: {failure}")
         raise SendError(
-            f"association with {peer.ae_title}@{peer.host}:{peer.port} "
-            f"{'rejected' if assoc.is_rejected else 'failed'}",
+            f"association with {peer} {'rejected' if assoc.is_rejected else 'failed'}",
             unreachable=not assoc.is_rejected,
         )
     stored = 0
@@ -115,9 +144,7 @@ def send_files(
             assoc.release()
     if lost and stored < len(files):
         raise SendError(
-            f"association with {peer.ae_title}@{peer.host}:{peer.port} lost after "
-            f"{stored} of {len(files)}",
-            unreachable=True,
+            f"association with {peer} lost after {stored} of {len(files)}", unreachable=True
         )
     if refused:
         raise SendError(f"{len(refused)} of {len(files)} refused; first: {refused[0]}")
@@ -129,7 +156,11 @@ def echo(peer: Peer) -> bool:
     ae = AE(ae_title=peer.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    try:
+        assoc, _tls = _associate(ae, peer)
+    except SendError as exc:
+        LOGGER.warning("C-ECHO to %s not tried: %s", peer, exc)
+        return False
     if not assoc.is_established:
         return False
     try:
@@ -138,3 +169,16 @@ def echo(peer: Peer) -> bool:
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _associate(ae: AE, peer: Peer) -> tuple[Any, OutgoingTls | None]:
+    """Request the association, over TLS when ``peer.tls`` says so (the peer's certificate
+    and host name verified)."""
+    if peer.tls is None:
+        return ae.associate(peer.host, peer.port, ae_title=peer.ae_title), None
+    try:
+        tls = outgoing_tls(peer.tls, peer.host)
+    except TlsSetupError as exc:
+        raise SendError(f"TLS to {peer}: {exc}") from None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls.tls_args)
+    return assoc, tls

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from config.schema import RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
+from router.audit.events import NO_AUDIT, AuditRecorder, RemoteNode, SendStarted
 from router.deliver.dicom_send import FileToSend, Peer, SendError, send_files
 from router.deliver.result_writer import result_object_paths
 from router.logs import log_safe
@@ -42,9 +44,11 @@ class Dispatcher(PollingStage):
         *,
         claimer: Claimer | None = None,
         leases: LeaseKeeper | None = None,
+        audit: AuditRecorder = NO_AUDIT,
     ) -> None:
         super().__init__()
         self.db = db
+        self._audit = audit
         self._config = config
         self._send = send
         self._on_delivered = on_delivered
@@ -73,21 +77,26 @@ class Dispatcher(PollingStage):
             return False
         row = claim.row
         config = self._config()
+        started: SendStarted | None = None
         with self._leases.held(self.items, claim):
             try:
                 destination = config.destinations.get(row["destination"])
                 if destination is None:
                     raise SendError(f"destination {row['destination']!r} is no longer configured")
-                peer = Peer(
-                    ae_title=destination.ae_title,
-                    host=destination.host,
-                    port=destination.port,
-                    calling_ae_title=destination.calling_ae_title or config.node.ae_title,
-                    timeout_s=destination.timeout_s,
-                )
+                peer = Peer.for_destination(destination, config.node.ae_title)
                 files = self._files(row)
+                started = SendStarted(
+                    RemoteNode(peer.ae_title, peer.host, peer.port),
+                    peer.calling_ae_title,
+                    row["study_uid"],
+                    Counter(f.sop_class_uid for f in files),
+                )
+                self._audit.record(started)
                 self._send(peer, files)
+                self._audit.record(started.finished(None))
             except (SendError, OSError, ValueError, RuntimeError) as exc:
+                if started is not None:
+                    self._audit.record(started.finished(str(exc)))
                 unreachable = isinstance(exc, ConnectionError) or (
                     isinstance(exc, SendError) and exc.unreachable
                 )

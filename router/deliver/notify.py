@@ -28,6 +28,7 @@ from config.schema import Priority, RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.outcome_codec import key_images_from_json, result_from_json
 from router.logs import log_safe
+from router.patient_values import PatientValues
 from router.polling_stage import PollingStage
 from router.store.database import Database
 from router.store.queue import (
@@ -150,7 +151,8 @@ class Notifier(PollingStage):
                 row["study_uid"],
                 row["job_id"],
             )
-            self.db.record_event("notify_failed", row["study_uid"], row["job_id"], str(exc))
+            detail = PatientValues.of_study(self.db, row["study_uid"]).redact(str(exc))
+            self.db.record_event("notify_failed", row["study_uid"], row["job_id"], detail)
             self._finish_queue_row(row, [])
         settle_study(self.db, row["study_uid"])
         return True

@@ -15,16 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
 from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
+from dicom_sr.uids import is_valid_uid
 from router.deliver.notify import queue_result
 from router.deliver.outcome_codec import key_images_of, result_to_json
+from router.receive.private_files import make_private_dir
 from router.run.job_queue import Job
-from router.run.series_loader import LoadedSeries
+from router.run.series_loader import LoadedSeries, read_source_header
 from router.store.database import Database
 from worklist.facts import KeyImage
 
@@ -93,8 +95,11 @@ class ResultWriter:
             prior_evidence=prior.instances if prior is not None else (),
             tracking_uids=prior.tracking_uids if prior is not None else None,
         )
+        if not is_valid_uid(job.study_uid):  # it names a folder: only a DICOM UID may
+            raise ValueError("the job's StudyInstanceUID is not a DICOM UID")
         folder = self.results_dir / job.study_uid
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.results_dir)  # results hold patient data: 0700 folders
+        make_private_dir(folder)
         paths = {}
         for obj in objects.all():
             path = folder / f"{obj.sop_instance_uid}.dcm"
@@ -214,7 +219,7 @@ class ResultWriter:
             (series_uid,),
         )
         sources = [SourceImage(r["sop_class_uid"], r["sop_instance_uid"], None) for r in rows]
-        header = dcmread(rows[0]["path"], stop_before_pixels=True)
+        header = read_source_header(Path(rows[0]["path"]))  # tolerant, as the loader reads
         return sources, header
 
 

@@ -13,7 +13,14 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.errors import InvalidDicomError
 
 from algorithms.manifest.discovery import discover_manifests
-from config.loader import ConfigError, ConfigIssue, check_algorithms, validate_config
+from config.loader import (
+    ConfigError,
+    ConfigIssue,
+    LoadedConfig,
+    check_algorithms,
+    check_exposure,
+    validate_config,
+)
 from config.schema import DicomDestination, Fallback, NodeConfig, RouterConfig, Rule
 from config.yaml_document import (
     KeyPath,
@@ -173,8 +180,12 @@ def _check_file(
     model_dirs = config.model_dirs if config is not None else _model_dirs(document)
     manifests = discover_manifests(model_dirs, taken=set(known_algorithms))
     known = set(known_algorithms) | set(manifests.algorithms)
+    exposure = check_exposure(LoadedConfig(config, document)) if config is not None else []
     issues = merge_issues(
-        schema_issues, check_algorithms(document, known), check_attribute_names(document)
+        schema_issues,
+        check_algorithms(document, known),
+        check_attribute_names(document),
+        exposure,
     )
     return document, config, issues + manifests.issues()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.valuerep import DA, DT, TM
 
 from algorithms.contract import SeriesInput, VolumeGeometry
 
@@ -32,6 +34,7 @@ __all__ = [
     "SliceSource",
     "VolumeError",
     "load_series",
+    "read_source_header",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -104,10 +107,28 @@ GAP_FACTOR = 1.5
 """A step this many times the median step means slices are missing."""
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = frozenset(int(tag_for_keyword(keyword) or 0) for keyword in _PIXEL_KEYWORDS)
 _NATIVE_SYNTAXES = frozenset(
     {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 )
-_MAX_DECODER_MESSAGE = 300
+_PHOTOMETRIC_INTERPRETATIONS = frozenset(
+    {
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "PALETTE COLOR",
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_PARTIAL_420",
+        "YBR_ICT",
+        "YBR_RCT",
+        "XYB",
+    }
+)
+"""Values a message may name (PS3.3 C.7.6.3.1.2); any other is header text, not named."""
+_PATIENT_SEX = frozenset({"M", "F", "O"})
+_AGE = re.compile(r"[0-9]{3}[DWMY]")
+_DATE_TIME_VRS = {"DA": DA, "DT": DT, "TM": TM}
 # Pixel data (and other large values) are read only when decoded, one file at a time.
 _DEFER_SIZE = "64 KB"
 
@@ -238,8 +259,6 @@ def load_series(
         for keyword in _PIXEL_KEYWORDS:  # the array holds them now
             if keyword in ds:
                 delattr(ds, keyword)
-        for _ in ds.iterall():  # read deferred values now: the file may be gone later
-            pass
     first = datasets[order[0].file]
     slices = tuple(
         SliceSource(
@@ -263,6 +282,16 @@ def load_series(
     return LoadedSeries(series=series, slices=slices, first_header=first, headers=tuple(datasets))
 
 
+def read_source_header(path: Path) -> Dataset:
+    """One source instance's header without its pixel data, read as :func:`load_series` reads
+    (tolerantly), for result objects written without a volume ("not assessed")."""
+    ds = _read(path, 0, 1)
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            del ds[keyword]
+    return ds
+
+
 def _check_header_keywords(header_keywords: Sequence[str]) -> tuple[str, ...]:
     keywords = tuple(header_keywords)
     identifying = sorted(set(keywords) & IDENTIFYING_KEYWORDS)
@@ -276,7 +305,8 @@ def _check_header_keywords(header_keywords: Sequence[str]) -> tuple[str, ...]:
 
 def _read(path: Path, index: int, total: int) -> Dataset:
     try:
-        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
+        dropped, emptied = _read_tolerantly(ds)
     except InvalidDicomError as exc:
         raise VolumeError(f"file {index + 1} of {total} is not a DICOM Part-10 file") from exc
     except OSError as exc:
@@ -287,11 +317,79 @@ def _read(path: Path, index: int, total: int) -> Dataset:
         raise VolumeError(
             f"file {index + 1} of {total} could not be parsed ({type(exc).__name__})"
         ) from exc
+    if dropped or emptied:
+        _LOG.info(
+            "file %d of %d: %d value(s) that cannot be decoded left out, %d non-conformant "
+            "date, time, age or sex value(s) emptied",
+            index + 1,
+            total,
+            dropped,
+            emptied,
+        )
+    return ds
+
+
+def _read_tolerantly(ds: Dataset, depth: int = 0) -> tuple[int, int]:
+    """Decode every value but the pixel data now (the file may be gone later), tolerantly.
+
+    A value that cannot be decoded at all (an unknown VR, a broken encoding) is dropped; a
+    date, time or age that does not follow its VR (``02.01.1960``) and a Patient's Sex outside
+    M/F/O are emptied: the result objects copy the patient and study from this header, and a
+    non-conformant value there must cost that value, not the job. Returns (dropped, emptied).
+    """
+    dropped = emptied = 0
+    for tag in list(ds.keys()):
+        if tag in _PIXEL_TAGS:
+            continue
+        try:
+            element = ds[tag]
+            value = element.value
+        except Exception:  # pydicom raises many types on malformed values
+            del ds[tag]
+            dropped += 1
+            continue
+        if element.VR == "SQ":
+            for item in value or ():
+                sub_dropped, sub_emptied = _read_tolerantly(item, depth + 1)
+                dropped += sub_dropped
+                emptied += sub_emptied
+        elif not _conforms(element.VR, element.keyword, value):
+            element.value = None
+            emptied += 1
+    return dropped, emptied
+
+
+def _conforms(vr: str, keyword: str, value: object) -> bool:
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    texts = [str(v).strip() for v in values if v is not None and str(v).strip()]
+    convert = _DATE_TIME_VRS.get(vr)
+    for text in texts:
+        if convert is not None:
+            try:
+                convert(text)
+            except (TypeError, ValueError, OverflowError):
+                return False
+        elif (vr == "AS" and not _AGE.fullmatch(text)) or (
+            keyword == "PatientSex" and text not in _PATIENT_SEX
+        ):
+            return False
+    return True
+
+
+def _photometric_name(photometric: str) -> str:
+    if not photometric:
+        return "no photometric interpretation"
+    if photometric in _PHOTOMETRIC_INTERPRETATIONS:
+        return photometric
+    return "an unknown photometric interpretation"
 
 
 def _sop_class_name(ds: Dataset) -> str:
-    uid = ds.get("SOPClassUID")
-    return UID(str(uid)).name if uid else "no SOP Class UID"
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if not uid:
+        return "no SOP Class UID"
+    name = UID(uid).name
+    return name if name != uid else "an unknown SOP class"  # never echo header text
 
 
 def _is_localizer(ds: Dataset) -> bool:
@@ -309,7 +407,7 @@ def _matrix_size(datasets: Sequence[Dataset]) -> tuple[int, int]:
         photometric = str(ds.get("PhotometricInterpretation", "")).strip()
         if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
             raise VolumeError(
-                f"colour images ({photometric or 'no photometric interpretation'}, "
+                f"colour images ({_photometric_name(photometric)}, "
                 f"{samples} samples per pixel) cannot be a volume"
             )
         rows = ds.get("Rows")
@@ -621,11 +719,14 @@ def _decode(ds: Dataset, number: int, total: int, rows: int, columns: int) -> np
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
-        message = " ".join(str(exc).split())[:_MAX_DECODER_MESSAGE]
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-        name = UID(str(syntax)).name if syntax else "unknown transfer syntax"
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+        name = UID(syntax).name if syntax else "no transfer syntax"
+        if name == syntax:
+            name = "an unknown transfer syntax"
+        # The decoder's own message is not repeated: it may quote header values.
         raise VolumeError(
-            f"pixel data of file {number} of {total} could not be decoded ({name}): {message}"
+            f"pixel data of file {number} of {total} could not be decoded ({name}; "
+            f"{type(exc).__name__})"
         ) from exc
     return np.asarray(pixels).reshape(frames, rows, columns)
 

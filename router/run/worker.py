@@ -6,7 +6,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy, StudyInput, Verdict
@@ -16,6 +16,7 @@ from dicom_sr.context import InstanceReference
 from router.assemble.study_state import settle_study
 from router.deliver.result_writer import PriorEvidence, ResultWriter
 from router.logs import log_safe
+from router.patient_values import PatientValues
 from router.run.job_queue import ClaimedJob, Job, JobQueue
 from router.run.priors.loading import load_prior_study
 from router.run.priors.local_index import held_prior
@@ -97,6 +98,9 @@ class JobRunner:
                 )
                 outcome = self.runtime.run(job.algorithm, study_input, timeout)
                 result, model_seconds, device = outcome.result, outcome.seconds, outcome.device
+        if result.reason:  # a plugin's own words may quote a header value
+            redacted = PatientValues.of_series(self.db, job.series_uid).redact(result.reason)
+            result = replace(result, reason=redacted)
         settings = self._config().algorithms.get(job.algorithm)
         finished = (result.verdict, model_seconds, device)
         written = self.writer.write(
@@ -271,6 +275,8 @@ class WorkerPool:
         reason = (
             str(exc) if isinstance(exc, AlgorithmTimeoutError) else f"{type(exc).__name__}: {exc}"
         )
+        # A plugin's or library's message may quote a header value: never store or log one.
+        reason = PatientValues.of_series(self.queue.db, job.series_uid).redact(reason)
         outcome = self.queue.fail(claimed, reason)
         if outcome is FailOutcome.LOST:
             return

@@ -10,10 +10,20 @@ from collections.abc import Hashable
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParameter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from router.api.access import current_principal
+from router.audit.events import (
+    NO_AUDIT,
+    AuditRecorder,
+    FeedbackExported,
+    FeedbackGiven,
+    ReadKind,
+    StudyRead,
+)
+from router.audit.http import request_actor
 from router.logs import log_safe
 from router.store.database import Database
 from router.worklist_page.key_images import (
@@ -32,6 +42,7 @@ from router.worklist_page.store import (
     WorklistResult,
     WorklistStudy,
     export_feedback_csv,
+    list_feedback,
     list_worklist,
     record_feedback,
 )
@@ -59,6 +70,8 @@ class FeedbackRequest(BaseModel):
     agree: StrictBool
     comment: str = Field(default="", max_length=COMMENT_MAX_CHARS)
     reader: str = Field(default="", max_length=READER_MAX_CHARS)
+    """Who gives it, when the API runs without authentication; with it, the signed-in user
+    is recorded and this is ignored."""
 
 
 K = TypeVar("K", bound=Hashable)
@@ -92,13 +105,15 @@ def create_worklist_router(
     *,
     segmentations: SegmentationLookup = no_segmentations,
     thumbnail_cache_entries: int = 256,
+    audit: AuditRecorder = NO_AUDIT,
 ) -> APIRouter:
     """``/worklist`` (page), ``/api/worklist``, thumbnails, the slices of a finding, feedback
     and its CSV export.
 
     ``segmentations`` maps a result id to the SEG files written for it, so thumbnails also
     outline the masks and a finding's slices are its segment's frames; without it only the SR
-    regions are drawn and a finding has only its key slice.
+    regions are drawn and a finding has only its key slice. ``audit`` records who saw which
+    study (worklist entries, key images), feedback and the export.
     """
     router = APIRouter()
     labels = StudyLabels(db)
@@ -132,11 +147,15 @@ def create_worklist_router(
 
     @router.get("/api/worklist")
     def worklist(
+        request: Request,
         max_age_h: float = Query(DEFAULT_MAX_AGE_H, gt=0, le=24 * 366),
         limit: int = Query(200, ge=1, le=1000),
     ) -> dict[str, Any]:
         now = time.time()
         studies = list_worklist(db, arrived_after=now - max_age_h * 3600.0, limit=limit)
+        actor = request_actor(request)
+        for study in studies:
+            audit.record(StudyRead(actor, study.study_uid, ReadKind.WORKLIST_ENTRY))
         return {
             "generated_at": now,
             "max_age_h": max_age_h,
@@ -146,6 +165,7 @@ def create_worklist_router(
     @router.get("/api/results/{result_id}/thumbnail.png")
     def thumbnail(
         result_id: int,
+        request: Request,
         finding: int = Query(0, ge=0, le=999),
         size: int = Query(DEFAULT_SIZE, ge=MIN_SIZE, le=MAX_SIZE),
         window: WindowChoice = WindowChoice.AUTO,
@@ -182,6 +202,9 @@ def create_worklist_router(
                     status_code=500, detail="the key image could not be rendered"
                 ) from exc
             thumbnails.put(key, png)
+        shown = db.query_one("SELECT study_uid FROM results WHERE id = ?", (result_id,))
+        if shown is not None:
+            audit.record(StudyRead(request_actor(request), shown["study_uid"], ReadKind.KEY_IMAGE))
         return Response(png, media_type="image/png", headers=_THUMBNAIL_HEADERS)
 
     @router.get("/api/results/{result_id}/findings/{finding}/slices")
@@ -208,13 +231,18 @@ def create_worklist_router(
         return _slices_json(slices)
 
     @router.post("/api/results/{result_id}/feedback", status_code=201)
-    def feedback(result_id: int, body: FeedbackRequest) -> dict[str, Any]:
+    def feedback(result_id: int, body: FeedbackRequest, request: Request) -> dict[str, Any]:
+        principal = current_principal(request)
+        reader = body.reader if principal is None else principal.name[:READER_MAX_CHARS]
         try:
             stored = record_feedback(
-                db, result_id, agree=body.agree, comment=body.comment, reader=body.reader
+                db, result_id, agree=body.agree, comment=body.comment, reader=reader
             )
         except UnknownResultError as exc:
             raise HTTPException(status_code=404, detail=f"no result {result_id}") from exc
+        audit.record(
+            FeedbackGiven(request_actor(request), stored.study_uid, result_id, stored.agree)
+        )
         return {
             "id": stored.id,
             "result_id": stored.result_id,
@@ -225,7 +253,9 @@ def create_worklist_router(
         }
 
     @router.get("/api/feedback.csv")
-    def feedback_csv() -> Response:
+    def feedback_csv(request: Request) -> Response:
+        studies = tuple(dict.fromkeys(item.study_uid for item in list_feedback(db)))
+        audit.record(FeedbackExported(request_actor(request), studies))
         return Response(
             export_feedback_csv(db),
             media_type="text/csv; charset=utf-8",

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from router.logs import log_safe
 from router.store.database import Database
@@ -21,6 +20,8 @@ from router.store.database import Database
 LOGGER = logging.getLogger(__name__)
 
 _LABEL_KEYWORDS = ["SpecificCharacterSet", "AccessionNumber", "StudyDescription"]
+_MAX_LABEL_CHARS = 128
+"""An accession number is 16 characters (SH), a description 64 (LO); a longer value is cut."""
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,49 @@ class StudyLabels:
         )
         if row is None:
             return UNKNOWN_LABEL
+        header: pydicom.Dataset
         try:
             header = pydicom.dcmread(
                 row["path"], stop_before_pixels=True, specific_tags=_LABEL_KEYWORDS
             )
-        except (OSError, InvalidDicomError) as exc:
+        except OSError as exc:  # the file may come back (a transient error): not cached
             LOGGER.warning(
                 "study %s: label unreadable from the spool: %s",
                 log_safe(study_uid),
                 type(exc).__name__,
             )
             return UNKNOWN_LABEL
+        except Exception as exc:  # a malformed file: pydicom raises many types
+            LOGGER.warning(
+                "study %s: label unreadable from the spool: %s",
+                log_safe(study_uid),
+                type(exc).__name__,
+            )
+            header = pydicom.Dataset()
         label = StudyLabel(
-            accession_number=str(header.get("AccessionNumber", "") or ""),
-            study_description=str(header.get("StudyDescription", "") or ""),
+            accession_number=_label_text(header, "AccessionNumber", study_uid),
+            study_description=_label_text(header, "StudyDescription", study_uid),
         )
         with self._lock:
             self._cache[study_uid] = label
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
         return label
+
+
+def _label_text(header: pydicom.Dataset, keyword: str, study_uid: str) -> str:
+    """One label value, read tolerantly: a value that cannot be decoded (an unknown VR, a
+    broken encoding) is shown as empty, and the log names the attribute, never the value."""
+    try:
+        value = header.get(keyword)
+    except Exception as exc:  # pydicom raises many types on malformed values
+        LOGGER.warning(
+            "study %s: %s cannot be decoded (%s); the worklist shows it empty",
+            log_safe(study_uid),
+            keyword,
+            type(exc).__name__,
+        )
+        return ""
+    if value is None:
+        return ""
+    return " ".join(str(value).split())[:_MAX_LABEL_CHARS]

@@ -437,7 +437,7 @@ def test_default_config_loads_and_is_clean() -> None:
     ]
     assert config.node.ae_title == "RADROUTER"
     assert config.node.port == 11112
-    assert config.node.bind == "0.0.0.0"
+    assert config.node.bind == "127.0.0.1"
     assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
     assert str(config.storage.data_dir) == "var"
     pacs = config.destinations["pacs"]

@@ -521,3 +521,69 @@ def test_status_shows_when_a_waiting_dispatch_is_tried_next(tmp_path: Path) -> N
     (line,) = [row for row in result.stdout.splitlines() if row.strip().startswith("#1 ")]
     assert "3 attempts" in line and "unreachable: association" in line
     assert "next attempt at 2100-01-0" in line or "next attempt at 2099-12-31" in line
+
+
+def test_a_retry_made_on_the_database_file_is_in_the_audit_trail(tmp_path: Path) -> None:
+    db = Database(tmp_path / "radrouter.sqlite3")
+    db.connection().execute(
+        "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, created_at, "
+        "last_error) VALUES ('1.2.3', 1, 'pacs', 'dead', 6, 0, 'association failed')"
+    )
+    assert radrouter("retry", "--data-dir", str(tmp_path), "--dispatch", "1").returncode == 0
+    trail = radrouter("audit", "--data-dir", str(tmp_path))
+    assert trail.returncode == 0, trail.stderr
+    assert "Dead item requeued" in trail.stdout and "study 1.2.3: 1 requeued" in trail.stdout
+
+
+def _serve_until_ready(config: Path, http_port: int, log: Path) -> dict[str, object]:
+    """Start ``radrouter serve``, return its /readyz once it answers, and stop it."""
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2)
+                if answer.status_code == 200:
+                    body: dict[str, object] = answer.json()
+                    return body
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("not ready: " + log.read_text()[-3000:])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_serve_runs_the_last_good_config_when_its_file_is_refused(tmp_path: Path) -> None:
+    http_port = free_port()
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        f"node: {{port: {free_port()}}}\n"
+        f"http: {{port: {http_port}}}\n"
+        f"storage: {{data_dir: {tmp_path / 'data'}}}\n"
+        "rules: []\n"
+    )
+    first = _serve_until_ready(config, http_port, tmp_path / "serve.log")
+    assert first["config"] == {
+        "file": str(config),
+        "running_last_good": False,
+        "last_change_rejected": None,
+        "insecure": False,
+    }
+    good = config.read_text()
+    config.write_text(good.replace("rules: []", "rules: [\n  - name: cut off"))
+    second = _serve_until_ready(config, http_port, tmp_path / "serve.log")
+    state = second["config"]
+    assert isinstance(state, dict) and state["running_last_good"] is True
+    assert "syntax" in str(state["last_change_rejected"]).lower()
+    assert "REFUSED; running the last good configuration" in (tmp_path / "serve.log").read_text()

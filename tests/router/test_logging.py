@@ -198,7 +198,7 @@ def test_no_patient_data_reaches_any_record_even_at_debug(
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_a_hostile_study_uid_is_logged_on_one_escaped_line(
+def test_a_hostile_study_uid_is_refused_and_forges_no_log_line(
     start_router: StartRouter, storescp: ReceivingPacs, caplog: pytest.LogCaptureFixture
 ) -> None:
     router = start_router(_yaml(storescp, 9), registry=REGISTRY)
@@ -210,11 +210,13 @@ def test_a_hostile_study_uid_is_logged_on_one_escaped_line(
     assert assoc.is_established
     status = assoc.send_c_store(ds)
     assoc.release()
-    assert status.Status != 0
+    assert status.Status == 0xC101, "not a DICOM UID: refused before anything uses it"
     (refused,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert "\n" not in refused
-    assert "(study 1.2.3\\n2026-01-01" in refused
     assert ds.SOPInstanceUID in refused and "TESTSCU" in refused
+    assert "StudyInstanceUID is not a DICOM UID" in refused
+    forged = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert all("\n" not in message for message in forged), forged
 
 
 def test_log_safe_escapes_controls_and_bounds_length() -> None:
@@ -302,7 +304,11 @@ def test_a_non_dicom_client_is_named_once_and_the_node_keeps_serving(
     about_it = [
         r for r in caplog.records if "PDU" in r.getMessage() or "non-DICOM" in r.getMessage()
     ]
-    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    problems = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("router.receive")
+    ]
     assert [(r.levelname, r.getMessage()) for r in problems] == [("WARNING", expected)]
     assert [r.getMessage() for r in about_it if r.levelno >= logging.INFO] == [expected]
 

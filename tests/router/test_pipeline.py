@@ -207,7 +207,7 @@ def test_unknown_calling_ae_is_refused_when_an_allow_list_is_set(
     }
 
 
-def test_series_without_pixel_data_gets_a_not_assessed_sr_with_the_reason(
+def test_series_that_cannot_be_a_volume_gets_a_not_assessed_sr_with_the_reason(
     start_router: StartRouter, tmp_path: Path
 ) -> None:
     pacs_port = free_port()
@@ -221,23 +221,23 @@ def test_series_without_pixel_data_gets_a_not_assessed_sr_with_the_reason(
         router = start_router(
             config("always_negative", destination_port=pacs_port), registry=TEST_REGISTRY
         )
-        folder = tmp_path / "nopixels"
+        folder = tmp_path / "localizers"
         folder.mkdir()
         paths = []
-        for ds in make_ct_slices(4):
-            del ds.PixelData
+        for ds in make_ct_slices(4):  # valid images, but scout views only: no volume
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
             path = folder / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
         storescu(router, paths)
         view = wait_state(router, study_uid_of(paths), {"done"})
         assert view["jobs"][0]["verdict"] == "not_assessed"
-        assert "pixel data" in view["results"][0]["summary"]["reason"]
+        assert "localizer" in view["results"][0]["summary"]["reason"]
         assert wait_for(lambda: len(list(received.iterdir())) == 1, 20)
         sr = next(received.iterdir())
         assert run_dciodvfy(sr).errors == []
         summary = read_measurement_report(pydicom.dcmread(sr))
-        assert summary.verdict.value == "not_assessed" and "pixel data" in summary.reason
+        assert summary.verdict.value == "not_assessed" and "localizer" in summary.reason
     finally:
         pacs.send_signal(signal.SIGTERM)
         pacs.wait(timeout=10)

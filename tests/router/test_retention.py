@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from algorithms.registry import Registry
+from router.audit.messages import Action, EventId
 from router.retention import DAY_S
 from testing.plugins import AlwaysNegative
 from testing.router_process import StartRouter, storescu, study_uid_of, wait_state, write_series
@@ -63,6 +64,14 @@ def test_a_finished_study_is_purged_after_its_period_and_only_then(
     data = router.service.data_dir
     assert (data / "spool").is_dir() and (data / "results").is_dir()
     assert not (data / "spool" / study).exists(), "its emptied folders go too"
+
+    trail = router.service.audit_trail
+    assert trail is not None and trail.flush()
+    (deleted,) = [m for m in trail.log.messages() if m.event_id is EventId.STUDY_DELETED]
+    assert deleted.action is Action.DELETE
+    assert deleted.study_uids() == (study,)
+    assert deleted.patient_ids() == ("PAT0001",), "read before the files went"
+    assert "storage.keep_finished_days" in (deleted.outcome_description or "")
 
 
 def test_an_unresolved_study_is_kept_longer_and_a_live_one_never(

@@ -79,7 +79,9 @@ def test_example_bundle_is_valid_fhir_r4() -> None:
 
 def test_commented_example_in_the_shipped_default_is_valid_once_uncommented() -> None:
     text = default_config_text()
-    section = text[text.index("\nworklist:") :]
+    start = text.index("\nworklist:")
+    following = re.search(r"\n[a-z_]+:", text[start + 1 :])  # the next top-level key
+    section = text[start : None if following is None else start + 1 + following.start()]
     lines = [
         "  " + line[len("  #") :] if line.startswith("  #  ") else line
         for line in section.splitlines()

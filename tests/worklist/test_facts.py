@@ -8,7 +8,13 @@ import pytest
 
 from config.schema import Priority
 from tests.worklist import support
-from worklist.facts import AlgorithmFailure, KeyImage, StudyFacts, priority_from_dicom
+from worklist.facts import (
+    AlgorithmFailure,
+    KeyImage,
+    StudyFacts,
+    conformant_date,
+    priority_from_dicom,
+)
 from worklist.notification import Notification
 
 
@@ -38,6 +44,29 @@ def test_study_facts_from_header_keywords() -> None:
     assert (facts.accession_number, facts.patient_sex) == ("A1", "F")
     assert facts.existing_priority is Priority.URGENT
     assert facts.issuer_of_patient_id == ""
+
+
+def test_study_facts_from_a_non_conformant_header_keep_what_can_be_read() -> None:
+    """A modality's birth date 02.01.1960 once stopped the flag reaching the RIS."""
+    header = {
+        "StudyInstanceUID": "1.2.3",
+        "AccessionNumber": "A" * 20,  # longer than SH allows
+        "PatientID": "P1",
+        "PatientBirthDate": "02.01.1960",  # day or month first? not guessed
+        "StudyDate": "2025-01-31",  # year first: unambiguous
+        "StudyTime": "10:30:00",
+        "PatientSex": "X",
+    }
+    facts = StudyFacts.from_header(header)
+    assert (facts.patient_birth_date, facts.study_date, facts.study_time) == (
+        "",
+        "20250131",
+        "103000",
+    )
+    assert (facts.accession_number, facts.patient_sex, facts.patient_id) == ("", "", "P1")
+    assert conformant_date("1960.01.02") == "19600102"
+    assert conformant_date("19600102") == "19600102"
+    assert conformant_date("1960-1-2") == ""
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from config.schema import Matcher, PriorsConfig
+from router.audit.events import NO_AUDIT, AuditRecorder
 from router.logs import log_safe
 from router.run.priors.local_index import find_local_prior
 from router.run.priors.query_retrieve import PriorRetrievalError, retrieve_prior
@@ -23,6 +24,7 @@ def find_prior(
     node_ae: str,
     current: CurrentStudy,
     rule_selector: Mapping[str, Matcher],
+    audit: AuditRecorder = NO_AUDIT,
 ) -> FoundPrior | None:
     """The most recent earlier matching series of the patient: held locally, else from each
     source in order. A source that fails is logged and skipped."""
@@ -40,6 +42,7 @@ def find_prior(
                 selector,
                 config.max_age_days,
                 config.retrieve_timeout_s,
+                audit,
             )
         except PriorRetrievalError as exc:
             LOGGER.warning(

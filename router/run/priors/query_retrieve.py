@@ -1,5 +1,6 @@
 """Priors from a PACS: C-FIND for the patient's earlier studies and their series, C-MOVE of
-the chosen series to radrouter's own node, which stores it through its normal C-STORE path."""
+the chosen series to radrouter's own node, which stores it through its normal C-STORE path.
+The C-FIND/C-MOVE association is DICOM TLS when the source's ``tls`` says so."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.schema import Matcher, PriorSource, Rule
+from dicom_sr.uids import is_valid_uid
+from router.audit.dimse import AuditedAssociation
+from router.audit.events import NO_AUDIT, AuditRecorder, RemoteNode
+from router.dicom_tls import TlsSetupError, outgoing_tls
 from router.logs import log_safe
 from router.run.priors.local_index import series_paths
 from router.run.priors.selection import (
@@ -63,11 +68,23 @@ def _association(source: PriorSource, calling_ae: str) -> Iterator[Any]:
     ae.network_timeout = source.timeout_s
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = ae.associate(source.host, source.port, ae_title=source.ae_title)
-    if not assoc.is_established:
-        raise PriorRetrievalError(
-            f"no association with {source.ae_title}@{source.host}:{source.port}"
+    where = f"{source.ae_title}@{source.host}:{source.port}"
+    if source.tls is None:
+        assoc = ae.associate(source.host, source.port, ae_title=source.ae_title)
+        failure = None
+    else:
+        try:
+            tls = outgoing_tls(source.tls, source.host)
+        except TlsSetupError as exc:
+            raise PriorRetrievalError(f"TLS to {where}: {exc}") from None
+        assoc = ae.associate(
+            source.host, source.port, ae_title=source.ae_title, tls_args=tls.tls_args
         )
+        failure = tls.failure()
+    if not assoc.is_established:
+        if failure is not None:
+            raise PriorRetrievalError(f"TLS with {where} failed: {failure}")
+        raise PriorRetrievalError(f"no association with {where}")
     try:
         yield assoc
     finally:
@@ -105,6 +122,8 @@ def query_studies(assoc: Any, current: CurrentStudy, max_age_days: int) -> list[
             str(ds.get("StudyTime", "") or ""),
         )
         for ds in _find(assoc, query)
+        # A UID from a PACS becomes a query value next: only a DICOM UID may (no wildcard).
+        if is_valid_uid(str(ds.get("StudyInstanceUID", "")))
     ]
 
 
@@ -182,20 +201,28 @@ def retrieve_prior(
     selector: Mapping[str, Matcher],
     max_age_days: int,
     retrieve_timeout_s: float,
+    audit: AuditRecorder = NO_AUDIT,
 ) -> FoundPrior | None:
     """Ask ``source`` for the patient's earlier studies and pull the most recent matching
     series into radrouter (C-MOVE to ``move_destination_ae``, default the node itself, which
-    stores it through its normal C-STORE path)."""
+    stores it through its normal C-STORE path). Each C-FIND and C-MOVE goes to ``audit``."""
     rule = selector_rule(selector)
     destination = source.move_destination_ae or node_ae
-    with _association(source, node_ae) as assoc:
+    with _association(source, node_ae) as plain:
+        assoc = AuditedAssociation(
+            plain,
+            audit,
+            RemoteNode(source.ae_title, source.host, source.port),
+            source.calling_ae_title or node_ae,
+            current.patient_id,
+        )
         candidates = select_priors(
             current, query_studies(assoc, current, max_age_days), max_age_days
         )
         for cand in candidates:
             for series in query_series(assoc, cand.study_instance_uid, rule):
                 series_uid = str(series.get("SeriesInstanceUID", ""))
-                if not series_uid:
+                if not is_valid_uid(series_uid):  # a query value next, and a wildcard is not
                     continue
                 held = series_paths(db, series_uid)
                 if not held:

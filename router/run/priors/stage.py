@@ -22,6 +22,7 @@ from pathlib import Path
 import pydicom
 
 from config.schema import RetryPolicy, RouterConfig
+from router.audit.events import NO_AUDIT, AuditRecorder
 from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.run.job_queue import JobQueue
@@ -66,6 +67,7 @@ class PriorStage(PollingStage):
         config: Callable[[], RouterConfig],
         *,
         keys: PatientKeys,
+        audit: AuditRecorder = NO_AUDIT,
         claimer: Claimer,
         leases: LeaseKeeper,
         on_released: Callable[[], None] | None = None,
@@ -73,6 +75,7 @@ class PriorStage(PollingStage):
         super().__init__()
         self.db = db
         self.keys = keys
+        self._audit = audit
         self._config = config
         self._leases = leases
         self._on_released = on_released
@@ -128,6 +131,7 @@ class PriorStage(PollingStage):
             config.node.ae_title,
             CurrentStudy.from_header(header),
             selector,
+            self._audit,
         )
         if found is None:
             return PriorOutcome(None, "none found")

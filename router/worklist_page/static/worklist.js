@@ -12,6 +12,10 @@ const VERDICT_TEXT = {
 };
 
 let lastPayload = "";
+// Who is signed in (GET /auth/session): null when the router runs without authentication,
+// and then the reader types their name; otherwise the server records the signed-in user.
+let session = null;
+const SIGN_IN_URL = "/auth/login?next=%2Fworklist";
 const drafts = new Map(); // result id -> comment being typed, kept across refreshes
 // The larger view: the slices that hold one finding, stepped with buttons or arrow keys.
 const viewer = { data: null, index: 0, resultId: null };
@@ -113,7 +117,13 @@ function resultItem(study, result) {
     item.append(link);
   }
   item.append(text);
-  if (result.result_id !== null) text.append(feedbackForm(study, result));
+  if (result.result_id !== null) {
+    text.append(
+      session && !session.may_give_feedback
+        ? el("p", { className: "feedback-state" }, `${feedbackState(result.feedback)} Radiologists give feedback.`)
+        : feedbackForm(study, result),
+    );
+  }
   return item;
 }
 
@@ -157,14 +167,21 @@ function feedbackForm(study, result) {
   );
 }
 
+function jsonHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  if (session && session.csrf_token) headers["X-CSRF-Token"] = session.csrf_token;
+  return headers;
+}
+
 async function sendFeedback(resultId, agree, input, state) {
-  const reader = document.getElementById("reader").value.trim();
+  const body = { agree, comment: input.value };
+  if (!session) body.reader = document.getElementById("reader").value.trim();
   state.textContent = "Saving…";
   try {
     const response = await fetch(`/api/results/${resultId}/feedback`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ agree, comment: input.value, reader }),
+      headers: jsonHeaders(),
+      body: JSON.stringify(body),
     });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const stored = await response.json();
@@ -293,6 +310,10 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const response = await fetch("/api/worklist", { cache: "no-store" });
+    if (response.status === 401) {
+      signedOut("Your session has ended.");
+      return;
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const text = await response.text();
     const data = JSON.parse(text);
@@ -312,11 +333,57 @@ async function refresh() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
-  const reader = document.getElementById("reader");
-  reader.value = localStorage.getItem("radrouter.reader") || "";
-  reader.addEventListener("change", () => localStorage.setItem("radrouter.reader", reader.value.trim()));
+// The session the server's sign-in opened; null when the router runs without authentication.
+async function loadSession() {
+  const response = await fetch("/auth/session", { cache: "no-store" });
+  if (response.status === 401) {
+    window.location.assign(SIGN_IN_URL);
+    throw new Error("not signed in");
+  }
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const who = await response.json();
+  return who.authentication ? who : null;
+}
+
+function showSession() {
+  document.getElementById("reader-field").hidden = true;
+  document.getElementById("signed-in").hidden = false;
+  document.getElementById("signed-in-as").textContent =
+    `Signed in as ${session.user} (${session.roles.join(", ")})`;
+  document.getElementById("feedback-csv").hidden = !session.may_administer;
+  document.getElementById("sign-out").addEventListener("click", async () => {
+    await fetch("/auth/logout", { method: "POST", headers: jsonHeaders(), body: "{}" });
+    signedOut("You have signed out.");
+  });
+}
+
+let polling = null;
+
+function signedOut(why) {
+  if (polling !== null) clearInterval(polling);
+  session = null;
+  document.getElementById("signed-in").hidden = true;
+  document.querySelector("main").hidden = true;
+  const status = document.getElementById("status");
+  status.classList.remove("error");
+  status.replaceChildren(`${why} `, el("a", { href: SIGN_IN_URL, id: "sign-in-again" }, "Sign in again"), ".");
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  try {
+    session = await loadSession();
+  } catch (error) {
+    document.getElementById("status").textContent = `Could not check who is signed in (${error.message}).`;
+    return;
+  }
+  if (session) {
+    showSession();
+  } else {
+    const reader = document.getElementById("reader");
+    reader.value = localStorage.getItem("radrouter.reader") || "";
+    reader.addEventListener("change", () => localStorage.setItem("radrouter.reader", reader.value.trim()));
+  }
   setUpViewer();
   refresh();
-  setInterval(refresh, POLL_MS);
+  polling = setInterval(refresh, POLL_MS);
 });

@@ -15,10 +15,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from config.schema import AllowedCaller, NodeConfig
-from router.receive.ingest import Ingestor, StoreStatus
+from router.receive.ingest import StoreStatus
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.spool import Spool
 from router.store.database import Database
+from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
 
@@ -37,12 +38,12 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     db = Database(tmp_path / "db.sqlite3")
-    spool = Spool(tmp_path / "spool")
-    holder = Node(None, db, spool, free_port(), None)  # type: ignore[arg-type]
+    ingestor = make_ingestor(db, tmp_path)
+    holder = Node(None, db, ingestor.spool, free_port(), None)  # type: ignore[arg-type]
     config = NodeConfig(ae_title="RADROUTER", bind="127.0.0.1", port=holder.port)
     dicom_node = DicomNode(
         config,
-        Ingestor(db, spool, tmp_path / "quarantine"),
+        ingestor,
         AssociationTracker(db),
         lambda: holder.allowed,
     )

@@ -15,11 +15,11 @@ from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
 from config.schema import NodeConfig
-from router.receive.ingest import Ingestor, StoreStatus
+from router.receive.ingest import StoreStatus
 from router.receive.node import AssociationTracker, DicomNode
-from router.receive.spool import Spool
 from router.store.database import Database
 from testing.corpus import CorpusFile, real_corpus
+from testing.dicom_node import make_ingestor
 from testing.orthanc import free_port
 
 CORPUS = real_corpus()
@@ -32,7 +32,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DicomNode, 
     db = Database(root / "db.sqlite3")
     dicom_node = DicomNode(
         NodeConfig(bind="127.0.0.1", port=free_port()),
-        Ingestor(db, Spool(root / "spool"), root / "quarantine"),
+        make_ingestor(db, root),
         AssociationTracker(db),
         lambda: None,
     )

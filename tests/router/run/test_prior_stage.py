@@ -95,7 +95,9 @@ def test_a_stat_job_starts_within_a_second_while_a_follow_up_waits_for_its_prior
         done = wait_state(router, study_uid_of(emergency), {"done"}, timeout_s=30)
         (job,) = done["jobs"]
         assert job["priority"] == "stat" and job["state"] == "done"
-        assert job["started_at"] - job["created_at"] < 1.0, job
+        delay = job["started_at"] - job["created_at"]
+        print(f"STAT job started {delay:.3f} s after it was queued (follow-up still waiting)")
+        assert delay < 1.0, job
         still = api_get(router, f"/studies/{study_uid_of(follow_up)}")
         assert [j["state"] for j in still["jobs"]] == ["waiting"], "the PACS has not answered"
 

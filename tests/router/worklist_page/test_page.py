@@ -73,7 +73,7 @@ def send_study(
     accession: str,
     description: str,
     series_description: str = "Chest 2.5mm",
-    pixels: bool = True,
+    volume: bool = True,
 ) -> dict[str, Any]:
     """C-STORE a synthetic chest CT with /usr/bin/storescu; the study view once processed."""
     folder.mkdir(parents=True)
@@ -82,8 +82,8 @@ def send_study(
         ds.AccessionNumber = accession
         ds.StudyDescription = description
         ds.SeriesDescription = series_description
-        if not pixels:
-            del ds.PixelData
+        if not volume:  # valid images, but only localizers: "not assessed", with the reason
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -223,7 +223,7 @@ def test_failures_and_not_assessed_are_stated_not_hidden(
         router, tmp_path / "c", accession="ACC-X1", description="CT", series_description="crash"
     )
     unreadable = send_study(
-        router, tmp_path / "n", accession="ACC-X2", description="CT", pixels=False
+        router, tmp_path / "n", accession="ACC-X2", description="CT", volume=False
     )
     notify(router, unreadable, Priority.ROUTINE, raised=False, reason="AI: not assessed")
 
