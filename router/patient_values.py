@@ -54,9 +54,7 @@ class PatientValues:
             whole = value.strip(" \x00")
             if whole:
                 pieces.add(whole)
-            pieces.update(
-                part for part in _SEPARATORS.split(whole) if len(part) >= MIN_PART_LENGTH
-            )
+            pieces.update(part for part in _SEPARATORS.split(whole) if len(part) >= MIN_PART_LENGTH)
         # Longest first, so a whole name goes before one of its components.
         ordered = sorted(pieces, key=len, reverse=True)
         self._pattern = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from algorithms import finding_words
 from algorithms.contract import Code, Verdict
 
 PRESENT = Code("52101004", "SCT", "Present")
@@ -55,15 +56,7 @@ FHIR_SYSTEMS: MappingProxyType[str, str] = MappingProxyType(
 """DICOM coding scheme designator -> FHIR code system URI (HL7 terminology, "External code
 systems"). The HL7 v2 coding-system names (table 0396) are the DICOM designators themselves."""
 
-PLAIN_WORDS: MappingProxyType[tuple[str, str], str] = MappingProxyType(
-    {
-        ("SCT", "125605004"): "fracture",  # Fracture of bone
-        ("SCT", "32693004"): "demyelinating lesion",  # Demyelination
-    }
-)
-"""(scheme, code value) -> what a radiologist writes for a finding type whose coded meaning
-reads awkwardly in a sentence ("suspected fracture", not "suspected fracture of bone").
-A flag's ``label`` still wins."""
-
-LENGTH_UNITS = frozenset({"um", "mm", "cm", "m"})
-"""UCUM codes of lengths: a measurement in one of these is a size ("12 mm nodule")."""
+# What a finding type is called in a sentence, and which units are lengths: shared with the
+# labels drawn over images (algorithms/finding_words.py).
+PLAIN_WORDS = finding_words.PLAIN_WORDS
+LENGTH_UNITS = finding_words.LENGTH_UNITS

@@ -111,45 +111,6 @@ def conformant_date(value: str) -> str:
     return "".join(year_first.groups()) if year_first else ""
 
 
-LATERALITY_WORDS: Mapping[str, str] = {"R": "right", "L": "left"}
-"""Image Laterality (0020,0062) / Laterality (0020,0060) values that name one side; ``B``
-(both) and ``U`` (unpaired) say nothing about where a finding is."""
-
-
-@dataclass(frozen=True)
-class KeyImage:
-    """Where a radiologist finds one finding in the PACS viewer: the Series Number and the
-    Instance Number ("image") of the slice its region is drawn on, as in the received files.
-
-    The router takes them from the loaded series when it writes the result (the plugin only
-    knows slice indices, which no viewer shows). ``frame_number`` is set for an image of a
-    multi-frame instance; ``laterality`` is the image's own R/L (Image Laterality, else
-    Laterality), for a radiograph of a paired body part."""
-
-    series_number: int | None = None
-    instance_number: int | None = None
-    frame_number: int | None = None
-    laterality: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("instance_number", "frame_number"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"KeyImage.{name} must be >= 1 when given, got {value}")
-        if self.laterality not in ("", *LATERALITY_WORDS):
-            raise ValueError(f"KeyImage.laterality must be R, L or empty, got {self.laterality!r}")
-
-    def words(self) -> str:
-        """``series 3 image 87`` (``... frame 5`` in a multi-frame image), what is known of it;
-        "" when nothing is."""
-        parts = [] if self.series_number is None else [f"series {self.series_number}"]
-        if self.instance_number is not None:
-            parts.append(f"image {self.instance_number}")
-            if self.frame_number is not None:
-                parts.append(f"frame {self.frame_number}")
-        return " ".join(parts)
-
-
 @dataclass(frozen=True)
 class AlgorithmFailure:
     """An algorithm run that produced no result (crash, timeout, attempts spent). Stated to the

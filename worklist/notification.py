@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from algorithms.contract import AlgorithmInfo
+from algorithms.finding_words import KeyImage
 from config.schema import Priority
-from worklist.facts import KeyImage, Outcome, StudyFacts
+from worklist.facts import Outcome, StudyFacts
 from worklist.priority import PriorityDecision, PriorityPolicy, decide_priority
 
 

@@ -23,9 +23,17 @@ from algorithms.contract import (
     Qualifier,
     Verdict,
 )
+from algorithms.finding_words import (
+    KeyImage,
+    describe_location,
+    measurement_words,
+    number_words,
+    plain_name,
+    same_code,
+    size_measurement,
+)
 from config.schema import FlagCondition, Priority, PriorityFlag
-from worklist import codes
-from worklist.facts import LATERALITY_WORDS, AlgorithmFailure, KeyImage, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
 
 PriorityPolicy = Mapping[str, Sequence[PriorityFlag]]
 """``worklist.priority_policy``: the flags of each algorithm, by algorithm name."""
@@ -169,7 +177,7 @@ def _found_words(findings: Sequence[_Candidate], algorithm: AlgorithmInfo, targe
     """No flag holds: the most probable finding, where it is, and how many more."""
     shown = _most_probable(findings)
     kind = algorithm.target if shown is None else shown.finding_type
-    text = _describe(shown, target if _same(kind, algorithm.target) else _plain(kind))
+    text = _describe(shown, target if same_code(kind, algorithm.target) else plain_name(kind))
     return text + _more(findings, shown)
 
 
@@ -183,11 +191,13 @@ def _flagged_words(
         # look. A study-level measurement (a count of new lesions) points at no one finding.
         shown = None if best.flag.when.measurements else _most_probable(findings)
     kind = best.candidate.finding_type if shown is None else shown.finding_type
-    if best.flag.label and _same(kind, best.candidate.finding_type):
+    if best.flag.label and same_code(kind, best.candidate.finding_type):
         name = best.flag.label
     else:
-        name = target if _same(kind, algorithm.target) else _plain(kind)
-    tested = _tested(best.flag, best.candidate, skip=_size_measurement(shown))
+        name = target if same_code(kind, algorithm.target) else plain_name(kind)
+    tested = _tested(
+        best.flag, best.candidate, skip=size_measurement(shown.measurements) if shown else None
+    )
     return _describe(shown, name, tested, marked=len(findings)) + _more(findings, shown)
 
 
@@ -240,10 +250,6 @@ def _names(text: str, code: Code) -> bool:
     return text == code.value or text.casefold() == code.meaning.casefold()
 
 
-def _same(a: Code, b: Code) -> bool:
-    return (a.value, a.scheme_designator) == (b.value, b.scheme_designator)
-
-
 # --- the reason in words ---------------------------------------------------------------------
 
 
@@ -257,10 +263,10 @@ def _describe(
     if finding is None:
         where = f"{marked} finding{'s' if marked > 1 else ''} marked" if marked else ""
         return ", ".join([f"suspected {name}", *tested, where or "no location given"])
-    size = _size_measurement(finding)
+    size = size_measurement(finding.measurements)
     image = finding.key_image or KeyImage()
     parts = [
-        f"{_number(size.value)} {size.unit.value} {name}" if size else f"suspected {name}",
+        f"{number_words(size.value)} {size.unit.value} {name}" if size else f"suspected {name}",
         describe_location(finding.site, finding.qualifiers, image.laterality),
         *tested,
         image.words(),
@@ -268,64 +274,15 @@ def _describe(
     return ", ".join(part for part in parts if part)
 
 
-def describe_location(
-    site: Code | None, qualifiers: Sequence[Qualifier], image_laterality: str = ""
-) -> str:
-    """``right lobar pulmonary artery, new``: laterality and level (topographical modifier)
-    before the site, other qualifier values after it. Laterality is the finding's own, else
-    the image's (``R``/``L``: a radiograph of one limb), and is left out when the site names
-    it already (``Right pulmonary artery``)."""
-    site_words = set(site.meaning.casefold().split()) if site else set()
-    sides = [q.value.meaning for q in qualifiers if _is_qualifier(q.name, codes.LATERALITY)]
-    site_side = site_words & set(LATERALITY_WORDS.values())  # the site's own side wins
-    if not sides and not site_side and image_laterality in LATERALITY_WORDS:
-        sides = [LATERALITY_WORDS[image_laterality]]
-    levels = [
-        q.value.meaning for q in qualifiers if _is_qualifier(q.name, codes.TOPOGRAPHICAL_MODIFIER)
-    ]
-    others = [
-        _word(q.value.meaning)
-        for q in qualifiers
-        if not _is_qualifier(q.name, codes.LATERALITY)
-        and not _is_qualifier(q.name, codes.TOPOGRAPHICAL_MODIFIER)
-    ]
-    before = [text for text in [*sides, *levels] if text.casefold() not in site_words]
-    if not site:
-        # Without a site, "right" or "lobar" alone is still where to look.
-        return ", ".join(_word(text) for text in [*before, *others])
-    where = " ".join(_word(text) for text in [*before, site.meaning])
-    return ", ".join(part for part in [where, *others] if part)
-
-
-def _is_qualifier(name: Code, concept: Code) -> bool:
-    return _same(name, concept) or name.meaning.casefold() == concept.meaning.casefold()
-
-
-def _size_measurement(finding: _Candidate | None) -> Measurement | None:
-    """The finding's size: its long axis (or diameter), else its first length."""
-    if finding is None:
-        return None
-    lengths = [m for m in finding.measurements if m.unit.value in codes.LENGTH_UNITS]
-    preferred = [
-        m for m in lengths if _same(m.name, codes.LONG_AXIS) or _same(m.name, codes.DIAMETER)
-    ]
-    return next(iter(preferred or lengths), None)
-
-
 def _tested(flag: PriorityFlag, candidate: _Candidate, skip: Measurement | None) -> list[str]:
     """The measurements the flag tested, other than the size already given: ``volume 620
     mm3``, ``number of new lesions 2``."""
     return [
-        _measurement_words(m)
+        measurement_words(m)
         for name in flag.when.measurements
         for m in candidate.measurements
         if _names(name, m.name) and m is not skip
     ]
-
-
-def _measurement_words(m: Measurement) -> str:
-    unit = "" if m.unit.value == "1" else f" {m.unit.value}"
-    return f"{_word(m.name.meaning)} {_number(m.value)}{unit}"
 
 
 def _most_probable(findings: Sequence[_Candidate]) -> _Candidate | None:
@@ -353,25 +310,9 @@ def _target_words(algorithm: AlgorithmInfo, flags: Sequence[PriorityFlag]) -> st
             and not (when.site or when.measurements or when.qualifiers)
         ):
             return flag.label
-    return _plain(algorithm.target)
-
-
-def _plain(code: Code) -> str:
-    """What a radiologist calls a coded finding type (``fracture``, ``nodule``)."""
-    return codes.PLAIN_WORDS.get((code.scheme_designator, code.value)) or _word(code.meaning)
-
-
-def _word(meaning: str) -> str:
-    """A coded meaning inside a sentence: ``Nodule`` -> ``nodule``; acronyms stay (``PE``)."""
-    if len(meaning) > 1 and meaning[0].isupper() and meaning[1].islower():
-        return meaning[0].lower() + meaning[1:]
-    return meaning
+    return plain_name(algorithm.target)
 
 
 def _sentence(text: str) -> str:
     """A free-text reason on one line, without a trailing full stop."""
     return " ".join(text.split()).rstrip(".")
-
-
-def _number(value: float) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".")

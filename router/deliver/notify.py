@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from algorithms.finding_words import KeyImage
 from algorithms.registry import Registry
 from config.schema import Priority, RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
@@ -42,7 +43,7 @@ from router.store.queue import (
 )
 from router.worklist_page.store import record_flag
 from worklist.channel import Channel, DeliveryError
-from worklist.facts import AlgorithmFailure, KeyImage, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
 from worklist.notification import Notification, build_notification
 
 LOGGER = logging.getLogger(__name__)

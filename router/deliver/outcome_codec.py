@@ -23,8 +23,8 @@ from algorithms.contract import (
     Qualifier,
     Verdict,
 )
+from algorithms.finding_words import LATERALITY_WORDS, KeyImage
 from router.run.series_loader import LoadedSeries
-from worklist.facts import LATERALITY_WORDS, KeyImage
 
 
 def _code(code: Code) -> list[str]:

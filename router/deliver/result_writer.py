@@ -18,6 +18,7 @@ from pathlib import Path
 from pydicom import Dataset
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy
+from algorithms.finding_words import KeyImage
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
 from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
@@ -28,7 +29,6 @@ from router.receive.private_files import make_private_dir
 from router.run.job_queue import Job
 from router.run.series_loader import LoadedSeries, read_source_header
 from router.store.database import Database
-from worklist.facts import KeyImage
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from algorithms.contract import (
     Qualifier,
     Verdict,
 )
+from algorithms.finding_words import KeyImage
 from algorithms.lung_nodule.plugin import LungNoduleDetector
 from config.schema import Priority, PriorityFlag
-from worklist.facts import KeyImage, Outcome, StudyFacts
+from worklist.facts import Outcome, StudyFacts
 from worklist.notification import Notification, build_notification
 from worklist.priority import PriorityPolicy
 

@@ -6,15 +6,10 @@ import datetime
 
 import pytest
 
+from algorithms.finding_words import KeyImage
 from config.schema import Priority
 from tests.worklist import support
-from worklist.facts import (
-    AlgorithmFailure,
-    KeyImage,
-    StudyFacts,
-    conformant_date,
-    priority_from_dicom,
-)
+from worklist.facts import AlgorithmFailure, StudyFacts, conformant_date, priority_from_dicom
 from worklist.notification import Notification
 
 

@@ -16,15 +16,15 @@ from algorithms.contract import (
     Qualifier,
     Verdict,
 )
+from algorithms.finding_words import KeyImage, describe_location
 from config.schema import Priority, PriorityFlag
 from tests.worklist import support
-from worklist.facts import AlgorithmFailure, KeyImage, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
 from worklist.priority import (
     DecisionStatus,
     PriorityDecision,
     PriorityPolicy,
     decide_priority,
-    describe_location,
     most_urgent,
 )
 

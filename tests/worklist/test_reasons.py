@@ -24,6 +24,7 @@ from algorithms.contract import (
     Qualifier,
     Verdict,
 )
+from algorithms.finding_words import KeyImage
 from algorithms.fracture.plugin import FractureDetector
 from algorithms.lung_nodule.plugin import LungNoduleDetector
 from algorithms.ms_lesion.plugin import MSLesionSegmenter
@@ -31,7 +32,7 @@ from algorithms.pe.plugin import PulmonaryEmbolismDetector
 from config.loader import load_default_config
 from config.schema import Priority
 from tests.worklist import support
-from worklist.facts import AlgorithmFailure, KeyImage, Outcome, StudyFacts
+from worklist.facts import AlgorithmFailure, Outcome, StudyFacts
 from worklist.priority import DecisionStatus, PriorityDecision, PriorityPolicy, decide_priority
 
 SHIPPED = load_default_config().worklist.priority_policy

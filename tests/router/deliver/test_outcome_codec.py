@@ -16,6 +16,7 @@ from algorithms.contract import (
     Verdict,
     VolumeGeometry,
 )
+from algorithms.finding_words import KeyImage
 from router.deliver.outcome_codec import (
     key_images_from_json,
     key_images_of,
@@ -24,7 +25,6 @@ from router.deliver.outcome_codec import (
 )
 from router.run.series_loader import LoadedSeries, SliceSource, load_series
 from testing.dicom_tools import make_ct_slices
-from worklist.facts import KeyImage
 
 
 def nodule_on(slice_index: int) -> Finding:
