@@ -1,4 +1,5 @@
-"""Result objects: time to build and write SEG + SR + KOS for a 300-slice 512x512 chest CT.
+"""Result objects: time to build and write SEG + SR + KOS (and with the GSPS and summary image
+a legacy destination adds) for a 300-slice 512x512 chest CT.
 
 Five findings, each a sphere of 10-15 mm radius (masks of a few cm), on a 300-slice 512x512 CT
 (1.0 x 0.7 x 0.7 mm). Timed: ``dicom_sr.result_objects.build_result_objects`` (SEG, SR, KOS)
@@ -15,6 +16,7 @@ Run: ``.venv/bin/python -m benchmarks.result_objects [--repeat 7]``
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import statistics
@@ -28,6 +30,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from PIL import Image
 
 from algorithms import codes as finding_codes
 from algorithms.contract import (
@@ -41,8 +44,10 @@ from algorithms.contract import (
 )
 from dicom_sr import codes
 from dicom_sr.context import ResultVersion, SourceImage, StudyContext
+from dicom_sr.identity import ObjectKind
 from dicom_sr.io import write_dataset
-from dicom_sr.result_objects import build_result_objects
+from dicom_sr.result_objects import SummaryPicture, build_result_objects
+from router.worklist_page.thumbnails import Outline, render_key_image
 from testing.dicom_tools import make_ct_slices
 
 SHAPE = (300, 512, 512)
@@ -181,6 +186,36 @@ def main() -> None:
             assert objects.segmentation is not None
             frames[:] = [int(objects.segmentation.dataset.NumberOfFrames)]
 
+        def radrouter_all_objects() -> None:
+            # What a legacy destination adds: the GSPS and the summary image (its key image
+            # drawn as the router draws it, at 512 px).
+            objects = build_result_objects(
+                result=result,
+                info=INFO,
+                source_images=sources,
+                study=study,
+                version=ResultVersion(1),
+                source_headers=headers,
+                geometry=geometry,
+                presentation_kinds=frozenset({ObjectKind.GSPS, ObjectKind.SC}),
+                summary_picture=picture(),
+            )
+            for item in objects.all():
+                write_dataset(item.dataset, out / f"{item.kind.value}.dcm")
+            assert objects.presentation_state is not None and objects.summary_image is not None
+
+        def picture() -> SummaryPicture:
+            shown = result.findings[0]
+            index = shown.region.slice_index
+            png = render_key_image(
+                slices[index],
+                regions=[Outline(shown.region.points)],
+                masks=[shown.mask[index]] if shown.mask is not None else [],
+                size=512,
+            )
+            rendered = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8)
+            return SummaryPicture(headers[index], 0, rendered)
+
         def source_slices() -> None:
             for index, ds in enumerate(slices):
                 ds.save_as(out / f"ct{index}.dcm", enforce_file_format=True)
@@ -218,6 +253,7 @@ def main() -> None:
             seg.save_as(out / "hd-seg.dcm", enforce_file_format=True)
 
         ours = timed(radrouter_objects, args.repeat)
+        everything = timed(radrouter_all_objects, args.repeat)
         written = timed(source_slices, max(1, args.repeat // 2))
         default_seg = timed(highdicom_default_seg, max(1, args.repeat // 2))
 
@@ -233,6 +269,7 @@ def main() -> None:
     print(f"{'what':58s} {'wall s':>8s} {'cpu s':>8s}")
     for label, timing in (
         ("radrouter SEG + SR + KOS, built and written (fsync)", ours),
+        ("radrouter SEG + SR + KOS + GSPS + summary image (fsync)", everything),
         ("reference: pydicom writes the 300 source slices", written),
         ("reference: highdicom SEG with default settings, written", default_seg),
     ):

@@ -251,6 +251,14 @@ class StorageConfig(Strict):
     a retry would need: kept longer. null: kept until resolved."""
 
 
+ResultObjectKind = Literal["sr", "seg", "kos", "gsps", "sc"]
+"""The objects a result can be sent as: TID 1500 SR, SEG, Key Object Selection, Grayscale
+Softcopy Presentation State (outlines and labels over the original images) and a
+secondary-capture summary image (the key image with the outline burned in, for viewers that
+show neither SEG nor SR)."""
+DEFAULT_RESULT_OBJECTS: tuple[ResultObjectKind, ...] = ("sr", "seg", "kos")
+
+
 class DicomDestination(Strict):
     """A DICOM node that results are C-STOREd to."""
 
@@ -263,6 +271,22 @@ class DicomDestination(Strict):
     timeout_s: float = Field(default=30.0, gt=0)
     tls: DicomTlsClient | None = None
     """DICOM TLS to this destination; ``None``: plain DICOM."""
+    results: tuple[ResultObjectKind, ...] = DEFAULT_RESULT_OBJECTS
+    """Which result objects this destination gets (a modern viewer: SR and SEG; a legacy one:
+    GSPS and the summary image). Objects a result does not have (a SEG without masks, a KOS or
+    GSPS without findings) are not sent."""
+
+    @field_validator("results")
+    @classmethod
+    def _results_listed_once(
+        cls, kinds: tuple[ResultObjectKind, ...]
+    ) -> tuple[ResultObjectKind, ...]:
+        if not kinds:
+            raise ValueError("results must name at least one object (sr, seg, kos, gsps, sc)")
+        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"results names {', '.join(repeated)} more than once")
+        return kinds
 
 
 class RetryPolicy(Strict):

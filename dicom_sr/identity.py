@@ -14,15 +14,23 @@ _ALGORITHM_SLOTS = 30
 _VERSION_SLOTS = 10
 
 
+FIRST_PRESENTATION_SERIES_NUMBER = 10000
+"""Presentation states and summary images are numbered 10000-10599, apart from the SR, SEG and
+KOS (whose numbers stay what they were before these kinds existed)."""
+
+
 class ObjectKind(enum.Enum):
     """The kinds of object a result is written as; the value is the object's Modality."""
 
     SR = "SR"
     SEG = "SEG"
     KOS = "KO"
+    GSPS = "PR"
+    SC = "OT"
 
 
 _KIND_OFFSET = {ObjectKind.SR: 0, ObjectKind.SEG: 1, ObjectKind.KOS: 2}
+_PRESENTATION_KIND_OFFSET = {ObjectKind.GSPS: 0, ObjectKind.SC: 1}
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ def result_object_identity(
     Each version gets its own series (its Series Description names the algorithm version, which
     may change between versions). The series number is 9000 + 30 * (algorithm slot) +
     10 * (kind: SR 0, SEG 1, KOS 2) + version (capped at 9), so the SR, SEG and KOS of one run
-    sit next to each other and a later version sorts after an earlier one.
+    sit next to each other and a later version sorts after an earlier one; a presentation
+    state or summary image is 10000 + 20 * (algorithm slot) + 10 * (GSPS 0, SC 1) + version.
     """
     if version_number < 1:
         raise ValueError(
@@ -57,12 +66,21 @@ def result_object_identity(
         )
     key = (study_instance_uid, algorithm_name, algorithm_version, kind.value, str(version_number))
     algorithm_slot = zlib.crc32(algorithm_name.encode()) % _ALGORITHM_SLOTS
-    series_number = (
-        FIRST_RESULT_SERIES_NUMBER
-        + algorithm_slot * len(_KIND_OFFSET) * _VERSION_SLOTS
-        + _KIND_OFFSET[kind] * _VERSION_SLOTS
-        + min(version_number, _VERSION_SLOTS - 1)
-    )
+    version_slot = min(version_number, _VERSION_SLOTS - 1)
+    if kind in _KIND_OFFSET:
+        series_number = (
+            FIRST_RESULT_SERIES_NUMBER
+            + algorithm_slot * len(_KIND_OFFSET) * _VERSION_SLOTS
+            + _KIND_OFFSET[kind] * _VERSION_SLOTS
+            + version_slot
+        )
+    else:
+        series_number = (
+            FIRST_PRESENTATION_SERIES_NUMBER
+            + algorithm_slot * len(_PRESENTATION_KIND_OFFSET) * _VERSION_SLOTS
+            + _PRESENTATION_KIND_OFFSET[kind] * _VERSION_SLOTS
+            + version_slot
+        )
     return ObjectIdentity(
         series_instance_uid=derive_uid("result-object-series", *key),
         sop_instance_uid=derive_uid("result-object-instance", *key),

@@ -11,16 +11,21 @@ import pydicom
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, Code, Verdict, VolumeGeometry
+from algorithms.finding_words import KeyImage
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
 from dicom_sr.header import result_datetime
 from dicom_sr.identity import ObjectKind, result_object_identity
 from dicom_sr.kos import build_key_object_selection
+from dicom_sr.presentation_state import build_presentation_state, has_findings
 from dicom_sr.seg import FloatVolume, build_segmentation, has_masks
+from dicom_sr.summary_image import RgbImage, build_summary_image
 from dicom_sr.tid1500 import build_measurement_report
 
 LOGGER = logging.getLogger(__name__)
@@ -29,7 +34,20 @@ _KIND_OF_SOP_CLASS: dict[str, ObjectKind] = {
     Comprehensive3DSRStorage: ObjectKind.SR,
     SegmentationStorage: ObjectKind.SEG,
     KeyObjectSelectionDocumentStorage: ObjectKind.KOS,
+    GrayscaleSoftcopyPresentationStateStorage: ObjectKind.GSPS,
+    SecondaryCaptureImageStorage: ObjectKind.SC,
 }
+
+
+@dataclass(frozen=True)
+class SummaryPicture:
+    """The key image of a summary: the source header, its 0-based frame, that frame rendered
+    (rows, columns, 3 uint8 RGB) with the outlines drawn, and each finding's image in words."""
+
+    key_image: pydicom.Dataset
+    frame_index: int
+    rendered: RgbImage
+    finding_images: tuple[KeyImage | None, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,12 +95,24 @@ class ResultObjects:
     report: ResultObject
     segmentation: ResultObject | None = None
     key_object_selection: ResultObject | None = None
+    presentation_state: ResultObject | None = None
+    """A GSPS, when asked for and the result has findings."""
+    summary_image: ResultObject | None = None
+    """A secondary-capture summary, when asked for."""
 
     def all(self) -> tuple[ResultObject, ...]:
         """Every object, in the order to store and send them: SEG, then the SR that references
-        it, then the KOS."""
+        it, then the KOS, the presentation state and the summary image."""
         return tuple(
-            o for o in (self.segmentation, self.report, self.key_object_selection) if o is not None
+            o
+            for o in (
+                self.segmentation,
+                self.report,
+                self.key_object_selection,
+                self.presentation_state,
+                self.summary_image,
+            )
+            if o is not None
         )
 
     def successor_version(self) -> ResultVersion:
@@ -136,6 +166,8 @@ def build_result_objects(
     device_serial_number: str | None = None,
     procedure_reported: Code | None = None,
     content_datetime: datetime.datetime | None = None,
+    presentation_kinds: frozenset[ObjectKind] = frozenset(),
+    summary_picture: SummaryPicture | None = None,
 ) -> ResultObjects:
     """Build every object of one result version, in the source study, each in its own series.
 
@@ -151,6 +183,9 @@ def build_result_objects(
     and ``prior_evidence`` (instances of the prior exam) make a follow-up result.
     ``content_datetime`` (default now) is when the result was made: every object carries it as
     Series Date/Time and Content Date/Time, and names it as its Contribution DateTime.
+    ``presentation_kinds`` asks for a GSPS (written when the result has findings) and a
+    summary image (always; with ``summary_picture`` as its key image for a positive result,
+    else a text page), for destinations whose viewers show neither SEG nor SR.
     """
     made = result_datetime(content_datetime)
     study_uid = study.study_instance_uid
@@ -224,6 +259,44 @@ def build_result_objects(
             institution_name=institution_name,
             content_datetime=made,
         )
+    presentation_state = None
+    if ObjectKind.GSPS in presentation_kinds and has_findings(result):
+        series_uid, sop_uid, series_number = identity(ObjectKind.GSPS)
+        presentation_state = build_presentation_state(
+            result=result,
+            info=info,
+            source_images=source_images,
+            source_headers=source_headers,
+            study=study,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            series_number=series_number,
+            version=version,
+            tracking_uids=tracking_uids,
+            device_serial_number=device_serial_number,
+            institution_name=institution_name,
+            content_datetime=made,
+        )
+    summary = None
+    if ObjectKind.SC in presentation_kinds:
+        series_uid, sop_uid, series_number = identity(ObjectKind.SC)
+        picture = summary_picture if result.verdict is Verdict.PRESENT else None
+        summary = build_summary_image(
+            result=result,
+            info=info,
+            study=study,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            series_number=series_number,
+            version=version,
+            key_image=None if picture is None else picture.key_image,
+            key_frame_index=0 if picture is None else picture.frame_index,
+            rendered_key_image=None if picture is None else picture.rendered,
+            finding_images=() if picture is None else picture.finding_images,
+            device_serial_number=device_serial_number,
+            institution_name=institution_name,
+            content_datetime=made,
+        )
     objects = ResultObjects(
         version=version,
         report=ResultObject(ObjectKind.SR, report),
@@ -231,6 +304,12 @@ def build_result_objects(
         key_object_selection=(
             None if key_objects is None else ResultObject(ObjectKind.KOS, key_objects)
         ),
+        presentation_state=(
+            None
+            if presentation_state is None
+            else ResultObject(ObjectKind.GSPS, presentation_state)
+        ),
+        summary_image=None if summary is None else ResultObject(ObjectKind.SC, summary),
     )
     LOGGER.debug(
         "result version %d of %s %s: %s",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from config.schema import RouterConfig
@@ -84,16 +84,17 @@ class Dispatcher(PollingStage):
                 if destination is None:
                     raise SendError(f"destination {row['destination']!r} is no longer configured")
                 peer = Peer.for_destination(destination, config.node.ae_title)
-                files = self._files(row)
-                started = SendStarted(
-                    RemoteNode(peer.ae_title, peer.host, peer.port),
-                    peer.calling_ae_title,
-                    row["study_uid"],
-                    Counter(f.sop_class_uid for f in files),
-                )
-                self._audit.record(started)
-                self._send(peer, files)
-                self._audit.record(started.finished(None))
+                files = self._files(row, destination.results)
+                if files:  # none: the result has none of the objects this destination takes
+                    started = SendStarted(
+                        RemoteNode(peer.ae_title, peer.host, peer.port),
+                        peer.calling_ae_title,
+                        row["study_uid"],
+                        Counter(f.sop_class_uid for f in files),
+                    )
+                    self._audit.record(started)
+                    self._send(peer, files)
+                    self._audit.record(started.finished(None))
             except (SendError, OSError, ValueError, RuntimeError) as exc:
                 if started is not None:
                     self._audit.record(started.finished(str(exc)))
@@ -128,13 +129,18 @@ class Dispatcher(PollingStage):
         settle_study(self.db, row["study_uid"])
         return True
 
-    def _files(self, row: sqlite3.Row) -> list[FileToSend]:
+    def _files(self, row: sqlite3.Row, kinds: Sequence[str]) -> list[FileToSend]:
+        """What a dispatch sends: the result's objects of ``kinds`` (the destination's
+        ``results``; SEG before the SR that references it, then KOS, GSPS, summary image), or
+        a forwarded series."""
         if row["result_id"] is not None:
-            # Every object of the result (SEG before the SR that references it, then KOS).
-            paths = result_object_paths(self.db, int(row["result_id"]))
-            if not paths:
+            result_id = int(row["result_id"])
+            if not result_object_paths(self.db, result_id):
                 raise SendError(f"result {row['result_id']} has no stored objects")
-            return [FileToSend.from_path(path) for path in paths]
+            return [
+                FileToSend.from_path(path)
+                for path in result_object_paths(self.db, result_id, kinds=kinds)
+            ]
         instances = self.db.query(
             "SELECT path, sop_class_uid, transfer_syntax_uid FROM instances WHERE series_uid = ? "
             "ORDER BY instance_number, sop_instance_uid",

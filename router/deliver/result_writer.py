@@ -1,4 +1,5 @@
-"""The result writer: an algorithm's result -> SR, SEG, KOS on disk -> rows, dispatches, notify.
+"""The result writer: an algorithm's result -> SR, SEG, KOS (and, where a destination asks,
+GSPS and a summary image) on disk -> rows, dispatches, notify.
 
 One writer for every algorithm (``dicom_sr.result_objects``). A re-run after late images
 writes the next version, naming the previous version's objects as predecessors. In shadow
@@ -20,11 +21,13 @@ from pydicom import Dataset
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy
 from algorithms.finding_words import KeyImage
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
+from dicom_sr.identity import ObjectKind
 from dicom_sr.io import write_dataset
 from dicom_sr.result_objects import ResultObjects, build_result_objects, successor_version
 from dicom_sr.uids import is_valid_uid
 from router.deliver.notify import queue_result
 from router.deliver.outcome_codec import key_images_of, result_to_json
+from router.deliver.presentation_objects import summary_picture
 from router.receive.private_files import make_private_dir
 from router.run.job_queue import Job
 from router.run.series_loader import LoadedSeries, read_source_header
@@ -71,10 +74,12 @@ class ResultWriter:
         shadow: bool,
         prior: PriorEvidence | None = None,
         within: Callable[[sqlite3.Connection], None] | None = None,
+        presentation_kinds: frozenset[ObjectKind] = frozenset(),
     ) -> WrittenResult:
         """Write the objects, then record them, their dispatches and the notification in one
         transaction; ``within`` runs first in it (the job's completion: if it raises, nothing
-        is recorded)."""
+        is recorded). ``presentation_kinds`` adds a presentation state and a summary image
+        (what the job's destinations ask for: ``wanted_presentation_kinds``)."""
         version = self._next_version(job.study_uid, job.algorithm)
         if loaded is not None:
             sources = [
@@ -84,6 +89,10 @@ class ResultWriter:
             header: Dataset = loaded.first_header
         else:
             sources, header = self._sources_without_volume(job.series_uid)
+        key_images = key_images_of(result, loaded) if loaded is not None else ()
+        picture = None
+        if ObjectKind.SC in presentation_kinds and loaded is not None:
+            picture = summary_picture(self.db, result, loaded, key_images)
         objects = build_result_objects(
             result=result,
             info=info,
@@ -94,6 +103,8 @@ class ResultWriter:
             geometry=loaded.series.geometry if loaded is not None else None,
             prior_evidence=prior.instances if prior is not None else (),
             tracking_uids=prior.tracking_uids if prior is not None else None,
+            presentation_kinds=presentation_kinds,
+            summary_picture=picture,
         )
         if not is_valid_uid(job.study_uid):  # it names a folder: only a DICOM UID may
             raise ValueError("the job's StudyInstanceUID is not a DICOM UID")
@@ -105,7 +116,6 @@ class ResultWriter:
             path = folder / f"{obj.sop_instance_uid}.dcm"
             write_dataset(obj.dataset, path)
             paths[obj.kind.name.lower()] = path
-        key_images = key_images_of(result, loaded) if loaded is not None else ()
         with self.db.transaction() as conn:
             if within is not None:
                 within(conn)
@@ -223,11 +233,13 @@ class ResultWriter:
         return sources, header
 
 
-def result_object_paths(db: Database, result_id: int, kind: str | None = None) -> list[Path]:
-    """Files written for one result (all kinds, or one: "sr", "seg", "kos")."""
-    sql = "SELECT path FROM result_objects WHERE result_id = ?"
-    params: tuple[object, ...] = (result_id,)
-    if kind is not None:
-        sql += " AND kind = ?"
-        params = (result_id, kind)
-    return [Path(r["path"]) for r in db.query(sql + " ORDER BY id", params)]
+def result_object_paths(
+    db: Database, result_id: int, kind: str | None = None, *, kinds: Sequence[str] = ()
+) -> list[Path]:
+    """Files written for one result, in the order written: all of them, those of one ``kind``
+    ("sr", "seg", "kos", "gsps", "sc"), or those of ``kinds``."""
+    wanted = [kind] if kind is not None else list(kinds)
+    rows = db.query(
+        "SELECT kind, path FROM result_objects WHERE result_id = ? ORDER BY id", (result_id,)
+    )
+    return [Path(r["path"]) for r in rows if not wanted or r["kind"] in wanted]

@@ -14,6 +14,7 @@ from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
 from config.schema import RouterConfig
 from dicom_sr.context import InstanceReference
 from router.assemble.study_state import settle_study
+from router.deliver.presentation_objects import wanted_presentation_kinds
 from router.deliver.result_writer import PriorEvidence, ResultWriter
 from router.logs import log_safe
 from router.patient_values import PatientValues
@@ -111,6 +112,7 @@ class JobRunner:
             shadow=settings is not None and settings.shadow,
             prior=prior,
             within=None if complete is None else (lambda conn: complete(conn, *finished)),
+            presentation_kinds=wanted_presentation_kinds(self._config(), job.send_to),
         )
         return JobOutcome(
             result.verdict, len(result.findings), written.report_path, model_seconds, device

@@ -350,11 +350,34 @@ V4_RETENTION = """
 ALTER TABLE studies ADD COLUMN purged_at REAL;
 """
 
+V5_PRESENTATION_OBJECTS = """
+-- Results can also be written as a presentation state (gsps) and a secondary-capture summary
+-- image (sc). SQLite cannot change a CHECK constraint: the table is rebuilt, rows kept.
+CREATE TABLE result_objects_v5 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    kind TEXT NOT NULL CHECK (kind IN ('sr', 'seg', 'kos', 'gsps', 'sc')),
+    sop_class_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    series_number INTEGER NOT NULL,
+    path TEXT NOT NULL
+);
+INSERT INTO result_objects_v5 (id, result_id, kind, sop_class_uid, series_instance_uid,
+    sop_instance_uid, series_number, path)
+    SELECT id, result_id, kind, sop_class_uid, series_instance_uid, sop_instance_uid,
+        series_number, path FROM result_objects;
+DROP TABLE result_objects;
+ALTER TABLE result_objects_v5 RENAME TO result_objects;
+CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects (result_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
     Migration(3, "keyed patient pseudonyms in the prior index", V3_KEYED_PATIENT_PSEUDONYMS),
     Migration(4, "retention: studies record when their files were purged", V4_RETENTION),
+    Migration(5, "results as presentation states and summary images", V5_PRESENTATION_OBJECTS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import pytest
 
@@ -10,6 +11,7 @@ from dicom_sr.identity import ObjectKind, result_object_identity
 from dicom_sr.uids import is_valid_uid
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
+SLOT = zlib.crc32(b"lung_nodule") % 30
 
 
 def identity(
@@ -60,8 +62,17 @@ def test_series_numbers_of_an_algorithm_are_distinct_per_kind_and_version() -> N
     }
 
     assert len(set(numbers.values())) == len(numbers)
-    assert all(9000 <= n <= 9899 for n in numbers.values())
+    documents = (ObjectKind.SR, ObjectKind.SEG, ObjectKind.KOS)
+    assert all(9000 <= n <= 9899 for (k, _), n in numbers.items() if k in documents)
+    assert all(10000 <= n <= 10599 for (k, _), n in numbers.items() if k not in documents)
     assert numbers[(ObjectKind.SR, 2)] == numbers[(ObjectKind.SR, 1)] + 1
+
+
+def test_sr_seg_and_kos_keep_the_series_numbers_they_had_before_gsps_and_sc() -> None:
+    """9000 + 30 * slot + 10 * kind + version, as written before presentation objects."""
+    assert [identity(kind)[2] for kind in (ObjectKind.SR, ObjectKind.SEG, ObjectKind.KOS)] == [
+        9000 + 30 * slot + 10 * offset + 1 for slot, offset in [(SLOT, 0), (SLOT, 1), (SLOT, 2)]
+    ]
 
 
 def test_versions_after_the_ninth_share_the_last_series_number() -> None:

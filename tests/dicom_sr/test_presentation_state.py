@@ -485,6 +485,25 @@ def test_references_are_exactly_the_source_images_drawn_on(
     assert annotated == [sources[k].sop_instance_uid for k in drawn_on]
 
 
+def test_every_annotation_has_the_structure_highdicom_gave_the_first(
+    gsps: pydicom.Dataset,
+) -> None:
+    """Only the first annotation of a SOP class is built (and checked) by highdicom; the
+    others must come out the same way."""
+    first, *others = gsps.GraphicAnnotationSequence
+    assert others
+
+    def shape(item: pydicom.Dataset) -> list[str]:
+        return sorted(
+            f"{element.keyword}:{sorted(e.keyword for e in element.value[0])}"
+            if element.VR == "SQ"
+            else element.keyword
+            for element in item
+        )
+
+    assert all(shape(item) == shape(first) for item in others)
+
+
 def test_multiframe_source_is_annotated_by_frame(info: AlgorithmInfo, tmp_path: Path) -> None:
     enhanced = pydicom.dcmread(pydicom_test_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
     sources = [
