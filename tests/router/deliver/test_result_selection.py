@@ -13,7 +13,7 @@ from config.loader import parse_config
 from config.yaml_document import ConfigError
 from router.service import wait_for
 from testing.dicom_tools import run_dciodvfy
-from testing.orthanc import Orthanc
+from testing.orthanc import Orthanc, running_orthanc
 from testing.plugins import AlwaysNegative, DarkestRegionOutliner
 from testing.router_process import StartRouter, storescu, study_uid_of, wait_state, write_series
 from testing.storescp import ReceivingPacs, running_storescp
@@ -106,8 +106,14 @@ def test_a_negative_result_gives_the_legacy_destination_a_summary_page_and_no_gs
 
 
 def test_orthanc_files_the_presentation_state_and_summary_in_the_source_study(
-    start_router: StartRouter, orthanc: Orthanc, tmp_path: Path
+    start_router: StartRouter, tmp_path: Path
 ) -> None:
+    # An Orthanc of its own: the session's is shared by tests that push studies to routers.
+    with running_orthanc(tmp_path / "orthanc") as orthanc:
+        _files_in_orthanc(start_router, orthanc, tmp_path)
+
+
+def _files_in_orthanc(start_router: StartRouter, orthanc: Orthanc, tmp_path: Path) -> None:
     router = start_router(
         "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
