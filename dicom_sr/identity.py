@@ -6,7 +6,7 @@ import enum
 import zlib
 from dataclasses import dataclass
 
-from dicom_sr.uids import derive_uid
+from dicom_sr.uids import derive_uid, is_valid_uid
 
 FIRST_RESULT_SERIES_NUMBER = 9000
 """Result series are numbered 9000-9899, after the acquired series of a study."""
@@ -86,3 +86,18 @@ def result_object_identity(
         sop_instance_uid=derive_uid("result-object-instance", *key),
         series_number=series_number,
     )
+
+
+def check_object_identity(
+    builder: str, series_instance_uid: str, sop_instance_uid: str, series_number: int
+) -> None:
+    """The identity a caller gives a result object must be usable: both UIDs DICOM UIDs, the
+    series number positive. ``builder`` names the function in the message."""
+    for name, uid in (
+        ("series_instance_uid", series_instance_uid),
+        ("sop_instance_uid", sop_instance_uid),
+    ):
+        if not is_valid_uid(uid):
+            raise ValueError(f"{builder}: {name} {uid!r} is not a DICOM UID")
+    if series_number < 1:
+        raise ValueError(f"{builder}: series_number must be >= 1, got {series_number}")

@@ -23,8 +23,8 @@ from dicom_sr.header import (
     result_datetime,
     series_description,
 )
+from dicom_sr.identity import check_object_identity
 from dicom_sr.tracking import tracking_identifiers
-from dicom_sr.uids import is_valid_uid
 
 _SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
 """Concept name highdicom requires while it builds an IMAGE item; not written (TID 2010)."""
@@ -134,16 +134,9 @@ def _check_arguments(
             "build_key_object_selection: result must be PRESENT with findings "
             f"(verdict {result.verdict.value}, {len(result.findings)} finding(s))"
         )
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not is_valid_uid(uid):
-            raise ValueError(f"build_key_object_selection: {name} {uid!r} is not a DICOM UID")
-    if series_number < 1:
-        raise ValueError(
-            f"build_key_object_selection: series_number must be >= 1, got {series_number}"
-        )
+    check_object_identity(
+        "build_key_object_selection", series_instance_uid, sop_instance_uid, series_number
+    )
     for index, finding in enumerate(result.findings):
         if not 0 <= finding.region.slice_index < len(source_images):
             raise ValueError(

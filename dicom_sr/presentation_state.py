@@ -26,9 +26,9 @@ from dicom_sr.header import (
     result_datetime,
     series_description,
 )
+from dicom_sr.identity import check_object_identity
 from dicom_sr.seg import UNSPECIFIED_DEVICE_SERIAL_NUMBER
 from dicom_sr.tracking import Tracking, finding_tracking
-from dicom_sr.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -315,16 +315,9 @@ def _check_arguments(
             "build_presentation_state: result has no findings to draw "
             f"(verdict {result.verdict.value}); only a result with findings gets a GSPS"
         )
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not is_valid_uid(uid):
-            raise ValueError(f"build_presentation_state: {name} {uid!r} is not a DICOM UID")
-    if series_number < 1:
-        raise ValueError(
-            f"build_presentation_state: series_number must be >= 1, got {series_number}"
-        )
+    check_object_identity(
+        "build_presentation_state", series_instance_uid, sop_instance_uid, series_number
+    )
     if not source_images:
         raise ValueError("build_presentation_state: source_images must name at least one image")
     single_frame = {image.frame_number is None for image in source_images}

@@ -32,8 +32,8 @@ from dicom_sr.header import (
     result_datetime,
     series_description,
 )
+from dicom_sr.identity import check_object_identity
 from dicom_sr.tracking import Tracking, finding_tracking
-from dicom_sr.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -311,14 +311,9 @@ def _check_arguments(
     version: ResultVersion,
     transfer_syntax_uid: str,
 ) -> None:
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not is_valid_uid(uid):
-            raise ValueError(f"build_segmentation: {name} {uid!r} is not a DICOM UID")
-    if series_number < 1:
-        raise ValueError(f"build_segmentation: series_number must be >= 1, got {series_number}")
+    check_object_identity(
+        "build_segmentation", series_instance_uid, sop_instance_uid, series_number
+    )
     predecessor = version.predecessor_segmentation
     if predecessor is not None:
         if predecessor.sop_instance_uid == sop_instance_uid:

@@ -52,8 +52,8 @@ from dicom_sr.header import (
     result_datetime,
     series_description,
 )
+from dicom_sr.identity import check_object_identity
 from dicom_sr.tracking import tracking_identifiers
-from dicom_sr.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -319,14 +319,9 @@ def _check_arguments(
     key_frame_index: int,
     rendered_key_image: RgbImage | None,
 ) -> None:
-    for name, uid in (
-        ("series_instance_uid", series_instance_uid),
-        ("sop_instance_uid", sop_instance_uid),
-    ):
-        if not is_valid_uid(uid):
-            raise ValueError(f"build_summary_image: {name} {uid!r} is not a DICOM UID")
-    if series_number < 1:
-        raise ValueError(f"build_summary_image: series_number must be >= 1, got {series_number}")
+    check_object_identity(
+        "build_summary_image", series_instance_uid, sop_instance_uid, series_number
+    )
     if (key_image is None) != (rendered_key_image is None):
         raise ValueError(
             "build_summary_image: give key_image and rendered_key_image together, or neither"
