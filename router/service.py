@@ -234,6 +234,7 @@ class RouterService:
         self.audit.record(ApplicationStopped())
         if self.audit_trail is not None:
             self.audit_trail.stop()
+        self.db.close_all()
 
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued."""

@@ -16,7 +16,6 @@ import datetime
 import json
 import logging
 import os
-import select
 import socket
 import ssl
 import threading
@@ -28,6 +27,7 @@ from typing import Literal, Protocol
 
 from router.audit.log import AuditLog, LogLine, file_name
 from router.logs import log_safe
+from router.socket_ready import readable_within
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ class StreamConnection:
 
     def alive(self) -> bool:
         """False once the collector closed its end (it never sends anything else)."""
-        readable, _, _ = select.select([self._sock], [], [], 0)
-        if not readable:
+        if not readable_within(self._sock, 0):
             return True
         self._sock.setblocking(False)
         try:

@@ -15,8 +15,10 @@ from pynetdicom.presentation import build_context
 
 from config.schema import DicomDestination, DicomTlsClient
 from router.dicom_tls import OutgoingTls, TlsSetupError, outgoing_tls
+from router.socket_ready import poll_pynetdicom_sockets
 
 LOGGER = logging.getLogger(__name__)
+poll_pynetdicom_sockets()  # before any association: see router.socket_ready
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

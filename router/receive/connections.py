@@ -17,7 +17,6 @@ within the network timeout.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 from router.logs import log_safe
 from router.receive.dataset_stream import AssociationStreams, ReceivedDataset
 from router.receive.spool import Spool
+from router.socket_ready import readable_within
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -167,10 +167,9 @@ def bound_reads(
 def wait_for_data(sock: Any, wait_s: float) -> bool:
     """Whether the peer sent anything within ``wait_s`` (the bytes are left unread)."""
     try:
-        readable, _, _ = select.select([sock], [], [], wait_s)
+        return readable_within(sock, wait_s)
     except (OSError, ValueError):
         return False
-    return bool(readable)
 
 
 class ConnectionGuard:

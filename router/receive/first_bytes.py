@@ -8,10 +8,11 @@ that such a client is named once and closed before pynetdicom reads anything.
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
 import time
+
+from router.socket_ready import readable_within
 
 DICOM_PDU_TYPES = frozenset(range(0x01, 0x08))
 """PS3.8 9.3.1: A-ASSOCIATE-RQ (01H) to A-ABORT (07H). A first byte outside these is not DICOM;
@@ -60,8 +61,7 @@ def peek_first_bytes(sock: socket.socket, wait_s: float, stop: threading.Event) 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return b""
-            readable, _, _ = select.select([sock], [], [], min(remaining, _STOP_CHECK_S))
-            if readable:
+            if readable_within(sock, min(remaining, _STOP_CHECK_S)):
                 break
         else:
             return b""

@@ -5,7 +5,6 @@ titles), or both."""
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import sqlite3
 import ssl
@@ -34,9 +33,11 @@ from router.logs import log_safe
 from router.receive.connections import ConnectionGuard
 from router.receive.first_bytes import non_dicom_kind, peek_first_bytes
 from router.receive.ingest import IngestError, Ingestor, Origin, StoreStatus
+from router.socket_ready import poll_pynetdicom_sockets, readable_within
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
+poll_pynetdicom_sockets()  # before any association: see router.socket_ready
 
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -303,7 +304,7 @@ class DicomNode:
         timeout = raw.gettimeout()
         deadline = time.monotonic() + self.node.network_timeout_s
         try:
-            while not select.select([raw], [], [], _HANDSHAKE_STOP_CHECK_S)[0]:
+            while not readable_within(raw, _HANDSHAKE_STOP_CHECK_S):
                 if self._stopping.is_set():
                     raise TimeoutError("the node is stopping")
                 if time.monotonic() > deadline:

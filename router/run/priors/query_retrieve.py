@@ -38,9 +38,11 @@ from router.run.priors.selection import (
     selector_rule,
     series_matches,
 )
+from router.socket_ready import poll_pynetdicom_sockets
 from router.store.database import Database
 
 LOGGER = logging.getLogger(__name__)
+poll_pynetdicom_sockets()  # before any association: see router.socket_ready
 
 ARRIVAL_POLL_S = 0.1
 SERIES_RETURN_KEYS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber")

@@ -20,6 +20,7 @@ from config.schema import AllowedCaller, ClientCertificate, NodeConfig, NodeTlsC
 from router.dicom_tls import TlsSetupError
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.spool import Spool
+from router.service import wait_for
 from router.store.database import Database
 from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
@@ -238,9 +239,16 @@ def test_client_certificate_that_fails_verification_is_refused(
         done = storescu_tls(
             node.node.tls_port, slices, trusted=[pki.ca.cert_file], client=certificate
         )
-    assert done.returncode != 0
+        assert done.returncode != 0
+
+        def handshake_lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+
+        # The node's thread logs once its handshake has failed, which may be just after the
+        # client has seen the alert and ended.
+        wait_for(lambda: bool(handshake_lines()), 10, 0.05)
     assert node.stored == 0
-    (line,) = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    (line,) = handshake_lines()
     assert "127.0.0.1" in line and reason in line
     # The node keeps serving: a client with a good certificate stores next.
     done = storescu_tls(node.node.tls_port, slices, trusted=[pki.ca.cert_file], client=pki.ct1)
