@@ -13,8 +13,8 @@ from algorithms.contract import Code, Verdict
 # IHE AI Results (AIR) profile (99IHE); the writer defines no private coding scheme, so no
 # Coding Scheme Identification Sequence is needed and any TID 1500 reader understands the document.
 
-# Study-level verdict: CID 240 "Present-Absent", the value set TID 1501 qualitative evaluations of
-# a finding use. "Not assessed" has no code of its own in any DICOM context group; CID 240's third
+# Study-level verdict: CID 240 "Present-Absent", the value set qualitative evaluations of a
+# finding use (TID 1501), as the row 12 CODE item of TID 1500. "Not assessed" has no code of its own in any DICOM context group; CID 240's third
 # member, SCT 373068000 "Undetermined", is the standard way to say that the presence of the target
 # was not determined, and the reason goes beside it as a TEXT (121106, DCM, "Comment"), the TEXT
 # form of a qualitative evaluation (PS3.21 A.6, CP-1779). Staying inside CID 240 lets a reader
@@ -35,16 +35,19 @@ CERTAINTY_OF_FINDING = DicomCode("111012", "DCM", "Certainty of Finding")
 PERCENT = DicomCode("%", "UCUM", "Percent")
 PERCENT_PER_PROBABILITY = 100.0
 
-# Free-text statements: TEXT qualitative evaluations named (121106, DCM, "Comment"), in the
-# study-level TID 1501 group (why not assessed) and in the TID 1500 row 12 container
-# (C0034375, UMLS, "Qualitative Evaluations") for document-wide statements (AI, not verified,
-# not for clinical use).
+# Free-text statements: TEXT items named (121106, DCM, "Comment") in the TID 1500 row 12
+# container (C0034375, UMLS, "Qualitative Evaluations"): the reason, as a property of the
+# study-level statement (why not assessed), and the document-wide statements (AI, not
+# verified, not for clinical use).
 COMMENT = DicomCode("121106", "DCM", "Comment")
 QUALITATIVE_EVALUATIONS = DicomCode("C0034375", "UMLS", "Qualitative Evaluations")
 
 # TID 1500 document title (CID 7021) and TID 1002 observer type (CID 270).
 IMAGING_MEASUREMENT_REPORT = DicomCode("126000", "DCM", "Imaging Measurement Report")
+DIAGNOSTIC_IMAGING_REPORT = DicomCode("18748-4", "LN", "Diagnostic Imaging Report")
+IMAGING_MEASUREMENTS = DicomCode("126010", "DCM", "Imaging Measurements")
 DEVICE_OBSERVER = DicomCode("121007", "DCM", "Device")
+DEVICE_OBSERVER_NAME = DicomCode("121013", "DCM", "Device Observer Name")
 
 # TID 1500 row 4 "Procedure reported", CID 100 defaults by modality when the caller names none.
 # Row 4 is a DCID: the code must be one of CID 100. CID 100 has no radiography code (LOINC

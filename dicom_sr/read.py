@@ -88,9 +88,9 @@ class ReportSummary:
     """Document-wide comments (AI-generated and not verified; not for clinical use)."""
     predecessor_sop_instance_uids: tuple[str, ...]
     probability: float | None = None
-    """Study-level probability of the target (certainty of finding in the TID 1501 group)."""
+    """Study-level probability of the target (the statement's certainty of finding)."""
     measurements: tuple[Measurement, ...] = ()
-    """Study-level measurements of the TID 1501 group, in document order."""
+    """Study-level measurements (the statement's NUM properties), in document order."""
     prior_evidence: tuple[InstanceReference, ...] = ()
     """Instances of other studies listed in Pertinent Other Evidence."""
 
@@ -111,6 +111,7 @@ def read_measurement_report(ds: pydicom.Dataset) -> ReportSummary:
         raise ValueError("read_measurement_report: ds content is not a TID 1500 Measurement Report")
 
     assessment = _study_level_assessment(report)
+    algorithm = _algorithm(ds, report)
     volumetric = {
         str(group.tracking_uid): group for group in report.get_volumetric_roi_measurement_groups()
     }
@@ -124,8 +125,8 @@ def read_measurement_report(ds: pydicom.Dataset) -> ReportSummary:
         verdict=assessment.verdict,
         target=assessment.target,
         reason=assessment.reason,
-        algorithm_name=assessment.algorithm[0],
-        algorithm_version=assessment.algorithm[1],
+        algorithm_name=algorithm[0],
+        algorithm_version=algorithm[1],
         findings=findings,
         statements=_document_statements(report),
         predecessor_sop_instance_uids=tuple(
@@ -142,41 +143,58 @@ def read_measurement_report(ds: pydicom.Dataset) -> ReportSummary:
 
 @dataclass(frozen=True)
 class _StudyLevelAssessment:
-    """What the TID 1501 study-level group states."""
+    """What the study-level statement says."""
 
     target: Code
     verdict: Verdict
     reason: str
-    algorithm: tuple[str, str]
     probability: float | None
     measurements: tuple[Measurement, ...]
 
 
 def _study_level_assessment(report: hd.sr.MeasurementReport) -> _StudyLevelAssessment:
-    """The TID 1501 group whose qualitative evaluation has a CID 240 value."""
+    """The study-level statement: the CODE item with a CID 240 value in the row 12 Qualitative
+    Evaluations container (with its comment and NUM properties), or, in SRs radrouter wrote
+    before 2026-12, in a TID 1501 measurement group."""
+    for container in _children(report, name=codes.QUALITATIVE_EVALUATIONS, value_type=_CONTAINER):
+        statement = _stated_verdict([container], properties_of_item=True)
+        if statement is not None:
+            return statement
+    for group in report.get_image_measurement_groups():
+        statement = _stated_verdict(group, properties_of_item=False)
+        if statement is not None:
+            return statement
+    raise ValueError(
+        "read_measurement_report: no study-level statement: the target Present, Absent or "
+        "Undetermined (CID 240)"
+    )
+
+
+def _stated_verdict(
+    parent: Sequence[pydicom.Dataset], *, properties_of_item: bool
+) -> _StudyLevelAssessment | None:
+    """The verdict CODE item among the children of ``parent``, with the comment, certainty and
+    measurements that are its properties (``properties_of_item``: its own children, as in the
+    row 12 statement) or its siblings (in a TID 1501 group)."""
     verdict_by_value = {
         (code.value, code.scheme_designator): verdict
         for verdict, code in codes.VERDICT_VALUES.items()
     }
-    for group in report.get_image_measurement_groups():
-        for item in _children(group, value_type=_CODE):
-            value = item.ConceptCodeSequence[0]
-            verdict = verdict_by_value.get((value.CodeValue, value.CodingSchemeDesignator))
-            if verdict is None:
-                continue
-            probability, measurements = _measurements(group)
-            return _StudyLevelAssessment(
-                target=codes.to_contract_code(item.ConceptNameCodeSequence[0]),
-                verdict=verdict,
-                reason=" ".join(_texts(group, codes.COMMENT)),
-                algorithm=_algorithm_identification(group),
-                probability=probability,
-                measurements=measurements,
-            )
-    raise ValueError(
-        "read_measurement_report: no TID 1501 group states the target Present, Absent or "
-        "Undetermined (CID 240)"
-    )
+    for item in _children(parent, value_type=_CODE):
+        value = item.ConceptCodeSequence[0]
+        verdict = verdict_by_value.get((value.CodeValue, value.CodingSchemeDesignator))
+        if verdict is None:
+            continue
+        holder = [item] if properties_of_item else parent
+        probability, measurements = _measurements(holder)
+        return _StudyLevelAssessment(
+            target=codes.to_contract_code(item.ConceptNameCodeSequence[0]),
+            verdict=verdict,
+            reason=" ".join(_texts(holder, codes.COMMENT)),
+            probability=probability,
+            measurements=measurements,
+        )
+    return None
 
 
 def _finding(
@@ -287,12 +305,47 @@ def _references(sequence: Sequence[pydicom.Dataset]) -> tuple[InstanceReference,
     )
 
 
-def _algorithm_identification(group: Sequence[pydicom.Dataset]) -> tuple[str, str]:
-    """TID 4019 (name, version) of a group."""
+def _algorithm(ds: pydicom.Dataset, report: hd.sr.MeasurementReport) -> tuple[str, str]:
+    """(name, version) of the algorithm: the device observer's name and the software version
+    of the Contributing Equipment item with the IHE "Processing Algorithm" purpose; in an SR
+    written before 2026-12, TID 4019 of the study-level group."""
+    version = next(
+        (
+            str(item.SoftwareVersions)
+            for item in ds.get("ContributingEquipmentSequence", [])
+            if "SoftwareVersions" in item
+            and any(
+                code.CodeValue == codes.IHE_PROCESSING_ALGORITHM.value
+                and code.CodingSchemeDesignator == codes.IHE_PROCESSING_ALGORITHM.scheme_designator
+                for code in item.get("PurposeOfReferenceCodeSequence", [])
+            )
+        ),
+        None,
+    )
+    names = [
+        str(item.TextValue)
+        for context in report.get_observer_contexts(observer_type=codes.DEVICE_OBSERVER)
+        for item in context
+        if codes.same_concept(item.name, codes.DEVICE_OBSERVER_NAME)
+    ]
+    if version is not None and names:
+        return names[0], version
+    for group in report.get_image_measurement_groups():
+        found = _algorithm_identification(group)
+        if found is not None:
+            return found
+    raise ValueError(
+        "read_measurement_report: the algorithm is not named (device observer name and "
+        "Contributing Equipment software version, or TID 4019)"
+    )
+
+
+def _algorithm_identification(group: Sequence[pydicom.Dataset]) -> tuple[str, str] | None:
+    """TID 4019 (name, version) of a group, if it has them."""
     names = _texts(group, codes.ALGORITHM_NAME)
     versions = _texts(group, codes.ALGORITHM_VERSION)
     if not names or not versions:
-        raise ValueError("read_measurement_report: a measurement group lacks TID 4019 name/version")
+        return None
     return names[0], versions[0]
 
 
@@ -318,4 +371,6 @@ def _children(
     name: DicomCode | None = None,
 ) -> list[pydicom.Dataset]:
     """Direct children of the single root item of ``group`` (a template content sequence)."""
+    if "ContentSequence" not in group[0]:
+        return []
     return hd.sr.utils.find_content_items(group[0], name=name, value_type=value_type)

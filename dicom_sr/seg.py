@@ -32,10 +32,12 @@ from dicom_sr.header import (
     result_datetime,
     series_description,
 )
+from dicom_sr.highdicom_speed import cache_multiframe_lookup
 from dicom_sr.identity import check_object_identity
 from dicom_sr.tracking import Tracking, finding_tracking
 
 LOGGER = logging.getLogger(__name__)
+cache_multiframe_lookup()  # highdicom asks it per source image: see dicom_sr.highdicom_speed
 
 CONTENT_LABEL = "AI_FINDINGS"
 """Content Label (CS) of every SEG radrouter writes."""

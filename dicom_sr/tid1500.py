@@ -46,7 +46,6 @@ __all__ = [
     "AI_NOT_VERIFIED_STATEMENT",
     "MANUFACTURER",
     "NOT_FOR_CLINICAL_USE_STATEMENT",
-    "STUDY_LEVEL_TRACKING_IDENTIFIER",
     "InstanceReference",
     "ResultVersion",
     "SourceImage",
@@ -55,9 +54,6 @@ __all__ = [
     "series_description",
     "tracking_uid",
 ]
-
-STUDY_LEVEL_TRACKING_IDENTIFIER = "Study-level assessment"
-"""Tracking Identifier of the TID 1501 group that states Present / Absent / Undetermined."""
 
 _CUBIC_MILLIMETRE = DicomCode("mm3", "UCUM", "cubic millimeter")
 
@@ -101,10 +97,12 @@ def build_measurement_report(
     Planar ROI group per finding (TID 4108 tracking, finding type and site, SCOORD POLYLINE on
     the source slice ``finding.region.slice_index`` of ``source_images`` (a box is its 5-point
     polyline), the measurements, the certainty of finding, the qualifiers as qualitative
-    evaluations, TID 4019); one TID 1501 group stating the target Present / Absent /
-    Undetermined (with the reason as a comment, the study-level probability as certainty and
-    the study-level measurements); a row 12 qualitative evaluation saying the document is
-    AI-generated and unverified (and not for clinical use where that applies).
+    evaluations, TID 4019); the row 12 Qualitative Evaluations container, holding the
+    study-level statement (the target Present / Absent / Undetermined, with the reason as a
+    comment, the study-level probability as certainty and the study-level measurements as its
+    properties) and comments saying the document is AI-generated and unverified (and not for
+    clinical use where that applies). A result without findings has no Imaging Measurements
+    container: every measurement group there can be drawn on an image, as OHIF needs.
 
     With ``segmentation`` (the SEG written for the same result), each finding whose tracking UID
     is a segment's gets a TID 1411 Volumetric ROI group as well, with the same tracking, that
@@ -139,7 +137,7 @@ def build_measurement_report(
         prior_evidence=prior_evidence,
     )
     segments = _segments_of_findings(segmentation, study_uid, tracking, result)
-    groups: list[MeasurementGroup] = [_study_level_assessment(result, info, study_uid)]
+    groups: list[MeasurementGroup] = []
     for finding, finding_tracking_ in zip(result.findings, tracking, strict=True):
         segment = segments.get(finding_tracking_.uid)
         volume = None if segment is None else _segment_volume(finding, finding_tracking_, geometry)
@@ -158,15 +156,14 @@ def build_measurement_report(
                     finding, finding_tracking_, info, segment, volume, study
                 )
             )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
+    report = _measurement_report(
+        groups,
+        hd.sr.ObservationContext(
             observer_device_context=device_observer_context(info, device_serial_number)
         ),
-        procedure_reported=_procedure_reported(procedure_reported, study.dataset),
-        imaging_measurements=groups,
-        title=codes.IMAGING_MEASUREMENT_REPORT,
+        _procedure_reported(procedure_reported, study.dataset),
+        _qualitative_evaluations(result, info),
     )
-    report[0].ContentSequence.append(_document_qualitative_evaluations(info))
 
     evidence_items = evidence(study, source_images)
     if segmentation is not None:
@@ -302,42 +299,56 @@ def _procedure_reported(
     )
 
 
-def _study_level_assessment(
-    result: AlgorithmResult, info: AlgorithmInfo, study_uid: str
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group: the target (e.g. Nodule) is Present / Absent / Undetermined (CID 240).
+def _study_level_statement(result: AlgorithmResult, info: AlgorithmInfo) -> hd.sr.CodeContentItem:
+    """The study-level statement, for the row 12 Qualitative Evaluations container: the target
+    (e.g. Nodule) is Present / Absent / Undetermined (CODE, CID 240), with, as its properties,
+    the result's reason (required when not assessed) as a TEXT (121106, DCM, "Comment"), the
+    study-level probability as a certainty of finding (%) and the study-level measurements.
 
-    Never implicit: an ABSENT result without findings still says "Absent" here. The result's
-    study-level probability follows as a certainty of finding (%), then its study-level
-    measurements, and its reason (required when not assessed) as a TEXT (121106, DCM,
-    "Comment").
+    Never implicit: an ABSENT result without findings still says "Absent" here. Not a TID 1501
+    group inside Imaging Measurements, which TID 1500 also allows: OHIF (3.13.2, 3.14 beta)
+    takes every group there for a measurement with image coordinates, and its SR view fails on
+    a group without them (docs/viewing-results.md). The properties extend row 13 (TID 1500 is
+    extensible).
     """
-    measurements = [_measurement(m) for m in result.measurements]
-    if result.probability is not None:
-        measurements.insert(0, _certainty(result.probability))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(study_uid, info.name, STUDY_LEVEL_TRACKING_IDENTIFIER),
-            identifier=STUDY_LEVEL_TRACKING_IDENTIFIER,
-        ),
-        algorithm_id=algorithm_identification(info),
-        measurements=measurements or None,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=codes.to_coded_concept(info.target),
-                value=codes.VERDICT_VALUES[result.verdict],
-            )
-        ],
+    statement = hd.sr.CodeContentItem(
+        name=codes.to_coded_concept(info.target),
+        value=codes.VERDICT_VALUES[result.verdict],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    properties: list[hd.sr.ContentItem] = []
     if result.reason:
-        group[0].ContentSequence.append(
+        properties.append(
             hd.sr.TextContentItem(
                 name=codes.COMMENT,
                 value=result.reason,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
             )
         )
-    return group
+    numbers: list[tuple[Code | DicomCode, float, Code | DicomCode]] = [
+        (m.name, m.value, m.unit) for m in result.measurements
+    ]
+    if result.probability is not None:
+        numbers.insert(
+            0,
+            (
+                codes.CERTAINTY_OF_FINDING,
+                result.probability * codes.PERCENT_PER_PROBABILITY,
+                codes.PERCENT,
+            ),
+        )
+    properties.extend(
+        hd.sr.NumContentItem(
+            name=codes.to_coded_concept(name),
+            value=value,
+            unit=codes.to_coded_concept(unit),
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+        )
+        for name, value, unit in numbers
+    )
+    if properties:
+        statement.ContentSequence = hd.sr.ContentSequence(properties)
+    return statement
 
 
 def _planar_roi_measurements(
@@ -436,8 +447,49 @@ def _certainty(probability: float) -> hd.sr.Measurement:
     )
 
 
-def _document_qualitative_evaluations(info: AlgorithmInfo) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12 container: document-wide statements as TEXT comments (rows 13-14).
+def _measurement_report(
+    groups: Sequence[MeasurementGroup],
+    observation_context: hd.sr.ObservationContext,
+    procedure_reported: hd.sr.CodedConcept | DicomCode,
+    qualitative_evaluations: hd.sr.ContainerContentItem,
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 content: row 6 Imaging Measurements holding ``groups`` (left out when there
+    are none: a result without findings), then the row 12 container.
+
+    highdicom's MeasurementReport demands at least one measurement group (it supports neither
+    row 10 nor row 12), while TID 1500 asks for one of rows 6, 10 and 12; so a report without
+    groups is built around a placeholder group whose container is then taken out.
+    """
+    placeholder = not groups
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=procedure_reported,
+        imaging_measurements=list(groups)
+        or [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder")
+            )
+        ],
+        title=codes.IMAGING_MEASUREMENT_REPORT if groups else codes.DIAGNOSTIC_IMAGING_REPORT,
+    )
+    content = report[0].ContentSequence
+    if placeholder:
+        for index, item in enumerate(content):
+            if item.ValueType == "CONTAINER" and codes.same_concept(
+                item.name, codes.IMAGING_MEASUREMENTS
+            ):
+                del content[index]
+                break
+    content.append(qualitative_evaluations)
+    return report
+
+
+def _qualitative_evaluations(
+    result: AlgorithmResult, info: AlgorithmInfo
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 container: the study-level statement, then what the document says
+    about itself (AI-generated, unverified; not for clinical use where that applies) as TEXT
+    comments (rows 13-14).
 
     highdicom's MeasurementReport has no argument for row 12, so the container is built from
     highdicom content items and appended to the root.
@@ -448,7 +500,8 @@ def _document_qualitative_evaluations(info: AlgorithmInfo) -> hd.sr.ContainerCon
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     container.ContentSequence = hd.sr.ContentSequence(
-        [
+        [_study_level_statement(result, info)]
+        + [
             hd.sr.TextContentItem(
                 name=codes.COMMENT,
                 value=statement,

@@ -2,17 +2,21 @@
 # Sets up everything the tests, lint and type checks need; idempotent. Builds on
 # scripts/setup-serve.sh (the same .venv), so a checkout first set up for serving gets the
 # rest here.
-#   Debian: orthanc (the test PACS), dcmtk (reference SCU/SCP), dicom3tools (dciodvfy),
+#   Debian: orthanc (the test PACS) and orthanc-dicomweb (DICOMweb for OHIF), dcmtk (reference
+#           SCU/SCP), dicom3tools (dciodvfy),
 #           chromium + chromium-driver (the headless browser the worklist page test drives),
 #           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates),
 #           rsyslog + rsyslog-gnutls + openssl (a throwaway audit collector, TCP and TLS).
 #   Python: radrouter's dev extras (pytest, ruff, mypy, selenium, ... and the train extra),
 #           with torch==2.13.0 installed first, so nothing pulls a CUDA build.
+#   npm registry: OHIF's prebuilt viewer (@ohif/app, pinned, integrity-checked) under .cache/,
+#           for tests/viewers (testing/ohif.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 [ -x /usr/sbin/Orthanc ] || [ -x /usr/bin/Orthanc ] || need_apt+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)  # OHIF's source
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -40,3 +44,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[dev]'
     touch "$stamp"
 fi
+
+.venv/bin/python -m testing.ohif fetch  # once; a no-op when it is there

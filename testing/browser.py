@@ -20,9 +20,15 @@ ONLY_LOOPBACK = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 @contextmanager
 def headless_chromium(
-    profile_dir: Path, *, offline: bool = False, keep_logs: bool = False
+    profile_dir: Path,
+    *,
+    offline: bool = False,
+    keep_logs: bool = False,
+    webgl: bool = False,
+    window_size: tuple[int, int] = (1400, 1000),
 ) -> Iterator[Any]:
-    """A selenium driver; ``keep_logs`` records the console and network log for the test."""
+    """A selenium driver; ``keep_logs`` records the console and network log for the test;
+    ``webgl`` gives WebGL through SwiftShader, on the CPU (OHIF draws with it)."""
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         raise RuntimeError("chromium and chromium-driver are needed: run scripts/test.sh")
     from selenium import webdriver
@@ -33,14 +39,18 @@ def headless_chromium(
     for argument in (
         "--headless",
         "--no-sandbox",
-        "--disable-gpu",
+        *(
+            ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+            if webgl
+            else ["--disable-gpu"]
+        ),
         "--disable-quic",
         "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={profile_dir}",
-        "--window-size=1400,1000",
+        f"--window-size={window_size[0]},{window_size[1]}",
         *([ONLY_LOOPBACK] if offline else []),
     ):
         options.add_argument(argument)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def free_port() -> int:
@@ -89,8 +90,14 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Iterator[Orthanc]:
-    """Start Orthanc with its own JSON config and storage in ``workdir``; stop it after."""
+def running_orthanc(
+    workdir: Path, ae_title: str = "ORTHANC", *, dicomweb: bool = False
+) -> Iterator[Orthanc]:
+    """Start Orthanc with its own JSON config and storage in ``workdir``; stop it after.
+    ``dicomweb``: with the DICOMweb plug-in (Debian ``orthanc-dicomweb``) on ``/dicom-web/``,
+    full study metadata as OHIF asks."""
+    if dicomweb and not DICOMWEB_PLUGIN.exists():
+        raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing (Debian orthanc-dicomweb)")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {
@@ -107,7 +114,8 @@ def running_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Iterator[Orthan
         "DicomAlwaysAllowEcho": True,
         "UnknownSopClassAccepted": True,
         "DicomModalities": {},
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
         "StableAge": 1,
         "HttpTimeout": 120,
         "DicomScuTimeout": 60,

@@ -72,12 +72,48 @@ def test_report_reads_back_as_tid_1500_with_the_stated_verdict(
     info: AlgorithmInfo,
 ) -> None:
     sr = read_back(write_report(build_report(results[verdict])))
-    groups = measurement_report(sr).get_image_measurement_groups()
+    statement = study_level_statement(sr)
 
-    assert len(groups) == 1
-    (evaluation,) = groups[0].get_qualitative_evaluations(name=codes.to_coded_concept(info.target))
-    assert evaluation.value == codes.VERDICT_VALUES[verdict]
+    assert measurement_report(sr).get_image_measurement_groups() == []
+    assert statement.name == codes.to_coded_concept(info.target)
+    assert statement.value == codes.VERDICT_VALUES[verdict]
     assert read_measurement_report(sr).verdict is verdict
+
+
+def study_level_statement(sr: pydicom.Dataset) -> hd.sr.CodeContentItem:
+    """The CODE item of the row 12 Qualitative Evaluations container with a CID 240 value."""
+    (container,) = hd.sr.utils.find_content_items(
+        measurement_report(sr)[0], name=codes.QUALITATIVE_EVALUATIONS
+    )
+    (item,) = hd.sr.utils.find_content_items(container, value_type=hd.sr.ValueTypeValues.CODE)
+    return hd.sr.CodeContentItem.from_dataset(item)
+
+
+@pytest.mark.parametrize("verdict", VERDICTS, ids=lambda v: v.value)
+def test_every_measurement_group_has_image_coordinates_as_ohif_needs(
+    verdict: Verdict,
+    masked_result: AlgorithmResult,
+    results: dict[Verdict, AlgorithmResult],
+    build_report: BuildReport,
+) -> None:
+    """OHIF merges the groups of one tracking UID and takes each for a measurement drawn on
+    an image: its SR view fails on one without SCOORD (docs/viewing-results.md)."""
+    result = masked_result if verdict is Verdict.PRESENT else results[verdict]
+    sr = build_report(result)
+    report = measurement_report(sr)
+    containers = hd.sr.utils.find_content_items(
+        report[0], name=codes.IMAGING_MEASUREMENTS, value_type=hd.sr.ValueTypeValues.CONTAINER
+    )
+    by_tracking: dict[str, list[pydicom.Dataset]] = {}
+    for container in containers:
+        for group in container.ContentSequence:
+            items = list(group.ContentSequence)
+            (uid,) = [i.UID for i in items if i.ConceptNameCodeSequence[0].CodeValue == "112040"]
+            by_tracking.setdefault(str(uid), []).extend(items)
+
+    assert len(by_tracking) == len(result.findings)
+    for items in by_tracking.values():
+        assert any(item.ValueType == "SCOORD" for item in items)
 
 
 def test_present_report_has_one_planar_roi_group_per_finding(
@@ -510,15 +546,15 @@ def test_qualifiers_are_written_as_qualitative_evaluations_of_their_finding(
     assert len(group.get_qualitative_evaluations()) == 1
 
 
-def test_study_level_probability_and_measurements_are_in_the_study_level_group(
+def test_study_level_probability_and_measurements_are_properties_of_the_statement(
     masked_result: AlgorithmResult, build_report: BuildReport, write_report: WriteReport
 ) -> None:
     sr = read_back(write_report(build_report(masked_result)))
-    (group,) = measurement_report(sr).get_image_measurement_groups()
+    statement = study_level_statement(sr)
     summary = read_measurement_report(sr)
 
-    (certainty,) = group.get_measurements(name=codes.CERTAINTY_OF_FINDING)
-    assert certainty.value == pytest.approx(97.0)
+    (certainty,) = hd.sr.utils.find_content_items(statement, name=codes.CERTAINTY_OF_FINDING)
+    assert float(certainty.MeasuredValueSequence[0].NumericValue) == pytest.approx(97.0)
     assert summary.probability == pytest.approx(0.97)
     assert summary.measurements == masked_result.measurements
 
