@@ -30,6 +30,15 @@ from dicom_sr.highdicom_speed import cache_multiframe_lookup
 from dicom_sr.identity import check_object_identity
 from dicom_sr.seg import UNSPECIFIED_DEVICE_SERIAL_NUMBER
 from dicom_sr.tracking import Tracking, finding_tracking
+from dicom_sr.windows import (
+    BONE_WINDOW,
+    BRAIN_WINDOW,
+    LUNG_WINDOW,
+    MEDIASTINAL_WINDOW,
+    Window,
+    functional_group,
+    header_window,
+)
 
 LOGGER = logging.getLogger(__name__)
 cache_multiframe_lookup()  # highdicom asks it per source image: see dicom_sr.highdicom_speed
@@ -50,24 +59,6 @@ _LABEL_ROWS_PER_IMAGE = 16
 """A label's box is 1/16 of the image high (its text size in a viewer that fits the box)."""
 _LABEL_GAP_PX = 1.0
 
-
-@dataclass(frozen=True)
-class Window:
-    """A linear VOI window (PS3.3 C.11.2.1.2: centre and width) and what it is for."""
-
-    center: float
-    width: float
-    explanation: str
-
-    def __post_init__(self) -> None:
-        if not self.width > 0:
-            raise ValueError(f"Window.width must be positive, got {self.width}")
-
-
-LUNG_WINDOW = Window(center=-600.0, width=1500.0, explanation="LUNG")
-MEDIASTINAL_WINDOW = Window(center=40.0, width=400.0, explanation="MEDIASTINUM")
-BONE_WINDOW = Window(center=500.0, width=2000.0, explanation="BONE")
-BRAIN_WINDOW = Window(center=40.0, width=80.0, explanation="BRAIN")
 
 _CT_WINDOW_OF_CODE: Mapping[tuple[str, str], Window] = {
     (code.scheme_designator, code.value): window
@@ -267,7 +258,7 @@ def choose_window(header: pydicom.Dataset, finding: Finding, frame_index: int = 
                 if window is not None:
                     return window
         return MEDIASTINAL_WINDOW
-    return _header_window(header, frame_index) or _stored_range_window(header, frame_index)
+    return header_window(header, frame_index) or _stored_range_window(header, frame_index)
 
 
 def mask_outlines(
@@ -649,19 +640,6 @@ def _presentation_lut(images: Sequence[_Image]) -> hd.PresentationLUTTransformat
     return hd.PresentationLUTTransformation(presentation_lut_shape=shape)
 
 
-def _header_window(header: pydicom.Dataset, frame_index: int) -> Window | None:
-    """The image's first Window Center/Width, or its frame's Frame VOI LUT."""
-    item = _functional_group(header, frame_index, "FrameVOILUTSequence") or header
-    center, width = item.get("WindowCenter"), item.get("WindowWidth")
-    if center is None or width is None:
-        return None
-    center = center[0] if isinstance(center, pydicom.multival.MultiValue) else center
-    width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
-    if float(width) <= 0:
-        return None
-    return Window(float(center), float(width), "SOURCE IMAGE WINDOW")
-
-
 def _stored_range_window(header: pydicom.Dataset, frame_index: int) -> Window:
     """Every value the image can store, through its rescale: shows anything, just flat."""
     bits = int(header.get("BitsStored", 16))
@@ -669,26 +647,11 @@ def _stored_range_window(header: pydicom.Dataset, frame_index: int) -> Window:
         low, high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1.0
     else:
         low, high = 0.0, 2.0**bits - 1.0
-    item = _functional_group(header, frame_index, "PixelValueTransformationSequence") or header
+    item = functional_group(header, frame_index, "PixelValueTransformationSequence") or header
     slope = float(item.get("RescaleSlope", 1.0))
     intercept = float(item.get("RescaleIntercept", 0.0))
     low, high = sorted((low * slope + intercept, high * slope + intercept))
     return Window((low + high) / 2.0, max(high - low, 1.0), "FULL RANGE")
-
-
-def _functional_group(
-    header: pydicom.Dataset, frame_index: int, keyword: str
-) -> pydicom.Dataset | None:
-    """The single item of ``keyword`` for a frame, per-frame first, then shared."""
-    for groups, index in (
-        (header.get("PerFrameFunctionalGroupsSequence"), frame_index),
-        (header.get("SharedFunctionalGroupsSequence"), 0),
-    ):
-        if groups is not None and index < len(groups):
-            items = groups[index].get(keyword)
-            if items:
-                return items[0]  # type: ignore[no-any-return]
-    return None
 
 
 # --- outlines --------------------------------------------------------------------------------

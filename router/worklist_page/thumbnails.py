@@ -15,6 +15,14 @@ from pydicom.pixels.processing import apply_rescale
 from pydicom.pixels.utils import pixel_array
 from scipy import ndimage
 
+from dicom_sr.windows import (
+    LUNG_WINDOW,
+    MEDIASTINAL_WINDOW,
+    Window,
+    functional_group,
+    header_window,
+)
+
 REGION_COLOUR = (255, 196, 0)
 """Amber: the finding's region (SR SCOORD polyline or box). Never a grey, so it can be found."""
 MASK_COLOUR = (0, 200, 255)
@@ -35,28 +43,7 @@ _PERCENTILES = (1.0, 99.0)
 _COLOUR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
-@dataclass(frozen=True)
-class Window:
-    """A linear VOI window (DICOM C.11.2.1.2: centre and width)."""
-
-    center: float
-    width: float
-
-    def __post_init__(self) -> None:
-        if not self.width > 0:
-            raise ValueError(f"Window.width must be positive, got {self.width}")
-
-    @property
-    def low(self) -> float:
-        return self.center - self.width / 2.0
-
-    @property
-    def high(self) -> float:
-        return self.center + self.width / 2.0
-
-
-LUNG_WINDOW = Window(center=-600.0, width=1500.0)
-SOFT_TISSUE_WINDOW = Window(center=40.0, width=400.0)
+SOFT_TISSUE_WINDOW = MEDIASTINAL_WINDOW
 
 
 class WindowChoice(enum.StrEnum):
@@ -179,19 +166,6 @@ def auto_window_choice(
     return WindowChoice.AUTO
 
 
-def header_window(source: pydicom.Dataset, frame_index: int = 0) -> Window | None:
-    """The first Window Center/Width of the image, or of its frame's Frame VOI LUT."""
-    item = _functional_group(source, frame_index, "FrameVOILUTSequence") or source
-    center, width = item.get("WindowCenter"), item.get("WindowWidth")
-    if center is None or width is None:
-        return None
-    center = center[0] if isinstance(center, pydicom.multival.MultiValue) else center
-    width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
-    if float(width) <= 0:
-        return None
-    return Window(float(center), float(width))
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -219,29 +193,12 @@ def _modality_values(
     source: pydicom.Dataset, stored: npt.NDArray[np.generic], frame_index: int
 ) -> npt.NDArray[np.float64]:
     """Stored values through the Modality LUT / rescale (per frame for enhanced images)."""
-    transformation = _functional_group(source, frame_index, "PixelValueTransformationSequence")
+    transformation = functional_group(source, frame_index, "PixelValueTransformationSequence")
     if transformation is not None and "RescaleSlope" in transformation:
         slope = float(transformation.RescaleSlope)
         intercept = float(transformation.get("RescaleIntercept", 0.0))
         return stored.astype(np.float64) * slope + intercept
     return np.asarray(apply_rescale(stored, source), dtype=np.float64)
-
-
-def _functional_group(
-    source: pydicom.Dataset, frame_index: int, keyword: str
-) -> pydicom.Dataset | None:
-    """The single item of ``keyword`` for a frame, per-frame first, then shared."""
-    per_frame = source.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and frame_index < len(per_frame):
-        items = per_frame[frame_index].get(keyword)
-        if items:
-            return items[0]  # type: ignore[no-any-return]
-    shared = source.get("SharedFunctionalGroupsSequence")
-    if shared:
-        items = shared[0].get(keyword)
-        if items:
-            return items[0]  # type: ignore[no-any-return]
-    return None
 
 
 def _context_mask(

@@ -26,15 +26,10 @@ from algorithms.contract import (
 from dicom_sr.context import ResultVersion, SourceImage, StudyContext
 from dicom_sr.header import series_description
 from dicom_sr.presentation_state import (
-    BONE_WINDOW,
-    BRAIN_WINDOW,
     CONTENT_LABEL,
     GRAPHIC_LAYER,
     LAYER_COLOUR_RGB,
-    LUNG_WINDOW,
     MAX_OUTLINE_POINTS,
-    MEDIASTINAL_WINDOW,
-    Window,
     build_presentation_state,
     choose_window,
     has_findings,
@@ -42,6 +37,7 @@ from dicom_sr.presentation_state import (
 )
 from dicom_sr.tracking import finding_tracking
 from dicom_sr.uids import derive_uid
+from dicom_sr.windows import BONE_WINDOW, BRAIN_WINDOW, LUNG_WINDOW, MEDIASTINAL_WINDOW, Window
 from testing.corpus import pydicom_test_file
 from testing.dicom_tools import make_ct_slices
 from tests.dicom_sr.support import assert_valid_dicom, box_mask, square_region, write_object

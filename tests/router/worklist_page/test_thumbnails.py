@@ -12,18 +12,16 @@ import pydicom
 import pytest
 from PIL import Image
 
+from dicom_sr.windows import LUNG_WINDOW, Window, header_window
 from router.worklist_page.key_images import segmentation_masks
 from router.worklist_page.thumbnails import (
-    LUNG_WINDOW,
     MASK_COLOUR,
     REGION_COLOUR,
     SOFT_TISSUE_WINDOW,
     Outline,
-    Window,
     WindowChoice,
     auto_window_choice,
     choose_window,
-    header_window,
     render_key_image,
 )
 from testing.corpus import pydicom_test_file
