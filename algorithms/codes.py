@@ -62,3 +62,13 @@ VOLUME = Code("118565006", "SCT", "Volume")
 # UCUM units
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
 CUBIC_MILLIMETRE = Code("mm3", "UCUM", "cubic millimeter")
+# CT constancy tests on a water phantom (algorithms.ct_water_qa). No standard codes were found
+# for these: local codes (99 prefix, PS3.16 8.2).
+CT_CONSTANCY_FAILURE = Code("RR-CTQAFAIL", "99RADROUTER", "CT constancy test out of tolerance")
+WATER_CT_NUMBER_FAILURE = Code("RR-WATERFAIL", "99RADROUTER", "Water CT number out of tolerance")
+UNIFORMITY_FAILURE = Code("RR-UNIFFAIL", "99RADROUTER", "Uniformity out of tolerance")
+NOISE_FAILURE = Code("RR-NOISEFAIL", "99RADROUTER", "Noise out of tolerance")
+WATER_CT_NUMBER = Code("RR-WATERHU", "99RADROUTER", "Mean CT number of water")
+NOISE = Code("RR-NOISEHU", "99RADROUTER", "Noise (standard deviation of CT number)")
+UNIFORMITY = Code("RR-UNIFHU", "99RADROUTER", "Uniformity (peripheral minus central CT number)")
+HOUNSFIELD_UNIT = Code("[hnsf'U]", "UCUM", "Hounsfield unit")

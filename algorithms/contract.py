@@ -32,6 +32,13 @@ class Code:
                 raise ValueError(f"Code.{name} must not be empty")
 
 
+class Purpose(enum.Enum):
+    """What an algorithm's series are: patients' (clinical) or quality control (phantoms)."""
+
+    CLINICAL = "clinical"
+    QUALITY_CONTROL = "quality_control"
+
+
 @dataclass(frozen=True)
 class AlgorithmInfo:
     """Who made a result. Becomes TID 4019 and Contributing Equipment in every output."""
@@ -50,6 +57,12 @@ class AlgorithmInfo:
     """What the algorithm looks for; the study-level Present/Absent statement is about this."""
     clinical_use: bool = False
     """False for models not validated on patients: outputs say "not for clinical use"."""
+    purpose: Purpose = Purpose.CLINICAL
+    """CLINICAL: reads patients' images, never a QA or phantom series; QUALITY_CONTROL: reads
+    QA and phantom series only, and its results raise no clinical flag (router.route)."""
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    """Site parameters the algorithm takes and their defaults (``algorithms.<name>.parameters``
+    in the routing YAML overrides them; check-config refuses other names)."""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -146,6 +159,9 @@ class StudyInput:
     threshold: float | None = None
     """The site's operating point (``algorithms.<name>.threshold`` in the routing YAML, or its
     ``thresholds_by_model`` entry for this scanner). ``None``: use the plugin's own default."""
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    """The site's values of the algorithm's parameters (``AlgorithmInfo.parameters``), each
+    given or defaulted."""
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:

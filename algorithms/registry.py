@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from algorithms.contract import Algorithm, AlgorithmInfo
+from algorithms.contract import Algorithm, AlgorithmInfo, Purpose
 from algorithms.manifest.discovery import discover_manifests
 
 LOGGER = logging.getLogger(__name__)
@@ -85,6 +85,15 @@ class Registry:
 
     def info(self, name: str) -> AlgorithmInfo:
         return self._plugins[name].info
+
+    def parameter_names(self) -> dict[str, frozenset[str]]:
+        """Each algorithm's parameter names (what ``algorithms.<name>.parameters`` may set);
+        a mapping by algorithm name, so it also serves as the collection of names."""
+        return {name: frozenset(plugin.info.parameters) for name, plugin in self._plugins.items()}
+
+    def purposes(self) -> dict[str, Purpose]:
+        """Each algorithm's purpose (clinical or quality control), by name."""
+        return {name: plugin.info.purpose for name, plugin in self._plugins.items()}
 
     def plugin(self, name: str) -> type[Algorithm]:
         """The algorithm class registered under ``name``."""

@@ -123,8 +123,10 @@ def load_default_config() -> RouterConfig:
 
 def check_algorithms(document: YamlDocument, known: Collection[str]) -> list[ConfigIssue]:
     """Report each ``run:`` (rules and fallback) and each ``algorithms:`` entry that names an
-    algorithm not in ``known`` (the names the plugin registry offers). Reads the plain data,
-    so it works on a file that failed validation too."""
+    algorithm not in ``known`` (the names the plugin registry offers). When ``known`` maps
+    each name to its parameter names, also each ``algorithms.<name>.parameters`` key the
+    algorithm does not take. Reads the plain data, so it works on a file that failed
+    validation too."""
     data = _mapping(document.data)
     issues: list[ConfigIssue] = []
 
@@ -147,6 +149,25 @@ def check_algorithms(document: YamlDocument, known: Collection[str]) -> list[Con
         if isinstance(name, str):
             problem = f"settings for {name!r}, an algorithm that is not installed"
             check(("algorithms", name), name, problem, at_key=True)
+    if isinstance(known, Mapping):
+        for name, settings in _mapping(data.get("algorithms")).items():
+            if not isinstance(name, str) or name not in known:
+                continue
+            taken = set(known[name])
+            for key in _mapping(_mapping(settings).get("parameters")):
+                if isinstance(key, str) and key not in taken:
+                    problem = f"{name} takes no parameter {key!r}"
+                    issue = reference_issue(
+                        document,
+                        ("algorithms", name, "parameters", key),
+                        key,
+                        taken,
+                        problem=problem,
+                        listed_as="its parameters",
+                        at_key=True,
+                    )
+                    if issue is not None:
+                        issues.append(issue)
     return issues
 
 

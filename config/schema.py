@@ -405,6 +405,52 @@ class Rule(Action):
     enabled: bool = True
 
 
+class QaSign(Strict):
+    """One way a QA, phantom or calibration series shows itself: every condition must hold."""
+
+    name: str = Field(min_length=1, max_length=64)
+    when: dict[Annotated[str, Field(pattern=ATTRIBUTE_PATTERN)], Matcher] = Field(min_length=1)
+
+
+_QA_WORDS = r"(?i)\b(phantom|qa|qc|constancy|calibration|calib)\b"
+
+
+def _default_qa_signs() -> list[QaSign]:
+    return [
+        QaSign(
+            name="phantom body part", when={"BodyPartExamined": MatchOperator(equals="PHANTOM")}
+        ),
+        QaSign(name="QA patient name", when={"PatientName": MatchOperator(regex=_QA_WORDS)}),
+        QaSign(
+            name="QA patient ID", when={"PatientID": MatchOperator(regex=r"(?i)^(qa|qc|phantom)")}
+        ),
+        QaSign(
+            name="QA study description", when={"StudyDescription": MatchOperator(regex=_QA_WORDS)}
+        ),
+        QaSign(
+            name="QA series description", when={"SeriesDescription": MatchOperator(regex=_QA_WORDS)}
+        ),
+    ]
+
+
+class QaConfig(Strict):
+    """How quality-control, phantom and calibration series are recognised: by any one sign.
+    Such a series is never given to a clinical algorithm nor raises a clinical flag, whatever
+    the rules say; only quality-control algorithms run on it (``router.route.matching``)."""
+
+    signs: list[QaSign] = Field(default_factory=_default_qa_signs)
+
+
+class UsageConfig(Strict):
+    """Usage metering (``radrouter usage``, ``/api/usage``)."""
+
+    sites: dict[AETitle, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=dict
+    )
+    """A site name for each calling AE title (a PACS or modality), so the counts per source
+    say which hospital or department sent the studies."""
+
+
 class Fallback(Action):
     """Applied to a series no rule matches. ``run: null`` and no ``send_to`` means record it
     as unrouted and do nothing more (the default)."""
@@ -461,6 +507,11 @@ class AlgorithmSettings(Strict):
     ignored); a scanner not listed gets ``threshold``."""
     shadow: bool = False
     """Run and record the result, but send nothing and raise no worklist flag."""
+    parameters: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], float] = Field(
+        default_factory=dict
+    )
+    """Values of the algorithm's own parameters (``AlgorithmInfo.parameters``: their names
+    and defaults), e.g. the tolerances of the CT water-phantom test."""
     priors: PriorsConfig | None = None
     """For follow-up algorithms: find the patient's most recent earlier exam and pass it in
     ``StudyInput.priors`` (``router.run.priors``); ``None``: no priors."""
@@ -886,6 +937,8 @@ class RouterConfig(Strict):
     directory, like ``storage.data_dir``."""
     rules: list[Rule] = Field(default_factory=list)
     fallback: Fallback = Fallback()
+    qa: QaConfig = QaConfig()
+    usage: UsageConfig = UsageConfig()
     worklist: WorklistConfig = WorklistConfig()
     audit: AuditConfig = AuditConfig()
     reload: ReloadConfig = ReloadConfig()

@@ -7,13 +7,14 @@ import datetime
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import requests
 
 from router.store.database import Database
+from router.usage import UsageRow, read_usage, usage_from_dicts
 
 __all__ = [
     "SECTIONS",
@@ -175,6 +176,10 @@ class Source(Protocol):
         many were requeued (0 when ``item_id`` is not dead)."""
         ...
 
+    def usage(self, month: str | None) -> list[UsageRow]:
+        """Finished runs per month, algorithm, source, kind and outcome (``router.usage``)."""
+        ...
+
 
 def read_status(source: Source, limit: int) -> RouterStatus:
     counts = source.counts()
@@ -249,10 +254,18 @@ class DatabaseSource:
     whose stages then find requeued items at their next poll."""
 
     db: Database
+    sites: Mapping[str, str] = field(default_factory=dict)
+    """``usage.sites`` of the config, when the command read one."""
 
     @property
     def description(self) -> str:
         return f"database {self.db.path}"
+
+    def usage(self, month: str | None) -> list[UsageRow]:
+        try:
+            return read_usage(self.db, self.sites, month)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -374,6 +387,13 @@ class ApiSource:
 
     def recent_studies(self, limit: int) -> list[dict[str, Any]]:
         return self._list("/studies", {"limit": limit})
+
+    def usage(self, month: str | None) -> list[UsageRow]:
+        params = {} if month is None else {"month": month}
+        body = self._call("GET", "/api/usage", params=params, accept=(200, 400)).json()
+        if not isinstance(body, list):
+            raise SourceError(f"{self.url}/api/usage: {body.get('detail', 'not a list')}")
+        return usage_from_dicts(body)
 
     def requeue(self, table: str, item_id: int | None) -> int:
         if item_id is not None:

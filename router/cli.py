@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry = _registry_for(loaded)
     problems: list[str] = []
     if loaded is not None:
-        problems = [str(p) for p in config_problems(loaded, registry.names())]
+        problems = [str(p) for p in config_problems(loaded, registry.parameter_names())]
     fallback = None
     if loaded is None or problems:
         refused = refused or "\n".join(problems)
@@ -151,7 +151,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from algorithms.registry import Registry
     from router.route.check_config import run_check
 
-    known = Registry.discover().names()
+    registry = Registry.discover()
+    known = registry.parameter_names()
     with _Progress("dry run", "file", args.quiet) as progress:
         outcome = run_check(
             args.file,
@@ -160,6 +161,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             calling_ae=args.calling_ae,
             called_ae=args.called_ae,
             progress=progress,
+            purposes=registry.purposes(),
         )
     print(outcome.text, end="" if outcome.text.endswith("\n") else "\n")
     return outcome.exit_code
@@ -249,6 +251,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
         print(f"source: {source.description}", file=sys.stderr)
         return source
     not_answering = ""
+    sites: dict[str, str] = {}
     if args.data_dir is not None:
         data_dir, origin = Path(args.data_dir), "from --data-dir"
     else:
@@ -259,6 +262,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
             print(f"config rejected:\n{exc}", file=sys.stderr)
             return None
         data_dir, origin = config.storage.data_dir, f"storage.data_dir of {_named(args)}"
+        sites = dict(config.usage.sites)
         url = None if args.no_api else _http_url(config.http)
         if url is not None and router_answers(url, trust_env=False):
             source = ApiSource(url, trust_env=False, progress=progress)
@@ -273,7 +277,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
             looked += f" and {not_answering}"
         print(f"{looked}: give the router's --data-dir, its --config or --api URL", file=sys.stderr)
         return None
-    database = DatabaseSource(Database(path))
+    database = DatabaseSource(Database(path), sites)
     because = f"; {not_answering}" if not_answering else ""
     print(f"source: {database.description} ({origin}{because})", file=sys.stderr)
     return database
@@ -311,6 +315,68 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"status: {exc}", file=sys.stderr)
         return 2
     print(format_status(status), end="")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from algorithms.registry import Registry
+    from router.validate.cases import TruthFileError, read_truth
+    from router.validate.report import summarise, write_report
+    from router.validate.run import validate
+
+    try:
+        truth = read_truth(args.truth)
+    except TruthFileError as exc:
+        print(f"validate: {exc}", file=sys.stderr)
+        return 2
+    if not args.cases.is_dir():
+        print(f"validate: {args.cases} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        config = _load(args.config) if args.config is not None else None
+    except ConfigError as exc:
+        print(f"config rejected:\n{exc}", file=sys.stderr)
+        return 2
+    registry = Registry.discover(manifest_dirs=config.model_dirs if config else ())
+    if args.algorithm not in registry:
+        print(
+            f"validate: no algorithm {args.algorithm!r}; installed: {', '.join(registry.names())}",
+            file=sys.stderr,
+        )
+        return 2
+    with _Progress("cases", "study", args.quiet) as progress:
+        run = validate(
+            args.algorithm,
+            registry,
+            args.cases,
+            truth,
+            config=config,
+            device=args.device,
+            progress=progress,
+        )
+    json_path, html_path = write_report(run, args.out)
+    figures = summarise(run)
+    auc = "n/a" if figures["auc"] is None else f"{figures['auc']:.3f}"
+    print(
+        f"{run.info.name} {run.info.version}: {figures['assessed']} of {figures['cases']} cases "
+        f"assessed, AUC {auc}; report: {html_path} and {json_path}"
+    )
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from router.admin import SourceError
+    from router.usage import format_usage, usage_csv
+
+    source = _open_source(args)
+    if source is None:
+        return 2
+    try:
+        rows = source.usage(args.month)
+    except SourceError as exc:
+        print(f"usage: {exc}", file=sys.stderr)
+        return 2
+    print(usage_csv(rows) if args.csv else format_usage(rows), end="")
     return 0
 
 
@@ -643,6 +709,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check_config)
 
+    validate = command(
+        "validate",
+        "run an algorithm over a folder of local cases with a truth file and write a report "
+        "(AUC with its confidence interval, sensitivity and specificity, per scanner)",
+        "\n\nThe truth file is CSV with a header: study_uid,label (1/0, present/absent, ...)."
+        "\nWith --config, each study's series is the one its rules give the algorithm, and"
+        "\nits threshold and parameters apply; without, a series of the algorithm's modality.",
+    )
+    validate.add_argument("algorithm", help="an installed algorithm's name")
+    validate.add_argument("cases", type=Path, help="folder of the cases' DICOM files")
+    validate.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help="truth file: study_uid,label per line (default: none, it is required)",
+    )
+    validate.add_argument(
+        "--out", type=Path, default=Path("validation"), metavar="DIR", help="report folder"
+    )
+    validate.add_argument(
+        "--config", type=Path, metavar="FILE", help="routing YAML (default: none)"
+    )
+    validate.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs"
+    )
+    validate.add_argument("--quiet", action="store_true", help="no progress bar")
+    validate.set_defaults(func=cmd_validate)
+
     send = command("send", "C-STORE files or folders to a DICOM node")
     send.add_argument(
         "paths", type=Path, nargs="+", help="DICOM files, or folders searched recursively"
@@ -672,6 +767,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="items listed per section, the newest",
     )
     status.set_defaults(func=cmd_status)
+
+    usage = command(
+        "usage",
+        "what each algorithm processed: studies, series and runs per month, algorithm, source "
+        "(calling AE and usage.sites name), clinical or QA, and outcome",
+        "\n" + STATUS_SOURCES,
+    )
+    with_source(usage)
+    usage.add_argument("--month", metavar="YYYY-MM", help="one month (default: every month)")
+    usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    usage.set_defaults(func=cmd_usage)
 
     retry = command(
         "retry",

@@ -107,7 +107,7 @@ class ConfigHolder:
         self,
         config: RouterConfig,
         path: Path | None,
-        known_algorithms: list[str],
+        known_algorithms: Collection[str],
         *,
         last_good: LastGood | None = None,
         running_last_good: Rejection | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 import pydicom.config
 import uvicorn
 
+from algorithms.contract import Purpose
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
 from config.schema import RouterConfig, http_is_loopback, http_is_secure
@@ -71,7 +72,7 @@ class RouterService:
         self.holder = ConfigHolder(
             config,
             config_path,
-            self.registry.names(),
+            self.registry.parameter_names(),
             last_good=LastGood((data_dir or config.storage.data_dir).resolve(), config_path),
             running_last_good=running_last_good,
         )
@@ -152,7 +153,9 @@ class RouterService:
             leases=self.leases,
             on_released=self.workers.wake,
         )
-        self.planner = Planner(self.db, self.queue, self.holder.current, self._planned)
+        self.planner = Planner(
+            self.db, self.queue, self.holder.current, self._planned, self.registry.purposes()
+        )
         self.assembler = Assembler(
             self.db, lambda: self.holder.current().completion, self._study_complete
         )
@@ -294,6 +297,7 @@ class RouterService:
                 retry_job=self._retry_job,
                 security=security,
                 audit=self.audit,
+                usage_sites=lambda: self.holder.current().usage.sites,
             )
         )
         tls = server_context(http.tls) if http.tls is not None else None
@@ -412,7 +416,8 @@ class RouterService:
         """A job that failed for good (its last attempt failed or was interrupted): the
         worklist states the failure, never a silent negative (unless in shadow mode)."""
         settings = self.holder.current().algorithms.get(job["algorithm"])
-        if settings is None or not settings.shadow:
+        clinical = self.registry.purposes().get(job["algorithm"]) is not Purpose.QUALITY_CONTROL
+        if clinical and (settings is None or not settings.shadow):
             queue_failure(self.db, job["study_uid"], int(job["id"]))
         self._results_written()
         settle_study(self.db, job["study_uid"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -28,6 +28,7 @@ from router.audit.http import request_actor
 from router.deliver.result_writer import result_object_paths
 from router.metrics import Metrics
 from router.store.database import Database
+from router.usage import UsageRow, read_usage, usage_csv
 from router.worklist_page.api import create_worklist_router
 
 
@@ -50,6 +51,8 @@ class ApiDependencies:
     security: HttpSecurity | None = None
     """The gate (Host, cross-site, authentication, roles: ``router.api.auth``). The service
     always passes one; None (no gate at all) is for tests that build the app in-process."""
+    usage_sites: Callable[[], Mapping[str, str]] = dict
+    """The running config's ``usage.sites`` (site name by calling AE title)."""
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -70,6 +73,7 @@ def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
             "instances": s["instance_count"],
             "rules": [name for name in s["rule_names"].split(",") if name],
             "route_explanation": s["route_explanation"],
+            "qa_sign": s["qa_sign"],
         }
         for s in db.query(
             "SELECT * FROM series WHERE study_uid = ? ORDER BY first_received_at", (study_uid,)
@@ -249,6 +253,26 @@ def create_app(deps: ApiDependencies) -> FastAPI:
         if not requeued:
             raise HTTPException(status_code=409, detail="delivery is not dead-lettered")
         return {"requeued": delivery_id}
+
+    @app.get("/api/usage")
+    def usage(month: str | None = None) -> list[dict[str, Any]]:
+        """Finished runs per month, algorithm, source, kind and outcome (``router.usage``)."""
+        return [asdict(row) for row in _usage(month)]
+
+    @app.get("/api/usage.csv")
+    def usage_as_csv(month: str | None = None) -> Response:
+        name = f"radrouter-usage-{month or 'all'}.csv"
+        return Response(
+            usage_csv(_usage(month)),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    def _usage(month: str | None) -> list[UsageRow]:
+        try:
+            return read_usage(db, deps.usage_sites(), month)
+        except ValueError:  # never echoed: the detail names the parameter only
+            raise HTTPException(status_code=400, detail="month must be YYYY-MM") from None
 
     @app.get("/metrics")
     def metrics() -> Response:

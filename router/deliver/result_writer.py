@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy
+from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy, Purpose
 from algorithms.finding_words import KeyImage
 from dicom_sr.context import InstanceReference, ResultVersion, SourceImage, StudyContext
 from dicom_sr.identity import ObjectKind
@@ -133,7 +133,15 @@ class ResultWriter:
                         "created_at) VALUES (?, ?, ?, 'pending', ?)",
                         (job.study_uid, result_id, destination, time.time()),
                     )
-                queue_result(conn, job.study_uid, job.id, result_id)
+                if info.purpose is Purpose.CLINICAL:
+                    queue_result(conn, job.study_uid, job.id, result_id)
+                else:  # a phantom's result is the physicist's, not the worklist's
+                    LOGGER.info(
+                        "job %d (%s): quality-control result %s, no worklist flag",
+                        job.id,
+                        job.algorithm,
+                        result.verdict.value,
+                    )
         return WrittenResult(result_id, paths["sr"], tuple(paths))
 
     def _next_version(self, study_uid: str, algorithm: str) -> ResultVersion:

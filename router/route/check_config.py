@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.errors import InvalidDicomError
 
+from algorithms.contract import Purpose
 from algorithms.manifest.discovery import discover_manifests
 from config.loader import (
     ConfigError,
@@ -393,6 +394,7 @@ def dry_run(
     calling_ae: str = "DRYRUN",
     called_ae: str | None = None,
     progress: DryRunProgress | None = None,
+    purposes: Mapping[str, Purpose] | None = None,
 ) -> DryRunResult:
     """Route every series found under ``folder`` (recursively) as the router would: headers
     only, grouped by SeriesInstanceUID, facts from the instance with the lowest
@@ -426,7 +428,7 @@ def dry_run(
     results: list[tuple[tuple[str, int, str], SeriesDryRun]] = []
     for series_uid, entry in series.items():
         ds = entry.first
-        decision = route(config, SeriesFacts.from_dataset(ds, calling_ae, called))
+        decision = route(config, SeriesFacts.from_dataset(ds, calling_ae, called), purposes)
         study_uid = _text(ds, "StudyInstanceUID")
         results.append(
             (
@@ -589,6 +591,7 @@ def run_check(
     calling_ae: str = "DRYRUN",
     called_ae: str | None = None,
     progress: DryRunProgress | None = None,
+    purposes: Mapping[str, Purpose] | None = None,
 ) -> CheckOutcome:
     """The whole ``check-config`` command: check, optionally dry-run, format. The CLI prints
     ``outcome.text`` and exits with ``outcome.exit_code`` (see ``EXIT_*``). A file with
@@ -598,7 +601,7 @@ def run_check(
         if against is None:
             return CheckOutcome(EXIT_OK, format_report(path, [], config=config), config, (), None)
         try:
-            result = dry_run(config, against, calling_ae, called_ae, progress)
+            result = dry_run(config, against, calling_ae, called_ae, progress, purposes)
         except OSError as exc:
             text = format_report(path, [], config=config) + f"cannot dry-run: {exc}\n"
             return CheckOutcome(EXIT_BAD_FOLDER, text, config, (), None)
@@ -614,7 +617,7 @@ def run_check(
         text = report + f"\ncannot dry-run: {why}\n"
         return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), None)
     try:
-        result = dry_run(usable.config, against, calling_ae, called_ae, progress)
+        result = dry_run(usable.config, against, calling_ae, called_ae, progress, purposes)
     except OSError as exc:
         text = format_report(path, issues, usable=usable) + f"\ncannot dry-run: {exc}\n"
         return CheckOutcome(EXIT_INVALID, text, config, tuple(issues), None, usable)

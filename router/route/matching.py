@@ -12,7 +12,8 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.multival import MultiValue
 
-from config.schema import Matcher, MatchOperator, Priority, RouterConfig, Rule
+from algorithms.contract import Purpose
+from config.schema import Matcher, MatchOperator, Priority, QaConfig, RouterConfig, Rule
 
 __all__ = [
     "ASSOCIATION_ATTRIBUTES",
@@ -21,7 +22,9 @@ __all__ = [
     "RoutingDecision",
     "RuleOutcome",
     "SeriesFacts",
+    "WithheldAction",
     "evaluate_rule",
+    "qa_sign",
     "route",
 ]
 
@@ -147,6 +150,14 @@ class RouteAction:
 
 
 @dataclass(frozen=True)
+class WithheldAction:
+    """An action a rule asked for that the series' kind forbids, and why."""
+
+    action: RouteAction
+    reason: str
+
+
+@dataclass(frozen=True)
 class RoutingDecision:
     """The result of routing one series: its actions and how each rule fared."""
 
@@ -156,6 +167,11 @@ class RoutingDecision:
     used_fallback: bool
     stopped_at: str | None = None
     """Name of the matching rule that ended evaluation (first match without ``continue``)."""
+    qa: RuleOutcome | None = None
+    """The ``qa.signs`` entry that marks the series as QA, phantom or calibration; None for
+    a patient's series."""
+    withheld: tuple[WithheldAction, ...] = ()
+    """Runs the rules asked for that the series' kind forbids (not in ``actions``)."""
 
     @property
     def unrouted(self) -> bool:
@@ -168,10 +184,20 @@ class RoutingDecision:
 
     def summary(self) -> str:
         """One line: what happens to the series."""
+        line = self._actions_summary()
+        if self.qa is not None:
+            line = f"QA series (sign {self.qa.rule_name!r}): {line}"
+        for withheld in self.withheld:
+            line += f"; {withheld.action.run} withheld: {withheld.reason}"
+        return line
+
+    def _actions_summary(self) -> str:
         if self.used_fallback:
             if not self.actions:
                 return "no rule matched -> fallback: unrouted"
             return f"no rule matched -> fallback: {_describe_action(self.actions[0])}"
+        if not self.actions:
+            return "no action left"
         return "; ".join(
             f"rule {action.rule_name!r} fired -> {_describe_action(action)}"
             for action in self.actions
@@ -180,6 +206,12 @@ class RoutingDecision:
     def explain(self) -> str:
         """Which rule fired and why (each check: found vs expected), or why none did."""
         lines = [self.summary()]
+        if self.qa is not None:
+            lines.append(f"  QA sign {self.qa.rule_name!r}: matched")
+            lines.extend(
+                f"    [ok  ] {check.attribute}: found {check.actual}, expected {check.expected}"
+                for check in self.qa.checks
+            )
         for outcome in self.outcomes:
             if outcome.disabled:
                 lines.append(f"  rule {outcome.rule_name!r}: skipped (disabled)")
@@ -202,9 +234,65 @@ class RoutingDecision:
         return "\n".join(lines)
 
 
-def route(config: RouterConfig, facts: SeriesFacts) -> RoutingDecision:
+def route(
+    config: RouterConfig,
+    facts: SeriesFacts,
+    purposes: Mapping[str, Purpose] | None = None,
+) -> RoutingDecision:
     """Apply ``config.rules`` in order to ``facts``: disabled rules are skipped; the first
-    matching rule wins unless it has ``continue: true``; with no match, the fallback."""
+    matching rule wins unless it has ``continue: true``; with no match, the fallback.
+
+    Then the series' kind decides which runs stand: on a QA, phantom or calibration series
+    (``config.qa.signs``) only quality-control algorithms run; on any other series only
+    clinical ones. ``purposes`` gives each algorithm's (``AlgorithmInfo.purpose``); one not
+    listed is clinical. A forbidden run is withheld with its reason, never silently dropped.
+    """
+    decision = _apply_rules(config, facts)
+    sign = qa_sign(config.qa, facts)
+    kept: list[RouteAction] = []
+    withheld: list[WithheldAction] = []
+    for action in decision.actions:
+        reason = _forbidden(action, sign, purposes or {})
+        if reason is None:
+            kept.append(action)
+        else:
+            withheld.append(WithheldAction(action, reason))
+    return RoutingDecision(
+        tuple(kept),
+        decision.outcomes,
+        decision.used_fallback,
+        decision.stopped_at,
+        qa=sign,
+        withheld=tuple(withheld),
+    )
+
+
+def qa_sign(qa: QaConfig, facts: SeriesFacts) -> RuleOutcome | None:
+    """The first sign of ``qa`` that ``facts`` show (every condition holds), or None."""
+    for sign in qa.signs:
+        checks = tuple(
+            _check(attribute, matcher, facts.value(attribute))
+            for attribute, matcher in sign.when.items()
+        )
+        if all(check.matched for check in checks):
+            return RuleOutcome(sign.name, True, checks)
+    return None
+
+
+def _forbidden(
+    action: RouteAction, sign: RuleOutcome | None, purposes: Mapping[str, Purpose]
+) -> str | None:
+    if action.run is None:
+        return None
+    purpose = purposes.get(action.run, Purpose.CLINICAL)
+    if sign is not None and purpose is Purpose.CLINICAL:
+        return "a clinical algorithm never runs on a QA, phantom or calibration series"
+    if sign is None and purpose is Purpose.QUALITY_CONTROL:
+        return "a quality-control algorithm runs on QA and phantom series only (no qa sign)"
+    return None
+
+
+def _apply_rules(config: RouterConfig, facts: SeriesFacts) -> RoutingDecision:
     outcomes: list[RuleOutcome] = []
     actions: list[RouteAction] = []
     stopped_at: str | None = None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydicom import dcmread
 
+from algorithms.contract import Purpose
 from config.schema import RouterConfig
 from router.assemble.completion import CompletionReason
 from router.logs import log_safe
@@ -27,11 +28,14 @@ class Planner:
         jobs: JobQueue,
         config: Callable[[], RouterConfig],
         on_planned: Callable[[], None] | None = None,
+        purposes: Mapping[str, Purpose] | None = None,
     ) -> None:
         self.db = db
         self.jobs = jobs
         self._config = config
         self._on_planned = on_planned
+        self._purposes = dict(purposes or {})
+        """Each algorithm's purpose: QA series get only quality-control algorithms."""
 
     def plan(self, study_uid: str, revision: int, reason: CompletionReason) -> str:
         """Route every series that is new since the last plan; return the study's new state."""
@@ -66,13 +70,34 @@ class Planner:
                 decision = route(
                     config,
                     SeriesFacts.from_dataset(header, first["calling_ae"], first["called_ae"]),
+                    self._purposes,
                 )
                 rule_names = ",".join(a.rule_name for a in decision.actions)
+                qa_sign = None if decision.qa is None else decision.qa.rule_name
                 conn.execute(
                     "UPDATE series SET routed_revision = ?, routed_at = ?, rule_names = ?, "
-                    "route_explanation = ? WHERE series_uid = ?",
-                    (revision, time.time(), rule_names, decision.explain(), series["series_uid"]),
+                    "route_explanation = ?, qa_sign = ? WHERE series_uid = ?",
+                    (
+                        revision,
+                        time.time(),
+                        rule_names,
+                        decision.explain(),
+                        qa_sign,
+                        series["series_uid"],
+                    ),
                 )
+                for withheld in decision.withheld:
+                    LOGGER.warning(
+                        "series %s: %s not run: %s",
+                        log_safe(series["series_uid"]),
+                        withheld.action.run,
+                        withheld.reason,
+                    )
+                    self.db.record_event(
+                        "run_withheld",
+                        study_uid,
+                        detail=f"{withheld.action.run}: {withheld.reason}",
+                    )
                 for action in decision.actions:
                     if action.run:
                         settings = config.algorithms.get(action.run)

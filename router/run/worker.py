@@ -94,8 +94,16 @@ class JobRunner:
                     settings.threshold_for(loaded.series.header) if settings is not None else None
                 )
                 priors, prior = self._priors(job)
+                parameters = {
+                    **info.parameters,
+                    **(settings.parameters if settings is not None else {}),
+                }
                 study_input = StudyInput(
-                    job.study_uid, loaded.series, priors=priors, threshold=threshold
+                    job.study_uid,
+                    loaded.series,
+                    priors=priors,
+                    threshold=threshold,
+                    parameters=parameters,
                 )
                 outcome = self.runtime.run(job.algorithm, study_input, timeout)
                 result, model_seconds, device = outcome.result, outcome.seconds, outcome.device

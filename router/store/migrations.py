@@ -372,12 +372,19 @@ ALTER TABLE result_objects_v5 RENAME TO result_objects;
 CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects (result_id);
 """
 
+V6_QA_SERIES = """
+-- QA, phantom and calibration series (config qa.signs): the sign that marked a series, so
+-- they are counted apart and never given to a clinical algorithm.
+ALTER TABLE series ADD COLUMN qa_sign TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
     Migration(3, "keyed patient pseudonyms in the prior index", V3_KEYED_PATIENT_PSEUDONYMS),
     Migration(4, "retention: studies record when their files were purged", V4_RETENTION),
     Migration(5, "results as presentation states and summary images", V5_PRESENTATION_OBJECTS),
+    Migration(6, "series record the QA sign that marked them", V6_QA_SERIES),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

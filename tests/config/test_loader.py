@@ -410,6 +410,26 @@ def test_check_algorithms_reports_unknown_run_with_its_line() -> None:
     assert check_algorithms(document, everything) == []
 
 
+def test_check_algorithms_names_a_parameter_the_algorithm_does_not_take() -> None:
+    text = textwrap.dedent(
+        """\
+        algorithms:
+          ct_water_qa:
+            parameters: {water_tolerance_hu: 3, uniformity_tolerence_hu: 5}
+          lung_nodule: {threshold: 0.5}
+        """
+    )
+    document = validate_config(parse_yaml(text, "params.yaml")).document
+    known = {"ct_water_qa": {"water_tolerance_hu", "uniformity_tolerance_hu"}, "lung_nodule": set()}
+
+    (issue,) = check_algorithms(document, known)
+
+    assert issue.key == "algorithms.ct_water_qa.parameters.uniformity_tolerence_hu"
+    assert "ct_water_qa takes no parameter 'uniformity_tolerence_hu'" in issue.message
+    assert "did you mean 'uniformity_tolerance_hu'" in issue.message
+    assert check_algorithms(document, set(known)) == []  # names only: parameters unchecked
+
+
 def test_check_algorithms_reads_a_file_the_schema_refused() -> None:
     text = "node: {port: abc}\nrules:\n  - {name: a, when: {}, run: x}\n"
     document = parse_yaml(text, "broken.yaml")

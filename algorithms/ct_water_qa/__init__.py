@@ -1,0 +1,1 @@
+"""CT water-phantom constancy test (quality control)."""

@@ -1,0 +1,1 @@
+"""Local validation before go-live: ``radrouter validate`` (issue: operating it)."""

@@ -1,0 +1,137 @@
+"""Running an algorithm over a folder of the hospital's cases, as the router would run it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
+from algorithms.registry import Registry
+from config.schema import RouterConfig
+from router.run.series_loader import VolumeError, load_series
+from router.validate.cases import Truth, choose_series, find_studies
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    study_uid: str
+    scanner: str
+    truth: Truth
+    verdict: Verdict | None
+    """None: the algorithm could not run on the case (``reason`` says why)."""
+    score: float | None
+    """The result's study-level probability, else its most probable finding's, else 0 for a
+    negative; None when not assessed or not run."""
+    reason: str = ""
+
+    @property
+    def assessed(self) -> bool:
+        return self.verdict in (Verdict.PRESENT, Verdict.ABSENT) and self.score is not None
+
+
+@dataclass(frozen=True)
+class ValidationRun:
+    info: AlgorithmInfo
+    cases_folder: Path
+    cases: tuple[CaseOutcome, ...]
+    truth_without_study: tuple[str, ...]
+    """Study UIDs of the truth file not found in the folder."""
+    studies_without_truth: int
+    """Studies in the folder the truth file does not label (not used)."""
+    threshold: float | None
+    """The site's operating point from the config, or None (the algorithm's default)."""
+
+
+def validate(
+    algorithm: str,
+    registry: Registry,
+    cases_folder: Path,
+    truth: Mapping[str, Truth],
+    *,
+    config: RouterConfig | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], object] | None = None,
+) -> ValidationRun:
+    """Run ``algorithm`` on the series of each labelled study under ``cases_folder`` (the one
+    its rules in ``config`` give it, else one of its modalities)."""
+    info = registry.info(algorithm)
+    plugin = registry.create(algorithm)
+    plugin.load(device)
+    settings = config.algorithms.get(algorithm) if config is not None else None
+    parameters = {**info.parameters, **(settings.parameters if settings is not None else {})}
+    studies = find_studies(cases_folder)
+    labelled = [uid for uid in sorted(studies) if uid in truth]
+    outcomes = []
+    for done, study_uid in enumerate(labelled, start=1):
+        chosen = choose_series(
+            studies[study_uid],
+            algorithm,
+            info.modalities,
+            config,
+            registry.purposes(),
+        )
+        if chosen is None:
+            outcomes.append(
+                CaseOutcome(study_uid, "", truth[study_uid], None, None, "no series for it")
+            )
+        else:
+            scanner_header = {"ManufacturerModelName": chosen.scanner}
+            threshold = settings.threshold_for(scanner_header) if settings is not None else None
+            outcomes.append(
+                _run_case(
+                    plugin,
+                    study_uid,
+                    chosen.scanner,
+                    truth[study_uid],
+                    chosen.paths,
+                    threshold,
+                    parameters,
+                )
+            )
+        if progress is not None:
+            progress(done, len(labelled))
+    return ValidationRun(
+        info=info,
+        cases_folder=cases_folder,
+        cases=tuple(outcomes),
+        truth_without_study=tuple(sorted(set(truth) - set(studies))),
+        studies_without_truth=len(set(studies) - set(truth)),
+        threshold=settings.threshold if settings is not None else None,
+    )
+
+
+def _run_case(
+    plugin: object,
+    study_uid: str,
+    scanner: str,
+    truth: Truth,
+    paths: tuple[Path, ...],
+    threshold: float | None,
+    parameters: Mapping[str, float],
+) -> CaseOutcome:
+    try:
+        loaded = load_series(list(paths))
+    except VolumeError as exc:
+        return CaseOutcome(study_uid, scanner, truth, None, None, f"input not usable: {exc}")
+    try:
+        result: AlgorithmResult = plugin.run(  # type: ignore[attr-defined]
+            StudyInput(study_uid, loaded.series, threshold=threshold, parameters=parameters)
+        )
+    except Exception as exc:  # a crashing model is a case that failed, not the end of the run
+        LOGGER.warning("validation: the algorithm failed on a case: %s", type(exc).__name__)
+        return CaseOutcome(study_uid, scanner, truth, None, None, f"failed: {type(exc).__name__}")
+    if result.verdict is Verdict.NOT_ASSESSED:
+        return CaseOutcome(study_uid, scanner, truth, result.verdict, None, result.reason)
+    return CaseOutcome(study_uid, scanner, truth, result.verdict, _score(result))
+
+
+def _score(result: AlgorithmResult) -> float:
+    if result.probability is not None:
+        return float(result.probability)
+    if result.findings:
+        return max(float(f.probability) for f in result.findings)
+    return 0.0

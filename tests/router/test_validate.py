@@ -1,0 +1,213 @@
+"""Local validation before go-live on generated cases with a known truth: the figures of the
+report against the same figures counted by hand, and ``radrouter validate`` end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from algorithms.codes import LUNG_NODULE
+from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
+from algorithms.registry import Registry
+from config.loader import parse_config
+from router.validate import metrics
+from router.validate.cases import Truth, TruthFileError, read_truth
+from router.validate.report import summarise, write_report
+from router.validate.run import validate
+from testing.dicom_tools import make_ct_slices
+from testing.phantoms import WaterPhantom, write_water_phantom_series
+
+
+class BrightestVoxel:
+    """Scores a CT by its brightest voxel: (max HU - 100) / 1000, clipped to [0, 1]; PRESENT
+    at or above the threshold the router passes (0.5 by default). Not assessed below 4
+    slices."""
+
+    info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
+        name="brightest",
+        display_name="test brightest voxel",
+        version="1.0",
+        manufacturer="radrouter tests",
+        device_uid="2.25.99",
+        modalities=frozenset({"CT"}),
+        intended_use="tests only",
+        max_runtime_s=10.0,
+        target=LUNG_NODULE,
+    )
+
+    def load(self, device: str) -> None:
+        pass
+
+    def run(self, study: StudyInput) -> AlgorithmResult:
+        if study.series.array.shape[0] < 4:
+            return AlgorithmResult(Verdict.NOT_ASSESSED, reason="fewer than 4 slices")
+        score = float(np.clip((float(study.series.array.max()) - 100.0) / 1000.0, 0.0, 1.0))
+        threshold = 0.5 if study.threshold is None else study.threshold
+        verdict = Verdict.PRESENT if score >= threshold else Verdict.ABSENT
+        return AlgorithmResult(verdict, probability=score)
+
+
+def write_case(folder: Path, peak_hu: float, scanner: str, slices: int = 4) -> str:
+    """A small CT whose brightest voxel is ``peak_hu``; returns its study UID."""
+    folder.mkdir(parents=True)
+    datasets = make_ct_slices(slices, rows=32, cols=32)
+    for ds in datasets:
+        ds.ManufacturerModelName = scanner
+        values = np.full((32, 32), -900.0)
+        ds.PixelData = (values - float(ds.RescaleIntercept)).astype(np.int16).tobytes()
+    values = np.full((32, 32), -900.0)
+    values[16, 16] = peak_hu
+    datasets[1].PixelData = (
+        (values - float(datasets[1].RescaleIntercept)).astype(np.int16).tobytes()
+    )
+    for ds in datasets:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return str(datasets[0].StudyInstanceUID)
+
+
+# Peaks (HU) of the generated cases: positives mostly bright, negatives mostly dark, with an
+# overlap; scores are (peak - 100) / 1000.
+POSITIVE_PEAKS = [1100, 900, 800, 700, 650, 500, 400]
+NEGATIVE_PEAKS = [100, 200, 300, 450, 550, 700, 250]
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Truth], list[float]]:
+    folder = tmp_path_factory.mktemp("cases")
+    truth: dict[str, Truth] = {}
+    peaks = []
+    for number, (peak, positive) in enumerate(
+        itertools.chain(((p, True) for p in POSITIVE_PEAKS), ((p, False) for p in NEGATIVE_PEAKS))
+    ):
+        scanner = "Scanner A" if number % 2 == 0 else "Scanner B"
+        uid = write_case(folder / f"case{number}", float(peak), scanner)
+        truth[uid] = Truth(positive)
+        peaks.append(float(peak))
+    short = write_case(folder / "short", 1000.0, "Scanner A", slices=2)  # not assessed
+    truth[short] = Truth(True)
+    truth["1.2.3.4.5.6"] = Truth(False)  # in the truth file, not in the folder
+    return folder, truth, peaks
+
+
+def test_the_report_figures_are_those_counted_by_hand(
+    cases: tuple[Path, dict[str, Truth], list[float]],
+) -> None:
+    folder, truth, _ = cases
+    run = validate("brightest", Registry({"brightest": BrightestVoxel}), folder, truth)
+    summary = summarise(run)
+
+    positives = [(p - 100) / 1000 for p in POSITIVE_PEAKS]
+    negatives = [(p - 100) / 1000 for p in NEGATIVE_PEAKS]
+    pairs = [(p > n) + 0.5 * (p == n) for p in positives for n in negatives]
+    assert summary["auc"] == pytest.approx(sum(pairs) / len(pairs))
+    low, high = summary["auc_95ci"]
+    assert low < summary["auc"] < high
+    operating = summary["at_operating_point"]  # score >= 0.5: peaks of 600 HU and more
+    assert (operating["tp"], operating["fn"]) == (5, 2)
+    assert (operating["tn"], operating["fp"]) == (6, 1)
+    assert summary["assessed"] == 14 and summary["cases"] == 15
+    assert summary["not_assessed"] == {"fewer than 4 slices": 1}
+    assert summary["truth_without_study"] == ["1.2.3.4.5.6"]
+    assert set(summary["by_scanner"]) == {"Scanner A", "Scanner B"}
+    assert sum(f["n"] for f in summary["by_scanner"].values()) == 14
+    suggested = summary["at_suggested_threshold"]
+    assert suggested["sensitivity"] + suggested["specificity"] >= (
+        operating["sensitivity"] + operating["specificity"]
+    )
+
+
+def test_the_configured_threshold_is_the_operating_point(
+    cases: tuple[Path, dict[str, Truth], list[float]],
+) -> None:
+    folder, truth, _ = cases
+    config = parse_config(
+        "algorithms:\n  brightest: {threshold: 0.3}\n"
+        "rules:\n  - {name: ct, when: {Modality: CT}, run: brightest}\n",
+        "site.yaml",
+    )
+    run = validate(
+        "brightest", Registry({"brightest": BrightestVoxel}), folder, truth, config=config
+    )
+    operating = summarise(run)["at_operating_point"]
+    assert (operating["tp"], operating["fp"]) == (7, 3)  # peaks of 400 HU and more
+
+
+def test_the_html_report_holds_the_plots_and_the_json_the_figures(
+    cases: tuple[Path, dict[str, Truth], list[float]], tmp_path: Path
+) -> None:
+    folder, truth, _ = cases
+    run = validate("brightest", Registry({"brightest": BrightestVoxel}), folder, truth)
+    json_path, html_path = write_report(run, tmp_path / "report")
+
+    figures = json.loads(json_path.read_text())
+    page = html_path.read_text()
+    assert figures["algorithm"] == {"name": "brightest", "version": "1.0"}
+    assert page.count("<svg") == 2 and "<polyline" in page
+    assert f"{figures['auc']:.3f}" in page
+    assert "Scanner B" in page and "fewer than 4 slices" in page
+    assert "<script" not in page
+
+
+def test_metrics_on_small_cases() -> None:
+    assert metrics.auc([0.1, 0.9], [False, True]) == 1.0
+    assert metrics.auc([0.5, 0.5], [False, True]) == 0.5
+    assert metrics.auc([0.1, 0.2], [True, True]) is None
+    bins = metrics.calibration([0.05, 0.15, 0.95, 1.0], [False, True, True, True])
+    assert [(b.count, b.observed_rate) for b in bins] == [(1, 0.0), (1, 1.0), (2, 1.0)]
+
+
+def test_a_truth_file_with_a_bad_label_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "truth.csv"
+    path.write_text("study_uid,label\n1.2.3,present\n1.2.4,maybe\n")
+    with pytest.raises(TruthFileError, match=r"truth.csv:3: label 'maybe'"):
+        read_truth(path)
+    path.write_text("study,label\n")
+    with pytest.raises(TruthFileError, match="must name study_uid and label"):
+        read_truth(path)
+
+
+@pytest.mark.slow
+def test_radrouter_validate_on_water_phantoms(tmp_path: Path) -> None:
+    """The command with a shipped algorithm: water phantoms, the truth their known bias."""
+    rows = ["study_uid,label"]
+    for number, bias in enumerate([0.0, 1.5, 6.0, -7.0, 2.0, 9.0]):
+        phantom = WaterPhantom(bias_hu=bias, size=256, pixel_mm=1.0, seed=number)
+        paths = write_water_phantom_series(tmp_path / "cases" / str(number), phantom)
+        import pydicom
+
+        uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+        rows.append(f"{uid},{'present' if abs(bias) > 4 else 'absent'}")
+    (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "validate",
+            "ct_water_qa",
+            str(tmp_path / "cases"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert figures["assessed"] == 6
+    assert figures["auc"] == 1.0
+    assert figures["at_operating_point"]["sensitivity"] == 1.0
+    assert "AUC 1.000" in done.stdout
+    assert (tmp_path / "report" / "report.html").is_file()
