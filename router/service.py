@@ -298,6 +298,11 @@ class RouterService:
                 security=security,
                 audit=self.audit,
                 usage_sites=lambda: self.holder.current().usage.sites,
+                quality_control_algorithms=lambda: [
+                    name
+                    for name, purpose in self.registry.purposes().items()
+                    if purpose is Purpose.QUALITY_CONTROL
+                ],
             )
         )
         tls = server_context(http.tls) if http.tls is not None else None

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from router.audit.events import (
 from router.audit.http import request_actor
 from router.deliver.result_writer import result_object_paths
 from router.metrics import Metrics
+from router.qa_trend import read_trend
 from router.store.database import Database
 from router.usage import UsageRow, read_usage, usage_csv
 from router.worklist_page.api import create_worklist_router
@@ -53,6 +55,8 @@ class ApiDependencies:
     always passes one; None (no gate at all) is for tests that build the app in-process."""
     usage_sites: Callable[[], Mapping[str, str]] = dict
     """The running config's ``usage.sites`` (site name by calling AE title)."""
+    quality_control_algorithms: Callable[[], Collection[str]] = tuple
+    """The installed quality-control algorithms (``AlgorithmInfo.purpose``)."""
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -267,6 +271,12 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
+
+    @app.get("/api/qa/trend")
+    def qa_trend(days: float = 365.0) -> list[dict[str, Any]]:
+        """Quality-control results per algorithm and scanner, oldest first (``router.qa_trend``)."""
+        since = time.time() - max(0.0, min(days, 36500.0)) * 86400.0
+        return [asdict(trend) for trend in read_trend(db, deps.quality_control_algorithms(), since)]
 
     def _usage(month: str | None) -> list[UsageRow]:
         try:

@@ -120,7 +120,15 @@ class ResultWriter:
             if within is not None:
                 within(conn)
             result_id = self._record(
-                conn, job, info, result, objects, paths, shadow, key_images=key_images
+                conn,
+                job,
+                info,
+                result,
+                objects,
+                paths,
+                shadow,
+                key_images=key_images,
+                scanner=scanner_of(header),
             )
             if shadow:
                 LOGGER.info(
@@ -173,6 +181,7 @@ class ResultWriter:
         shadow: bool,
         *,
         key_images: Sequence[KeyImage | None] = (),
+        scanner: Mapping[str, str] | None = None,
     ) -> int:
         report = objects.report
         summary = {
@@ -190,6 +199,7 @@ class ResultWriter:
                 for f in result.findings
             ],
             "measurements": {m.name.meaning: round(m.value, 3) for m in result.measurements},
+            "scanner": dict(scanner or {}),
         }
         cursor = conn.execute(
             "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, "
@@ -251,3 +261,25 @@ def result_object_paths(
         "SELECT kind, path FROM result_objects WHERE result_id = ? ORDER BY id", (result_id,)
     )
     return [Path(r["path"]) for r in rows if not wanted or r["kind"] in wanted]
+
+
+SCANNER_KEYWORDS = {
+    "manufacturer": "Manufacturer",
+    "model": "ManufacturerModelName",
+    "station": "StationName",
+    "serial": "DeviceSerialNumber",
+}
+"""The equipment that made the source images, kept with each result (per-scanner QA trends
+and behaviour); equipment, not patient data."""
+
+
+def scanner_of(header: Dataset) -> dict[str, str]:
+    """The source's equipment identity, each value as text (absent: "")."""
+    values = {}
+    for name, keyword in SCANNER_KEYWORDS.items():
+        try:
+            value = header.get(keyword, "")
+        except Exception:  # a malformed value: left out, never a failed result
+            value = ""
+        values[name] = str(value or "").strip()[:64]
+    return values

@@ -155,6 +155,10 @@ class WithheldAction:
 
     action: RouteAction
     reason: str
+    protects_patients: bool
+    """True: a clinical algorithm kept off a QA series (what the gate is for, worth a
+    warning); False: a quality-control algorithm kept off a patient's series (the everyday
+    case of a QA rule as loose as ``Modality: CT``)."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,7 @@ def route(
         if reason is None:
             kept.append(action)
         else:
-            withheld.append(WithheldAction(action, reason))
+            withheld.append(WithheldAction(action, reason, protects_patients=sign is not None))
     return RoutingDecision(
         tuple(kept),
         decision.outcomes,

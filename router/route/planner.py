@@ -87,6 +87,10 @@ class Planner:
                     ),
                 )
                 for withheld in decision.withheld:
+                    # Both are in the series' route explanation; only a clinical algorithm
+                    # kept off a QA series is an event worth a warning.
+                    if not withheld.protects_patients:
+                        continue
                     LOGGER.warning(
                         "series %s: %s not run: %s",
                         log_safe(series["series_uid"]),

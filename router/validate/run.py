@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
+from algorithms.contract import Algorithm, AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
 from algorithms.registry import Registry
 from config.schema import RouterConfig
 from router.run.series_loader import VolumeError, load_series
@@ -105,7 +105,7 @@ def validate(
 
 
 def _run_case(
-    plugin: object,
+    plugin: Algorithm,
     study_uid: str,
     scanner: str,
     truth: Truth,
@@ -118,7 +118,7 @@ def _run_case(
     except VolumeError as exc:
         return CaseOutcome(study_uid, scanner, truth, None, None, f"input not usable: {exc}")
     try:
-        result: AlgorithmResult = plugin.run(  # type: ignore[attr-defined]
+        result = plugin.run(
             StudyInput(study_uid, loaded.series, threshold=threshold, parameters=parameters)
         )
     except Exception as exc:  # a crashing model is a case that failed, not the end of the run

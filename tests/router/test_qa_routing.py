@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 
@@ -54,6 +55,7 @@ def test_a_phantom_gets_the_constancy_test_only_and_a_patient_the_clinical_algor
     patient = write_series(tmp_path / "patient")
     storescu(router, phantom, calling="CT1")
     storescu(router, patient)
+    tomorrow = write_water_phantom_series(tmp_path / "qa2", WaterPhantom(noise_hu=4, seed=2))
 
     qa_view = wait_state(router, study_uid_of(phantom), {"done", "attention"})
     patient_view = wait_state(router, study_uid_of(patient), {"done", "attention"})
@@ -80,3 +82,20 @@ def test_a_phantom_gets_the_constancy_test_only_and_a_patient_the_clinical_algor
     (series,) = patient_view["series"]
     assert series["qa_sign"] is None
     assert "ct_water_qa withheld" in series["route_explanation"]
+    # Only the clinical algorithm kept off the phantom is an event (and a warning).
+    events = router.service.db.query(
+        "SELECT study_uid, detail FROM events WHERE kind = 'run_withheld'"
+    )
+    assert [(e["study_uid"], e["detail"].split(":")[0]) for e in events] == [
+        (study_uid_of(phantom), "always_negative")
+    ]
+
+    # The next day's phantom passes; the trend of the scanner holds both, in order.
+    storescu(router, tomorrow, calling="CT1")
+    wait_state(router, study_uid_of(tomorrow), {"done", "attention"})
+    (trend,) = httpx.get(f"http://127.0.0.1:{router.http_port}/api/qa/trend", timeout=10).json()
+    assert trend["algorithm"] == "ct_water_qa"
+    assert trend["scanner"]["station"] == "CT01" and trend["scanner"]["model"] == "Phantom"
+    water = [p["measurements"]["Mean CT number of water"] for p in trend["points"]]
+    assert water == [pytest.approx(6.5, abs=0.5), pytest.approx(0.0, abs=0.5)]
+    assert [p["verdict"] for p in trend["points"]] == ["present", "absent"]

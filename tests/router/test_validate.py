@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pydicom
 import pytest
 
 from algorithms.codes import LUNG_NODULE
@@ -180,8 +181,6 @@ def test_radrouter_validate_on_water_phantoms(tmp_path: Path) -> None:
     for number, bias in enumerate([0.0, 1.5, 6.0, -7.0, 2.0, 9.0]):
         phantom = WaterPhantom(bias_hu=bias, size=256, pixel_mm=1.0, seed=number)
         paths = write_water_phantom_series(tmp_path / "cases" / str(number), phantom)
-        import pydicom
-
         uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
         rows.append(f"{uid},{'present' if abs(bias) > 4 else 'absent'}")
     (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
