@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from algorithms.registry import Registry
     from router.admin import Source
     from router.live_config import Rejection
+    from router.validate.run import ValidationRun
 
 LOGGER = logging.getLogger("radrouter")
 
@@ -321,9 +322,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from algorithms.registry import Registry
     from router.validate.cases import TruthFileError, read_truth
-    from router.validate.report import summarise, write_report
     from router.validate.run import validate
 
+    try:
+        config = _load(args.config) if args.config is not None else None
+    except ConfigError as exc:
+        print(f"config rejected:\n{exc}", file=sys.stderr)
+        return 2
+    if args.from_shadow:
+        if args.cases is not None or args.truth is not None:
+            print("validate: --from-shadow takes no folder and no --truth", file=sys.stderr)
+            return 2
+        return _validate_from_shadow(args, config)
+    if args.cases is None or args.truth is None:
+        print("validate: give a folder of cases and --truth CSV, or --from-shadow", file=sys.stderr)
+        return 2
     try:
         truth = read_truth(args.truth)
     except TruthFileError as exc:
@@ -331,11 +344,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 2
     if not args.cases.is_dir():
         print(f"validate: {args.cases} is not a folder", file=sys.stderr)
-        return 2
-    try:
-        config = _load(args.config) if args.config is not None else None
-    except ConfigError as exc:
-        print(f"config rejected:\n{exc}", file=sys.stderr)
         return 2
     registry = Registry.discover(manifest_dirs=config.model_dirs if config else ())
     if args.algorithm not in registry:
@@ -354,7 +362,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
             device=args.device,
             progress=progress,
         )
-    json_path, html_path = write_report(run, args.out)
+    return _report_validation(run, args.out)
+
+
+def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None) -> int:
+    from algorithms.registry import Registry
+    from router.store.database import Database
+    from router.validate.from_feedback import validation_from_feedback
+
+    registry = Registry.discover(manifest_dirs=config.model_dirs if config else ())
+    if args.algorithm not in registry:
+        print(f"validate: no algorithm {args.algorithm!r}", file=sys.stderr)
+        return 2
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir)
+    else:
+        data_dir = (config or _load(_config_path(args))).storage.data_dir
+    path = data_dir.resolve() / "radrouter.sqlite3"
+    if not path.is_file():
+        print(f"validate: no radrouter database at {path}", file=sys.stderr)
+        return 2
+    settings = config.algorithms.get(args.algorithm) if config is not None else None
+    run = validation_from_feedback(
+        Database(path),
+        registry.info(args.algorithm),
+        threshold=settings.threshold if settings is not None else None,
+    )
+    return _report_validation(run, args.out)
+
+
+def _report_validation(run: ValidationRun, out: Path) -> int:
+    from router.validate.report import summarise, write_report
+
+    json_path, html_path = write_report(run, out)
     figures = summarise(run)
     auc = "n/a" if figures["auc"] is None else f"{figures['auc']:.3f}"
     print(
@@ -718,13 +758,27 @@ def build_parser() -> argparse.ArgumentParser:
         "\nits threshold and parameters apply; without, a series of the algorithm's modality.",
     )
     validate.add_argument("algorithm", help="an installed algorithm's name")
-    validate.add_argument("cases", type=Path, help="folder of the cases' DICOM files")
+    validate.add_argument(
+        "cases", type=Path, nargs="?", help="folder of the cases' DICOM files (with --truth)"
+    )
     validate.add_argument(
         "--truth",
         type=Path,
-        required=True,
         metavar="CSV",
-        help="truth file: study_uid,label per line (default: none, it is required)",
+        help="truth file: study_uid,label per line (default: none; needed with a folder)",
+    )
+    validate.add_argument(
+        "--from-shadow",
+        action="store_true",
+        help="instead of a folder and a truth file: the algorithm's shadow-mode results in "
+        "the router's database, the readers' feedback on each as the truth",
+    )
+    validate.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --from-shadow: the router's data folder (default: the config's "
+        "storage.data_dir)",
     )
     validate.add_argument(
         "--out", type=Path, default=Path("validation"), metavar="DIR", help="report folder"

@@ -26,7 +26,7 @@ def summarise(run: ValidationRun) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "algorithm": {"name": run.info.name, "version": run.info.version},
         "made_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cases_folder": str(run.cases_folder),
+        "source": run.source,
         "cases": len(run.cases),
         "assessed": len(assessed),
         "positives": sum(1 for c in assessed if c.truth.positive),
@@ -162,7 +162,7 @@ th, td {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; }}
 figure {{ display: inline-block; margin: 0 2em 1em 0; }}
 </style></head><body>
 <h1>Local validation: {e(info["name"])} {e(info["version"])}</h1>
-<p>Made {e(summary["made_at"])} by <code>radrouter validate</code> on {e(summary["cases_folder"])}.
+<p>Made {e(summary["made_at"])} by <code>radrouter validate</code> on {e(summary["source"])}.
 AI results, not verified; figures on this hospital's cases, against its truth file.</p>
 <table>{table}</table>
 {missing}

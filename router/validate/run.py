@@ -36,12 +36,14 @@ class CaseOutcome:
 @dataclass(frozen=True)
 class ValidationRun:
     info: AlgorithmInfo
-    cases_folder: Path
+    source: str
+    """Where the cases came from (a folder, or shadow-mode results with feedback)."""
     cases: tuple[CaseOutcome, ...]
     truth_without_study: tuple[str, ...]
     """Study UIDs of the truth file not found in the folder."""
     studies_without_truth: int
-    """Studies in the folder the truth file does not label (not used)."""
+    """Studies in the folder the truth file does not label (not used); for shadow-mode
+    results, those without feedback."""
     threshold: float | None
     """The site's operating point from the config, or None (the algorithm's default)."""
 
@@ -96,7 +98,7 @@ def validate(
             progress(done, len(labelled))
     return ValidationRun(
         info=info,
-        cases_folder=cases_folder,
+        source=str(cases_folder),
         cases=tuple(outcomes),
         truth_without_study=tuple(sorted(set(truth) - set(studies))),
         studies_without_truth=len(set(studies) - set(truth)),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -20,10 +21,13 @@ from algorithms.registry import Registry
 from config.loader import parse_config
 from router.validate import metrics
 from router.validate.cases import Truth, TruthFileError, read_truth
+from router.validate.from_feedback import validation_from_feedback
 from router.validate.report import summarise, write_report
 from router.validate.run import validate
 from testing.dicom_tools import make_ct_slices
 from testing.phantoms import WaterPhantom, write_water_phantom_series
+from testing.plugins import AlwaysNegative, DarkestRegionOutliner
+from testing.router_process import StartRouter, storescu, study_uid_of, wait_state, write_series
 
 
 class BrightestVoxel:
@@ -210,3 +214,70 @@ def test_radrouter_validate_on_water_phantoms(tmp_path: Path) -> None:
     assert figures["at_operating_point"]["sensitivity"] == 1.0
     assert "AUC 1.000" in done.stdout
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+SHADOW_CONFIG = (
+    "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
+    "http: {host: 127.0.0.1, port: 0}\n"
+    "completion: {settle_after_release_s: 0.2, series_idle_s: 2, study_idle_s: 4, hard_cap_s: 60}\n"
+    "algorithms:\n"
+    "  darkest_region: {shadow: true}\n"
+    "  always_negative: {shadow: true}\n"
+    "rules:\n"
+    "  - {name: a, when: {Modality: CT}, run: darkest_region, continue: true}\n"
+    "  - {name: b, when: {Modality: CT}, run: always_negative}\n"
+)
+
+
+@pytest.mark.slow
+def test_shadow_results_with_the_readers_feedback_are_a_validation(
+    start_router: StartRouter, tmp_path: Path
+) -> None:
+    """Agreeing confirms the verdict, disagreeing says the opposite is true."""
+    router = start_router(
+        SHADOW_CONFIG,
+        registry=Registry(
+            {"darkest_region": DarkestRegionOutliner, "always_negative": AlwaysNegative}
+        ),
+    )
+    studies = []
+    for number in range(3):
+        paths = write_series(tmp_path / f"s{number}")
+        storescu(router, paths)
+        studies.append(study_uid_of(paths))
+    base = f"http://127.0.0.1:{router.http_port}"
+    for study_uid, agree in zip(studies[:2], [True, False], strict=True):
+        view = wait_state(router, study_uid, {"done", "attention"})
+        for result in view["results"]:
+            answer = httpx.post(
+                f"{base}/api/results/{result['id']}/feedback",
+                json={"agree": agree, "reader": "Dr Test"},
+                timeout=10,
+            )
+            assert answer.status_code == 201, answer.text
+    wait_state(router, studies[2], {"done", "attention"})  # no feedback on this one
+
+    db = router.service.db
+    present = summarise(validation_from_feedback(db, DarkestRegionOutliner.info))
+    absent = summarise(validation_from_feedback(db, AlwaysNegative.info))
+
+    # darkest_region said present twice: agreed -> positive, disagreed -> negative
+    assert (present["positives"], present["negatives"]) == (1, 1)
+    assert present["at_operating_point"]["tp"] == 1 and present["at_operating_point"]["fp"] == 1
+    # always_negative said absent twice: agreed -> negative, disagreed -> positive
+    assert absent["at_operating_point"]["tn"] == 1 and absent["at_operating_point"]["fn"] == 1
+    assert present["studies_without_truth"] == 1 == absent["studies_without_truth"]
+    assert "shadow-mode results" in present["source"]
+
+
+def test_validate_needs_a_folder_and_a_truth_file_or_shadow_results(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from router.cli import main
+
+    assert main(["validate", "ct_water_qa"]) == 2
+    assert "give a folder of cases and --truth CSV, or --from-shadow" in capsys.readouterr().err
+    assert main(["validate", "ct_water_qa", str(tmp_path), "--from-shadow"]) == 2
+    assert "--from-shadow takes no folder" in capsys.readouterr().err
+    assert main(["validate", "ct_water_qa", "--from-shadow", "--data-dir", str(tmp_path)]) == 2
+    assert "no radrouter database at" in capsys.readouterr().err
