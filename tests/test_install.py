@@ -316,6 +316,7 @@ def service_user() -> ServiceUser:
 def copy_source(destination: Path) -> Path:
     """The working tree as a fresh checkout would have it (no venvs, caches, build output)."""
     skip = {".git", ".venv", "build", "dist", "var", "training-data", "__pycache__", ".hypothesis"}
+    skip |= {".cache", "test-artefacts"}  # OHIF for the viewer tests, their screenshots
 
     def ignore(_folder: str, names: list[str]) -> set[str]:
         return {

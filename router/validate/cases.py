@@ -4,6 +4,7 @@ algorithm would get, and the truth file that labels them."""
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pydicom.errors import InvalidDicomError
 from algorithms.contract import Purpose
 from config.schema import RouterConfig
 from router.route.matching import SeriesFacts, route
+
+LOGGER = logging.getLogger(__name__)
 
 _POSITIVE = frozenset({"1", "true", "yes", "present", "positive", "pos"})
 _NEGATIVE = frozenset({"0", "false", "no", "absent", "negative", "neg"})
@@ -48,21 +51,25 @@ def find_studies(
     left out."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     grouped: dict[tuple[str, str], list[tuple[int, Path, pydicom.Dataset]]] = {}
+    broken = 0
     for done, path in enumerate(files, start=1):
         if progress is not None:
             progress(done, len(files))
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, AttributeError):
+            study = str(header.get("StudyInstanceUID", ""))
+            series = str(header.get("SeriesInstanceUID", ""))
+            number = int(header.get("InstanceNumber") or 0)
+        except (InvalidDicomError, OSError):
+            continue  # not DICOM: a note, a spreadsheet
+        except Exception:  # a broken file must not stop the validation of the others
+            broken += 1
             continue
-        study, series = (
-            str(header.get("StudyInstanceUID", "")),
-            str(header.get("SeriesInstanceUID", "")),
-        )
         if not study or not series:
             continue
-        number = int(header.get("InstanceNumber") or 0)
         grouped.setdefault((study, series), []).append((number, path, header))
+    if broken:  # counted, not named: a file's name may be a patient's
+        LOGGER.warning("validation: %d file(s) are broken DICOM: left out", broken)
     studies: dict[str, list[CaseSeries]] = {}
     for (study, series), items in sorted(grouped.items()):
         items.sort(key=lambda item: (item[0], str(item[1])))

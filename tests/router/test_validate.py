@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verd
 from algorithms.registry import Registry
 from config.loader import parse_config
 from router.validate import metrics
-from router.validate.cases import Truth, TruthFileError, read_truth
+from router.validate.cases import Truth, TruthFileError, find_studies, read_truth
 from router.validate.from_feedback import validation_from_feedback
 from router.validate.report import summarise, write_report
 from router.validate.run import validate
@@ -281,3 +282,28 @@ def test_validate_needs_a_folder_and_a_truth_file_or_shadow_results(
     assert "--from-shadow takes no folder" in capsys.readouterr().err
     assert main(["validate", "ct_water_qa", "--from-shadow", "--data-dir", str(tmp_path)]) == 2
     assert "no radrouter database at" in capsys.readouterr().err
+
+
+def test_a_broken_file_among_the_cases_is_left_out_not_fatal(
+    cases: tuple[Path, dict[str, Truth], list[float]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = cases[0]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    (mixed / "notes.txt").write_text("not DICOM")
+    # A study of its own whose Instance Number cannot be read (IS "x1").
+    (ds,) = make_ct_slices(1)
+    ds.InstanceNumber = 1
+    ds.save_as(tmp_path / "good.dcm", enforce_file_format=True)
+    good = (tmp_path / "good.dcm").read_bytes()
+    element = b"\x20\x00\x13\x00IS\x02\x001 "
+    assert element in good
+    (mixed / "broken.dcm").write_bytes(good.replace(element, element[:-2] + b"x1"))
+
+    studies = find_studies(mixed)
+
+    assert set(studies) == set(find_studies(folder))
+    assert "1 file(s) are broken DICOM: left out" in caplog.text
+    assert "broken.dcm" not in caplog.text
