@@ -46,7 +46,7 @@ from dicom_sr import codes
 from dicom_sr.context import ResultVersion, SourceImage, StudyContext
 from dicom_sr.identity import ObjectKind
 from dicom_sr.io import write_dataset
-from dicom_sr.result_objects import SummaryPicture, build_result_objects
+from dicom_sr.result_objects import ResultObjects, SummaryPicture, build_result_objects
 from router.worklist_page.thumbnails import Outline, render_key_image
 from testing.dicom_tools import make_ct_slices
 
@@ -171,7 +171,10 @@ def main() -> None:
         out = Path(folder)
         frames: list[int] = []
 
-        def radrouter_objects() -> None:
+        def build_and_write(kinds: frozenset[ObjectKind]) -> ResultObjects:
+            """The result's objects built and written; ``kinds``: what a legacy destination
+            adds (the GSPS, and the summary image with its key image drawn as the router
+            draws it, at 512 px)."""
             objects = build_result_objects(
                 result=result,
                 info=INFO,
@@ -180,28 +183,20 @@ def main() -> None:
                 version=ResultVersion(1),
                 source_headers=headers,
                 geometry=geometry,
+                presentation_kinds=kinds,
+                summary_picture=picture() if ObjectKind.SC in kinds else None,
             )
             for item in objects.all():
                 write_dataset(item.dataset, out / f"{item.kind.value}.dcm")
+            return objects
+
+        def radrouter_objects() -> None:
+            objects = build_and_write(frozenset())
             assert objects.segmentation is not None
             frames[:] = [int(objects.segmentation.dataset.NumberOfFrames)]
 
         def radrouter_all_objects() -> None:
-            # What a legacy destination adds: the GSPS and the summary image (its key image
-            # drawn as the router draws it, at 512 px).
-            objects = build_result_objects(
-                result=result,
-                info=INFO,
-                source_images=sources,
-                study=study,
-                version=ResultVersion(1),
-                source_headers=headers,
-                geometry=geometry,
-                presentation_kinds=frozenset({ObjectKind.GSPS, ObjectKind.SC}),
-                summary_picture=picture(),
-            )
-            for item in objects.all():
-                write_dataset(item.dataset, out / f"{item.kind.value}.dcm")
+            objects = build_and_write(frozenset({ObjectKind.GSPS, ObjectKind.SC}))
             assert objects.presentation_state is not None and objects.summary_image is not None
 
         def picture() -> SummaryPicture:

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from router.service import wait_for
 from testing.orthanc import Orthanc
 
 OHIF_VERSION = "3.13.2"
@@ -199,7 +200,7 @@ class OhifViewer:
         """Open the viewer on a study; returns once an image is shown and the welcome banner
         and the tour are dismissed."""
         self.driver.get(f"{self.base_url}/viewer?StudyInstanceUIDs={study_uid}")
-        if not _wait(lambda: self.shown_instance() is not None, timeout_s):
+        if not wait_for(lambda: self.shown_instance() is not None, timeout_s, 0.3):
             raise AssertionError(f"OHIF showed no image: {self.page_text()[-1000:]}")
         time.sleep(2)
         for text in ("Confirm and hide", "Skip all"):
@@ -272,15 +273,6 @@ class OhifViewer:
             int((left + width) * ratio),
             int((top + height) * ratio),
         )
-
-
-def _wait(condition: Any, timeout_s: float, poll_s: float = 0.3) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(poll_s)
-    return bool(condition())
 
 
 def main() -> int:

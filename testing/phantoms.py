@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 
 from testing.dicom_tools import make_ct_slices
 
@@ -100,12 +99,3 @@ def write_water_phantom_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def read_back(paths: list[Path]) -> npt.NDArray[np.float32]:
-    """The series' CT numbers as written, (slices, rows, columns)."""
-    planes = []
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        planes.append(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
-    return np.asarray(planes, dtype=np.float32)

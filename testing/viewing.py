@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ from typing import Any
 import httpx
 import pydicom
 
+from config.loader import parse_config
 from router.demo import write_demo_study
 from router.service import RouterService, wait_for
-from testing.orthanc import Orthanc
+from testing.orthanc import Orthanc, free_port
+from testing.router_process import router_yaml
 
 RESULT_MODALITIES = frozenset({"SR", "SEG", "KO"})
 """What a result with findings puts into the study (a result without findings: SR only)."""
@@ -29,6 +33,19 @@ class DemoInPacs:
     study_uid: str
     seconds_to_results: float
     """From Orthanc's push to the results stored back in Orthanc."""
+
+
+@contextmanager
+def router_sending_to(orthanc: Orthanc, data_dir: Path) -> Iterator[RouterService]:
+    """An in-process router whose rules run ``lung_nodule`` (``router_yaml``) and send the
+    results to ``orthanc``; stopped at the end."""
+    config = parse_config(router_yaml(orthanc).replace("{port}", str(free_port())), "view.yaml")
+    router = RouterService(config, data_dir=data_dir)
+    router.start()
+    try:
+        yield router
+    finally:
+        router.stop()
 
 
 def demo_study_in_pacs(

@@ -16,7 +16,7 @@ from typing import Any
 from algorithms.contract import AlgorithmInfo, Verdict
 from router.store.database import Database
 from router.validate.cases import Truth
-from router.validate.run import CaseOutcome, ValidationRun
+from router.validate.run import CaseOutcome, ValidationRun, case_score
 
 _QUERY = """
 SELECT r.id, r.study_uid, r.verdict, r.summary, f.agree
@@ -56,7 +56,17 @@ def validation_from_feedback(
             continue
         truth = Truth((verdict is Verdict.PRESENT) == agree)
         cases.append(
-            CaseOutcome(str(row["study_uid"]), scanner, truth, verdict, _score(summary, verdict))
+            CaseOutcome(
+                str(row["study_uid"]),
+                scanner,
+                truth,
+                verdict,
+                case_score(
+                    verdict,
+                    summary.get("probability"),
+                    [float(f.get("probability", 0.0)) for f in summary.get("findings") or []],
+                ),
+            )
         )
     without = db.query_one(
         "SELECT COUNT(*) AS n FROM results r WHERE r.algorithm = ? AND r.created_at >= ? "
@@ -72,13 +82,3 @@ def validation_from_feedback(
         studies_without_truth=int(without["n"]) if without is not None else 0,
         threshold=threshold,
     )
-
-
-def _score(summary: dict[str, Any], verdict: Verdict) -> float:
-    probability = summary.get("probability")
-    if probability is not None:
-        return float(probability)
-    findings = summary.get("findings") or []
-    if findings:
-        return max(float(f.get("probability", 0.0)) for f in findings)
-    return 1.0 if verdict is Verdict.PRESENT else 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ class CaseOutcome:
     verdict: Verdict | None
     """None: the algorithm could not run on the case (``reason`` says why)."""
     score: float | None
-    """The result's study-level probability, else its most probable finding's, else 0 for a
-    negative; None when not assessed or not run."""
+    """``case_score`` of the result (its study-level probability, else its most probable
+    finding's, else 0 for a negative); None when not assessed or not run."""
     reason: str = ""
 
     @property
@@ -132,8 +132,16 @@ def _run_case(
 
 
 def _score(result: AlgorithmResult) -> float:
-    if result.probability is not None:
-        return float(result.probability)
-    if result.findings:
-        return max(float(f.probability) for f in result.findings)
-    return 0.0
+    return case_score(result.verdict, result.probability, [f.probability for f in result.findings])
+
+
+def case_score(
+    verdict: Verdict, probability: float | None, finding_probabilities: Sequence[float]
+) -> float:
+    """A case's score for the ROC: the study-level probability, else the most probable
+    finding's, else 1 for a positive verdict and 0 for a negative one."""
+    if probability is not None:
+        return float(probability)
+    if finding_probabilities:
+        return max(float(p) for p in finding_probabilities)
+    return 1.0 if verdict is Verdict.PRESENT else 0.0

@@ -28,8 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,16 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from config.loader import parse_config  # noqa: E402
 from router.service import RouterService, wait_for  # noqa: E402
 from testing.browser import headless_chromium  # noqa: E402
 from testing.ohif import OHIF_DIST, OhifViewer, ohif_version, serving_ohif  # noqa: E402
-from testing.orthanc import Orthanc, free_port, running_orthanc  # noqa: E402
-from testing.router_process import router_yaml  # noqa: E402
-from testing.viewing import DemoInPacs, demo_study_in_pacs, key_image_instance_number  # noqa: E402
+from testing.orthanc import Orthanc, running_orthanc  # noqa: E402
+from testing.viewing import (  # noqa: E402
+    DemoInPacs,
+    demo_study_in_pacs,
+    key_image_instance_number,
+    router_sending_to,
+)
 
 OUT = REPO / "docs" / "img" / "viewing"
 
@@ -69,18 +70,6 @@ class Demo:
     @property
     def study_uid(self) -> str:
         return self.pacs.study_uid
-
-
-@contextmanager
-def router_for(workdir: Path, orthanc: Orthanc) -> Iterator[RouterService]:
-    """An in-process router whose rule runs lung_nodule and sends results to ``orthanc``."""
-    config = parse_config(router_yaml(orthanc).replace("{port}", str(free_port())), "v.yaml")
-    router = RouterService(config, data_dir=workdir / "router")
-    router.start()
-    try:
-        yield router
-    finally:
-        router.stop()
 
 
 def router_api(router: RouterService, path: str) -> Any:
@@ -241,7 +230,7 @@ def main() -> int:
     try:
         with running_orthanc(workdir / "orthanc", dicomweb=args.ohif) as orthanc:
             print(f"Orthanc {orthanc.get('/system')['Version']} on port {orthanc.http_port}")
-            with router_for(workdir, orthanc) as router:
+            with router_sending_to(orthanc, workdir / "router") as router:
                 pacs = demo_study_in_pacs(workdir / "demo", orthanc, router)
                 print(f"SR, SEG and KOS in Orthanc {pacs.seconds_to_results:.1f} s after the push")
                 demo = Demo(pacs, router)

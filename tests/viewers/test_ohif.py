@@ -22,13 +22,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config.loader import parse_config
-from router.service import RouterService, wait_for
+from router.service import wait_for
 from testing.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from testing.ohif import FETCH_COMMAND, OHIF_DIST, OhifViewer, ohif_version, serving_ohif
-from testing.orthanc import DICOMWEB_PLUGIN, free_port, running_orthanc
-from testing.router_process import router_yaml
-from testing.viewing import DemoInPacs, demo_study_in_pacs, key_image_instance_number
+from testing.orthanc import DICOMWEB_PLUGIN, running_orthanc
+from testing.viewing import (
+    DemoInPacs,
+    demo_study_in_pacs,
+    key_image_instance_number,
+    router_sending_to,
+)
 
 ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts" / "ohif"
 
@@ -55,16 +58,9 @@ class Studies:
 def studies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studies]:
     workdir = tmp_path_factory.mktemp("ohif")
     with running_orthanc(workdir / "orthanc", dicomweb=True) as orthanc:
-        config = parse_config(
-            router_yaml(orthanc).replace("{port}", str(free_port())), "viewing.yaml"
-        )
-        router = RouterService(config, data_dir=workdir / "router")
-        router.start()
-        try:
+        with router_sending_to(orthanc, workdir / "router") as router:
             with_nodule = demo_study_in_pacs(workdir / "nodule", orthanc, router)
             without = demo_study_in_pacs(workdir / "none", orthanc, router, nodule_mm=0.0, seed=2)
-        finally:
-            router.stop()
         with serving_ohif(OHIF_DIST, orthanc) as url:
             yield Studies(with_nodule, without, url)
 
