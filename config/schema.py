@@ -451,6 +451,72 @@ class UsageConfig(Strict):
     say which hospital or department sent the studies."""
 
 
+class DriftThresholds(Strict):
+    """When an algorithm's recent results count as drifted from its baseline (``router.drift``):
+    a distribution by its population stability index (PSI) with a significance test (KS for
+    numbers, chi-square for categories), a rate by its change in absolute terms with Fisher's
+    exact test. A statistic is judged only with ``min_results`` results on both sides."""
+
+    window_days: float = Field(default=7.0, gt=0, le=366)
+    """The rolling window compared with the baseline: the results of the last so many days."""
+    min_results: int = Field(default=30, ge=1, le=1_000_000)
+    """Results needed in the baseline and in the window before anything is judged."""
+    min_feedback: int = Field(default=20, ge=1, le=1_000_000)
+    """Results with readers' feedback needed on both sides before agreement is judged."""
+    psi_warn: float = Field(default=0.1, gt=0, le=100)
+    psi_alert: float = Field(default=0.25, gt=0, le=100)
+    ks_p_alert: float = Field(default=0.01, gt=0, lt=1)
+    """A distribution or rate alerts only when its test says the change is unlikely by chance
+    (p below this); otherwise a change past the alert threshold is a warning."""
+    positive_rate_warn: float = Field(default=0.05, gt=0, le=1)
+    """Change of the positive rate (present among assessed), up or down, absolute."""
+    positive_rate_alert: float = Field(default=0.10, gt=0, le=1)
+    not_assessed_rate_warn: float = Field(default=0.05, gt=0, le=1)
+    """Rise of the not-assessed rate (among all results), absolute."""
+    not_assessed_rate_alert: float = Field(default=0.10, gt=0, le=1)
+    agreement_warn: float = Field(default=0.05, gt=0, le=1)
+    """Fall of the readers' agreement rate (among results with feedback), absolute."""
+    agreement_alert: float = Field(default=0.10, gt=0, le=1)
+
+
+_DRIFT_PAIRS = (
+    ("psi_warn", "psi_alert"),
+    ("positive_rate_warn", "positive_rate_alert"),
+    ("not_assessed_rate_warn", "not_assessed_rate_alert"),
+    ("agreement_warn", "agreement_alert"),
+)
+
+
+class DriftConfig(DriftThresholds):
+    """Drift monitoring of each algorithm's inputs and outputs against its baseline (recorded
+    at go-live: ``radrouter drift baseline``); the thresholds here, and per algorithm in
+    ``algorithms`` (only the keys given there change)."""
+
+    algorithms: dict[str, DriftThresholds] = Field(default_factory=dict)
+    series_days: int = Field(default=30, ge=1, le=366)
+    """Days of the daily series (positive rate, not-assessed rate, mean probability)."""
+    cache_s: float = Field(default=10.0, ge=0, le=3600)
+    """How long a computed report is reused (by /metrics scrapes and /api/drift)."""
+
+    @model_validator(mode="after")
+    def _warn_below_alert(self) -> DriftConfig:
+        for name in ["", *self.algorithms]:
+            settings = self.for_algorithm(name)
+            for warn, alert in _DRIFT_PAIRS:
+                if getattr(settings, warn) > getattr(settings, alert):
+                    where = f"algorithms.{name}: " if name else ""
+                    raise ValueError(f"{where}{warn} must not be above {alert}")
+        return self
+
+    def for_algorithm(self, name: str) -> DriftThresholds:
+        """The thresholds for ``name``: this section's, with the keys its override gives."""
+        base = {field: getattr(self, field) for field in DriftThresholds.model_fields}
+        override = self.algorithms.get(name)
+        if override is not None:
+            base.update(override.model_dump(exclude_unset=True))
+        return DriftThresholds(**base)
+
+
 class Fallback(Action):
     """Applied to a series no rule matches. ``run: null`` and no ``send_to`` means record it
     as unrouted and do nothing more (the default)."""
@@ -939,6 +1005,7 @@ class RouterConfig(Strict):
     fallback: Fallback = Fallback()
     qa: QaConfig = QaConfig()
     usage: UsageConfig = UsageConfig()
+    drift: DriftConfig = DriftConfig()
     worklist: WorklistConfig = WorklistConfig()
     audit: AuditConfig = AuditConfig()
     reload: ReloadConfig = ReloadConfig()

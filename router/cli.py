@@ -361,6 +361,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             config=config,
             device=args.device,
             progress=progress,
+            hit_mm=args.hit_mm,
         )
     return _report_validation(run, args.out)
 
@@ -397,9 +398,16 @@ def _report_validation(run: ValidationRun, out: Path) -> int:
     json_path, html_path = write_report(run, out)
     figures = summarise(run)
     auc = "n/a" if figures["auc"] is None else f"{figures['auc']:.3f}"
+    place = figures["localisation"]
+    found = (
+        ""
+        if place is None
+        else f", {place['localised']} of {place['positives_with_location']} positives found at "
+        f"the right place, {place['false_positives_per_case']:.2f} false-positive findings per case"
+    )
     print(
         f"{run.info.name} {run.info.version}: {figures['assessed']} of {figures['cases']} cases "
-        f"assessed, AUC {auc}; report: {html_path} and {json_path}"
+        f"assessed, AUC {auc}{found}; report: {html_path} and {json_path}"
     )
     return 0
 
@@ -418,6 +426,19 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 2
     print(usage_csv(rows) if args.csv else format_usage(rows), end="")
     return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from config.schema import DriftConfig
+    from router.drift.cli import run_drift
+
+    def drift_config() -> DriftConfig:
+        try:
+            return _load(_config_path(args)).drift
+        except ConfigError:  # the source already said the config is rejected
+            return DriftConfig()
+
+    return run_drift(args, _open_source, drift_config)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -663,6 +684,19 @@ looked) when there is no router and no database there.
 """
 
 
+def _hit_mm(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("give a distance in mm above 0")
+    return value
+
+
+def _drift_when(text: str) -> float:
+    from router.drift.cli import parse_when
+
+    return parse_when(text)
+
+
 def _api_limit(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1000:  # the most one API listing returns
@@ -753,7 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         "run an algorithm over a folder of local cases with a truth file and write a report "
         "(AUC with its confidence interval, sensitivity and specificity, per scanner)",
-        "\n\nThe truth file is CSV with a header: study_uid,label (1/0, present/absent, ...)."
+        "\n\nThe truth file is CSV with a header: study_uid,label (1/0, present/absent, ...),"
+        "\noptionally location: where a positive's target is, x y z in mm (patient"
+        "\ncoordinates, LPS), several points separated by ';'; the report then says how many"
+        "\npositives were found at the right place and the false-positive findings per case."
         "\nWith --config, each study's series is the one its rules give the algorithm, and"
         "\nits threshold and parameters apply; without, a series of the algorithm's modality.",
     )
@@ -765,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--truth",
         type=Path,
         metavar="CSV",
-        help="truth file: study_uid,label per line (default: none; needed with a folder)",
+        help="truth file: study_uid,label[,location] per line (default: none; needed with a "
+        "folder)",
     )
     validate.add_argument(
         "--from-shadow",
@@ -788,6 +826,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs"
+    )
+    validate.add_argument(
+        "--hit-mm",
+        type=_hit_mm,
+        default=10.0,  # router.validate.localisation.DEFAULT_HIT_MM
+        metavar="MM",
+        help="a finding whose outline or mask holds a truth location, or whose centre lies "
+        "within MM of it, is at it",
     )
     validate.add_argument("--quiet", action="store_true", help="no progress bar")
     validate.set_defaults(func=cmd_validate)
@@ -832,6 +878,41 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--month", metavar="YYYY-MM", help="one month (default: every month)")
     usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     usage.set_defaults(func=cmd_usage)
+
+    drift = command(
+        "drift",
+        "each algorithm's drift against its baseline (inputs: scanner model, kernel, kVp, slice "
+        "thickness, pixel spacing, not-assessed rate; outputs: positive rate, probabilities, "
+        "readers' agreement), or record the baseline (drift baseline ALGORITHM)",
+        "\n\nradrouter drift [status [ALGORITHM]]: the state of each algorithm and feature."
+        "\nradrouter drift baseline ALGORITHM [--days N | --since DATE [--until DATE]]: record"
+        "\nthe results of the period (default: the last 30 days) as ALGORITHM's baseline, at"
+        "\ngo-live (docs/operations.md).\n" + STATUS_SOURCES,
+    )
+    with_source(drift)
+    drift.add_argument(
+        "action", nargs="?", choices=["status", "baseline"], default="status", help="what to do"
+    )
+    drift.add_argument("algorithm", nargs="?", help="the algorithm (default for status: all)")
+    drift.add_argument("--json", action="store_true", help="status: print the API's JSON")
+    period = drift.add_mutually_exclusive_group()
+    period.add_argument(
+        "--days",
+        type=float,
+        metavar="N",
+        help="baseline: the last N days (default: 30 when no --since)",
+    )
+    period.add_argument(
+        "--since",
+        type=_drift_when,
+        metavar="DATE",
+        help="baseline: from this date, YYYY-MM-DD or YYYY-MM-DDTHH:MM, local time "
+        "(default: --days back from --until)",
+    )
+    drift.add_argument(
+        "--until", type=_drift_when, metavar="DATE", help="baseline: up to this date (default: now)"
+    )
+    drift.set_defaults(func=cmd_drift)
 
     retry = command(
         "retry",

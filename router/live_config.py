@@ -11,6 +11,7 @@ disk is refused: a bad edit never stops the next start.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -47,6 +48,22 @@ def config_problems(loaded: LoadedConfig, known_algorithms: Collection[str]) -> 
         + check_attribute_names(loaded.document)
         + check_exposure(loaded)
     )
+
+
+SOURCE_FILE = "file"
+SOURCE_PAGE = "admin page"
+"""Where a change came from (``ConfigChanged.source``): the file edited on disk, or the text
+applied through the admin page (which writes the file)."""
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What ``ConfigHolder.apply`` did: ``applied``, or the problems that kept it out."""
+
+    applied: bool
+    problems: list[str]
+    conflict: bool = False
+    """The file changed since the editor loaded it: nothing was checked or written."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,25 @@ class LastGood:
         return None
 
 
+def _write_keeping_mode(path: Path, text: str) -> None:
+    """Replace ``path`` (the file a link points to, for a linked file) with ``text``
+    atomically, keeping its permissions: a reader never sees half a file."""
+    target = path.resolve()
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o600
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -117,6 +153,8 @@ class ConfigHolder:
         self._known = known_algorithms
         self._last_good = last_good
         self._lock = threading.Lock()
+        self._change_lock = threading.RLock()
+        """Held while a change is checked and taken (from the file or the admin page)."""
         self._signature = _signature(path)
         self._pending: tuple[tuple[int, int, int] | None, float] | None = None
         self._text = _read_text(path)
@@ -136,6 +174,10 @@ class ConfigHolder:
 
     def reload_if_changed(self, now: float | None = None) -> bool:
         """Take the file if it changed, has settled, and passes every check. True if swapped."""
+        with self._change_lock:
+            return self._reload_if_changed(now)
+
+    def _reload_if_changed(self, now: float | None) -> bool:
         if self.path is None:
             return False
         now = time.monotonic() if now is None else now
@@ -161,15 +203,26 @@ class ConfigHolder:
 
     def _take(self, text: str) -> bool:
         assert self.path is not None
+        loaded, problems = self.check_text(text)
+        if loaded is None or problems:
+            return self._refuse(text, "\n".join(problems))
+        self._accept(loaded, text, file_owner(self.path))
+        return True
+
+    def check_text(self, text: str) -> tuple[LoadedConfig | None, list[str]]:
+        """Every check a changed file must pass before it runs, against the running config:
+        the loaded candidate (None when it does not load) and the problems (none: it would be
+        taken)."""
+        name = str(self.path) if self.path is not None else "candidate"
         try:
-            loaded = validate_config(parse_yaml(text, str(self.path)))
+            loaded = validate_config(parse_yaml(text, name))
         except ConfigError as exc:
-            return self._refuse(text, str(exc))
+            return None, [str(exc)]
         problems = [str(p) for p in config_problems(loaded, self._known)]
         old, candidate = self.current(), loaded.config
         if old.rules and not candidate.rules and not candidate.reload.may_drop_all_rules:
             problems.append(
-                f"{self.path}: rules: the file has no rules while the running configuration has "
+                f"{name}: rules: the file has no rules while the running configuration has "
                 f"{len(old.rules)} (a file cut short?); set reload.may_drop_all_rules: true if "
                 "you mean it"
             )
@@ -179,26 +232,84 @@ class ConfigHolder:
             and not candidate.reload.may_drop_allowed_callers
         ):
             problems.append(
-                f"{self.path}: node.allowed_callers: the file opens the node to any caller while "
+                f"{name}: node.allowed_callers: the file opens the node to any caller while "
                 "the running configuration has an allow-list; set "
                 "reload.may_drop_allowed_callers: true if you mean it"
             )
-        if problems:
-            return self._refuse(text, "\n".join(problems))
+        return loaded, problems
+
+    def text(self) -> str:
+        """The text of the running configuration's file as last taken ("" without a file)."""
+        with self._change_lock:
+            return self._text
+
+    def digest(self) -> str:
+        """SHA-256 of the running file's text: names the version an editor started from."""
+        with self._change_lock:
+            return hashlib.sha256(self._text.encode("utf-8")).hexdigest()
+
+    def apply(self, text: str, editor: str, based_on: str | None = None) -> ApplyOutcome:
+        """Write ``text`` to the configuration file and run it, if it passes every check
+        (the admin page's "apply"): the same checks, audit record and last-good copy as a
+        change on disk, with ``editor`` as who made it. ``based_on`` is the :meth:`digest`
+        of the text the editor started from: when the file has changed since, nothing is
+        written (a conflict)."""
+        with self._change_lock:
+            if self.path is None:
+                return ApplyOutcome(
+                    False,
+                    [
+                        "the router runs the shipped default configuration (no file): start it "
+                        "with --config FILE to change its configuration here"
+                    ],
+                )
+            stale = based_on is not None and based_on != self.digest()
+            if stale or _read_text(self.path) != self._text:
+                return ApplyOutcome(
+                    False,
+                    [
+                        "the configuration file changed since this text was loaded (or holds "
+                        "an edit not taken yet): reload it, then make the change again"
+                    ],
+                    conflict=True,
+                )
+            loaded, problems = self.check_text(text)
+            if loaded is None or problems:
+                # Recorded, but not a "refused change" for /readyz: nothing was written, the
+                # file on disk is still the one running.
+                LOGGER.warning("config change through the admin page refused: not written")
+                self._audit_change(
+                    text, False, "\n".join(problems), editor=editor, source=SOURCE_PAGE
+                )
+                return ApplyOutcome(False, problems)
+            try:
+                _write_keeping_mode(self.path, text)
+            except OSError as exc:
+                problem = f"{self.path}: cannot write the file ({exc.strerror})"
+                LOGGER.error("config change through the admin page not written: %s", problem)
+                return ApplyOutcome(False, [problem])
+            self._signature, self._pending = _signature(self.path), None
+            self._accept(loaded, text, editor, SOURCE_PAGE)
+            return ApplyOutcome(True, [])
+
+    def _accept(
+        self, loaded: LoadedConfig, text: str, editor: str, source: str = SOURCE_FILE
+    ) -> None:
+        old, candidate = self.current(), loaded.config
         with self._lock:
             self._config = candidate
         self.rejection = None
         self.running_last_good = False
-        self._audit_change(text, True)
+        self._audit_change(text, True, editor=editor, source=source)
         self._save_last_good(text)
         _warn_restart_needed(old, candidate)
         LOGGER.info(
-            "config reloaded from %s: rules %s (were %s)",
+            "config %s from %s: rules %s (were %s)",
+            "applied through the admin page" if source == SOURCE_PAGE else "reloaded",
             self.path,
             [r.name for r in candidate.rules],
             [r.name for r in old.rules],
         )
-        return True
 
     def _refuse(self, text: str, problems: str) -> bool:
         assert self.path is not None
@@ -215,14 +326,24 @@ class ConfigHolder:
         except OSError as exc:
             LOGGER.error("could not save the last good config: %s", exc.strerror)
 
-    def _audit_change(self, text: str, accepted: bool, problems: str = "") -> None:
+    def _audit_change(
+        self,
+        text: str,
+        accepted: bool,
+        problems: str = "",
+        *,
+        editor: str | None = None,
+        source: str = SOURCE_FILE,
+    ) -> None:
         """Record the change (its diff from the running file, secrets redacted); an accepted
-        one becomes the text later changes are compared with."""
+        one becomes the text later changes are compared with. ``editor``: who made it (the
+        file's owner when not known)."""
         assert self.path is not None
         diff = config_diff(self._text, text, self.path)
         if accepted:
             self._text = text
-        self.audit.record(ConfigChanged(self.path, file_owner(self.path), diff, accepted, problems))
+        who = editor if editor is not None else file_owner(self.path)
+        self.audit.record(ConfigChanged(self.path, who, diff, accepted, problems, source=source))
 
 
 def _warn_restart_needed(old: RouterConfig, candidate: RouterConfig) -> None:

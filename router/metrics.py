@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -36,7 +36,14 @@ class _StateGauges(Collector):
 
 
 class Metrics:
-    def __init__(self, counts: Callable[[], dict[str, dict[str, int]]]) -> None:
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, dict[str, int]]],
+        *,
+        scraped: Collection[Collector] = (),
+    ) -> None:
+        """``scraped``: more collectors read at scrape time (the drift gauges,
+        ``router.drift.metrics``), guarded by their own ``collect``."""
         self.registry = CollectorRegistry()
         self.instances_received = Counter(
             "radrouter_instances_received",
@@ -79,6 +86,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StateGauges(counts))
+        for collector in scraped:
+            self.registry.register(collector)
 
     def observe(self, update: Callable[[], object]) -> None:
         """Apply one metric update; a failure is logged and swallowed."""

@@ -17,6 +17,8 @@ from algorithms.contract import Purpose
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
 from config.schema import RouterConfig, http_is_loopback, http_is_secure
+from router.admin_page.api import AdminDependencies
+from router.admin_page.history import ConfigChangeLog
 from router.api.app import ApiDependencies, Readiness, create_app
 from router.api.auth import HttpSecurity, RefusalEvents, RefusalHook, ignore_session
 from router.api.tls import server_context
@@ -36,6 +38,8 @@ from router.deliver.destination_probe import DestinationProbe
 from router.deliver.dicom_send import send_files
 from router.deliver.dispatch import Dispatcher, SendFunction
 from router.deliver.notify import ChannelFactory, Notifier, queue_failure
+from router.drift.metrics import DriftGauges, qa_out_of_tolerance
+from router.drift.monitor import DriftMonitor
 from router.live_config import ConfigHolder, LastGood, Rejection
 from router.metrics import Metrics
 from router.receive.ingest import Ingestor, IngestOutcome
@@ -87,9 +91,22 @@ class RouterService:
         narrow_to_owner(self.db.path)  # SQLite gives its WAL and SHM files the same mode
         self.audit_trail = build_trail(config, self.data_dir, self.db)
         self.audit: AuditRecorder = self.audit_trail or NO_AUDIT
-        self.holder.audit = self.audit
+        self.holder.audit = ConfigChangeLog(self.db, self.audit)
         self.spool = Spool(self.data_dir / "spool", config.storage.min_free_mb * 2**20)
-        self.metrics = Metrics(self._state_counts)
+        self.drift = DriftMonitor(
+            self.db,
+            lambda: self.holder.current().drift,
+            exclude=self._quality_control_algorithms,
+        )
+        self.metrics = Metrics(
+            self._state_counts,
+            scraped=[
+                DriftGauges(
+                    self.drift.report,
+                    lambda: qa_out_of_tolerance(self.db, self._quality_control_algorithms()),
+                )
+            ],
+        )
         self.claimer = Claimer.for_data_dir(self.data_dir)
         self.leases = LeaseKeeper()
         self.queue = JobQueue(
@@ -298,11 +315,20 @@ class RouterService:
                 security=security,
                 audit=self.audit,
                 usage_sites=lambda: self.holder.current().usage.sites,
+                drift=self.drift,
+                drift_config=lambda: self.holder.current().drift,
                 quality_control_algorithms=lambda: [
                     name
                     for name, purpose in self.registry.purposes().items()
                     if purpose is Purpose.QUALITY_CONTROL
                 ],
+                admin=AdminDependencies(
+                    db=self.db,
+                    holder=self.holder,
+                    registry=self.registry,
+                    readiness=self._readiness_body,
+                    audit=self.audit,
+                ),
             )
         )
         tls = server_context(http.tls) if http.tls is not None else None
@@ -373,6 +399,11 @@ class RouterService:
                 "plugin_problems": {p.name: p.error for p in self.registry.problems},
             },
         )
+
+    def _readiness_body(self) -> dict[str, Any]:
+        """What ``/readyz`` answers."""
+        readiness = self.readiness()
+        return {"ready": readiness.ready, **readiness.detail}
 
     def _config_state(self) -> dict[str, Any]:
         """What ``/readyz`` says of the configuration: its file, whether the last change of it
@@ -490,6 +521,13 @@ class RouterService:
                     algorithm=row["algorithm"]
                 ).observe(elapsed)
             )
+
+    def _quality_control_algorithms(self) -> list[str]:
+        return [
+            name
+            for name, purpose in self.registry.purposes().items()
+            if purpose is Purpose.QUALITY_CONTROL
+        ]
 
     def _state_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}

@@ -21,7 +21,12 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 class StartRouter(Protocol):
     def __call__(
-        self, yaml_text: str, data_dir: Path | None = None, registry: Registry | None = None
+        self,
+        yaml_text: str,
+        data_dir: Path | None = None,
+        registry: Registry | None = None,
+        *,
+        config_file: bool = False,
     ) -> RouterUnderTest: ...
 
 

@@ -30,15 +30,27 @@ def storescp(tmp_path: Path) -> Iterator[ReceivingPacs]:
 
 @pytest.fixture
 def start_router(tmp_path: Path) -> Iterator[StartRouter]:
-    """Start an in-process router with the given YAML (``{port}`` is replaced)."""
+    """Start an in-process router with the given YAML (``{port}`` is replaced); with
+    ``config_file``, the YAML is written to ``tmp_path/radrouter.yaml`` and the router runs
+    from that file (live reload, the admin page's apply)."""
     started: list[RouterService] = []
 
     def start(
-        yaml_text: str, data_dir: Path | None = None, registry: Registry | None = None
+        yaml_text: str,
+        data_dir: Path | None = None,
+        registry: Registry | None = None,
+        *,
+        config_file: bool = False,
     ) -> RouterUnderTest:
         port = free_port()
-        config = parse_config(yaml_text.replace("{port}", str(port)), "test.yaml")
-        service = RouterService(config, data_dir=data_dir or tmp_path / "data", registry=registry)
+        text = yaml_text.replace("{port}", str(port))
+        config_path = tmp_path / "radrouter.yaml" if config_file else None
+        if config_path is not None:
+            config_path.write_text(text, encoding="utf-8")
+        config = parse_config(text, str(config_path or "test.yaml"))
+        service = RouterService(
+            config, config_path, data_dir=data_dir or tmp_path / "data", registry=registry
+        )
         service.start()
         started.append(service)
         assert service.http_port is not None

@@ -132,6 +132,9 @@ _POLICY: tuple[tuple[frozenset[str], re.Pattern[str], Needed], ...] = tuple(
         (_GET, r"/studies/[^/]+", ApiRole.VIEWER),
         # Feedback: the reader is the principal, never a name in the body.
         (_POST, r"/api/results/[^/]+/feedback", ApiRole.RADIOLOGIST),
+        # Drift monitoring and recording its baseline (router/drift): the AI governance's.
+        (_GET, r"/api/drift", ApiRole.ADMIN),
+        (_POST, r"/api/drift/[^/]+/baseline", ApiRole.ADMIN),
         # Everything else (jobs, dispatches, deliveries, their retries, the feedback
         # export) falls through to admin.
     )

@@ -14,7 +14,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from config.schema import DriftConfig
 from dicom_sr.uids import is_valid_uid
+from router.admin_page.api import AdminDependencies, create_admin_router
 from router.api.auth import HttpSecurity, SecurityGate, document_security
 from router.api.docs import OPENAPI_URL, create_docs_router
 from router.audit.events import (
@@ -27,6 +29,8 @@ from router.audit.events import (
 )
 from router.audit.http import request_actor
 from router.deliver.result_writer import result_object_paths
+from router.drift.api import create_drift_router
+from router.drift.monitor import DriftMonitor
 from router.metrics import Metrics
 from router.qa_trend import read_trend
 from router.store.database import Database
@@ -57,6 +61,12 @@ class ApiDependencies:
     """The running config's ``usage.sites`` (site name by calling AE title)."""
     quality_control_algorithms: Callable[[], Collection[str]] = tuple
     """The installed quality-control algorithms (``AlgorithmInfo.purpose``)."""
+    drift: DriftMonitor | None = None
+    """The drift monitor (``router.drift``); None: one on the default ``drift`` settings."""
+    drift_config: Callable[[], DriftConfig] = DriftConfig
+    """The running config's ``drift`` section (a baseline's minimum results)."""
+    admin: AdminDependencies | None = None
+    """What the admin page needs (the live config, the registry); None: no admin page."""
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -295,7 +305,11 @@ def create_app(deps: ApiDependencies) -> FastAPI:
             audit=deps.audit,
         )
     )
+    if deps.admin is not None:
+        app.include_router(create_admin_router(deps.admin))
     app.include_router(create_docs_router(title=app.title, openapi_url=OPENAPI_URL))
+    drift_monitor = deps.drift or DriftMonitor(db, deps.drift_config)
+    app.include_router(create_drift_router(db, drift_monitor, deps.drift_config))
     if deps.security is not None:
         app.add_middleware(SecurityGate, security=deps.security)
         app.include_router(deps.security.routes())

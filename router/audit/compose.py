@@ -503,8 +503,9 @@ class Composer:
             name=event.path.name or str(event.path),
             details=((ALERT_DESCRIPTION, event.diff.encode("utf-8")),),
         )
+        how = "applied through the admin page to" if event.source != "file" else "reloaded from"
         description = (
-            f"configuration reloaded from {event.path}"
+            f"configuration {how} {event.path}"
             if event.accepted
             else f"configuration change refused, the running one kept: {event.problems}"
         )

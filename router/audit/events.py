@@ -228,6 +228,9 @@ class ConfigChanged:
     accepted: bool
     problems: str = ""
     at: float = field(default_factory=_now)
+    source: str = "file"
+    """Where the change came from: ``file`` (edited on disk; ``editor`` is the file's owner)
+    or ``admin page`` (applied there; ``editor`` is the signed-in user)."""
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from pydicom import Dataset
 
@@ -129,6 +131,7 @@ class ResultWriter:
                 shadow,
                 key_images=key_images,
                 scanner=scanner_of(header),
+                acquisition=acquisition_of(header),
             )
             if shadow:
                 LOGGER.info(
@@ -182,6 +185,7 @@ class ResultWriter:
         *,
         key_images: Sequence[KeyImage | None] = (),
         scanner: Mapping[str, str] | None = None,
+        acquisition: Mapping[str, str | float | None] | None = None,
     ) -> int:
         report = objects.report
         summary = {
@@ -200,6 +204,7 @@ class ResultWriter:
             ],
             "measurements": {m.name.meaning: round(m.value, 3) for m in result.measurements},
             "scanner": dict(scanner or {}),
+            "acquisition": dict(acquisition or {}),
         }
         cursor = conn.execute(
             "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, "
@@ -283,3 +288,72 @@ def scanner_of(header: Dataset) -> dict[str, str]:
             value = ""
         values[name] = str(value or "").strip()[:64]
     return values
+
+
+ACQUISITION_KEYWORDS = {
+    "kernel": "ConvolutionKernel",
+    "kvp": "KVP",
+    "slice_thickness_mm": "SliceThickness",
+    "pixel_spacing_mm": "PixelSpacing",
+}
+"""How the source images were acquired and reconstructed, kept with each result for drift
+monitoring (``router.drift``); equipment settings, not patient data."""
+
+_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+_MAX_TEXT = 64
+
+
+def acquisition_of(header: Dataset) -> dict[str, str | float | None]:
+    """The source's kernel (text, "" when absent), kVp, slice thickness and row pixel spacing
+    (numbers in kV and mm, None when absent or not a positive finite number). Enhanced
+    multi-frame images carry them in their functional groups (CT Acquisition Details,
+    CT Reconstruction, Pixel Measures): looked up there when the top level lacks them. A
+    malformed value is left out, never a failed result."""
+    values: dict[str, str | float | None] = {}
+    for name, keyword in ACQUISITION_KEYWORDS.items():
+        value = _header_value(header, keyword)
+        if name == "kernel":
+            parts = list(value[:8]) if _is_multiple(value) else [value]
+            text = "\\".join(str(p).strip() for p in parts if p is not None and str(p).strip())
+            values[name] = text[:_MAX_TEXT]
+        else:
+            if _is_multiple(value):  # PixelSpacing: row spacing first
+                value = value[0] if len(value) else None
+            values[name] = _positive_number(value)
+    return values
+
+
+def _header_value(header: Dataset, keyword: str) -> object:
+    """``keyword`` at the top level, else in the first item of a functional group's
+    sequences (shared groups first, then the first frame's)."""
+    try:
+        value = header.get(keyword)
+        if value is not None and value != "":
+            return value
+        for group_keyword in _FUNCTIONAL_GROUPS:
+            groups = header.get(group_keyword)
+            if not groups:
+                continue
+            for element in groups[0]:
+                if element.VR != "SQ" or not element.value:
+                    continue
+                nested = element.value[0].get(keyword)
+                if nested is not None and nested != "":
+                    return nested
+    except Exception:  # a malformed value: left out
+        return None
+    return None
+
+
+def _is_multiple(value: object) -> TypeGuard[Sequence[object]]:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _positive_number(value: object) -> float | None:
+    try:
+        number = float(str(value).strip()) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    if number is None or not math.isfinite(number) or number <= 0 or number > 1e6:
+        return None
+    return round(number, 4)

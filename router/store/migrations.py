@@ -378,6 +378,25 @@ V6_QA_SERIES = """
 ALTER TABLE series ADD COLUMN qa_sign TEXT;
 """
 
+V7_DRIFT_BASELINES = """
+-- Drift monitoring (router/drift): the distributions of an algorithm's inputs and outputs over
+-- a period (recorded at go-live), which later windows are compared with. The latest recorded
+-- for an algorithm is its baseline; earlier ones are kept. Results are read per algorithm and
+-- time window.
+CREATE TABLE drift_baselines (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    algorithm TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    period_end REAL NOT NULL,
+    result_count INTEGER NOT NULL,
+    snapshot TEXT NOT NULL,
+    recorded_by TEXT NOT NULL DEFAULT '',
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX drift_baselines_algorithm ON drift_baselines (algorithm, recorded_at);
+CREATE INDEX results_algorithm_created ON results (algorithm, created_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
@@ -385,6 +404,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "retention: studies record when their files were purged", V4_RETENTION),
     Migration(5, "results as presentation states and summary images", V5_PRESENTATION_OBJECTS),
     Migration(6, "series record the QA sign that marked them", V6_QA_SERIES),
+    Migration(7, "drift baselines per algorithm", V7_DRIFT_BASELINES),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from algorithms.contract import Purpose
 from config.schema import RouterConfig
 from router.route.matching import SeriesFacts, route
+from router.validate.localisation import LocationSyntaxError, Point, parse_location
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ class CaseSeries:
 @dataclass(frozen=True)
 class Truth:
     positive: bool
-    location: str = ""
+    locations: tuple[Point, ...] = ()
+    """Where the target is (positives only): points in patient coordinates, mm, LPS
+    (``router.validate.localisation``); empty when the truth file gives none."""
 
 
 class TruthFileError(ValueError):
@@ -115,7 +118,8 @@ def choose_series(
 
 def read_truth(path: Path) -> dict[str, Truth]:
     """``study_uid,label[,location]`` with a header line; a label is 1/0, true/false, yes/no,
-    present/absent or positive/negative."""
+    present/absent or positive/negative; a location (positives only, may be empty) is
+    ``x y z`` in mm, LPS, several points separated by ``;`` (``parse_location``)."""
     truth: dict[str, Truth] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -123,9 +127,17 @@ def read_truth(path: Path) -> dict[str, Truth]:
             names = {name.strip().lower() for name in reader.fieldnames or []}
             if not {"study_uid", "label"} <= names:
                 raise TruthFileError(f"{path}: the header must name study_uid and label")
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num  # blank lines skipped by the reader still count
+                if row.get(None):
+                    raise TruthFileError(
+                        f"{path}:{line}: more fields than the header names (a location with "
+                        'commas must be quoted, "x,y,z", or written x y z)'
+                    )
                 cleaned = {
-                    (key or "").strip().lower(): (value or "").strip() for key, value in row.items()
+                    key.strip().lower(): (value or "").strip()
+                    for key, value in row.items()
+                    if key is not None
                 }
                 study, label = cleaned.get("study_uid", ""), cleaned.get("label", "").lower()
                 if not study:
@@ -136,7 +148,15 @@ def read_truth(path: Path) -> dict[str, Truth]:
                     )
                 if study in truth:
                     raise TruthFileError(f"{path}:{line}: study {study} is listed twice")
-                truth[study] = Truth(label in _POSITIVE, cleaned.get("location", ""))
+                try:
+                    locations = parse_location(cleaned.get("location", ""))
+                except LocationSyntaxError as exc:
+                    raise TruthFileError(f"{path}:{line}: {exc}") from None
+                if locations and label in _NEGATIVE:
+                    raise TruthFileError(
+                        f"{path}:{line}: a location on a negative case (label {label!r})"
+                    )
+                truth[study] = Truth(label in _POSITIVE, locations)
     except OSError as exc:
         raise TruthFileError(f"{path}: {exc.strerror or exc}") from exc
     return truth

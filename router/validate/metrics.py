@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -90,6 +90,10 @@ def rates_of(calls: Sequence[bool], labels: Sequence[bool], threshold: float = m
     fn = sum(1 for call, label in pairs if not call and label)
     tn = sum(1 for call, label in pairs if not call and not label)
     fp = sum(1 for call, label in pairs if call and not label)
+    return _counted(threshold, tp, fn, tn, fp)
+
+
+def _counted(threshold: float, tp: int, fn: int, tn: int, fp: int) -> Rates:
     return Rates(
         threshold=threshold,
         sensitivity=tp / (tp + fn) if tp + fn else math.nan,
@@ -101,11 +105,31 @@ def rates_of(calls: Sequence[bool], labels: Sequence[bool], threshold: float = m
     )
 
 
+def sweep(scores: Sequence[float], labels: Sequence[bool]) -> Iterator[Rates]:
+    """``rates_at`` every distinct score as the threshold, highest first, in O(n log n): the
+    cases sorted once by score, the counts carried from one threshold to the next."""
+    pairs = sorted(zip(scores, labels, strict=True), key=lambda pair: pair[0], reverse=True)
+    positives = sum(1 for _, label in pairs if label)
+    negatives = len(pairs) - positives
+    tp = fp = 0
+    start = 0
+    while start < len(pairs):
+        threshold = pairs[start][0]  # the first of equal scores, as set() keeps it
+        end = start
+        while end < len(pairs) and pairs[end][0] == threshold:
+            if pairs[end][1]:
+                tp += 1
+            else:
+                fp += 1
+            end += 1
+        yield _counted(threshold, tp, positives - tp, negatives - fp, fp)
+        start = end
+
+
 def roc_points(scores: Sequence[float], labels: Sequence[bool]) -> list[tuple[float, float]]:
     """(1 - specificity, sensitivity) at every distinct threshold, from (0, 0) to (1, 1)."""
     points = [(0.0, 0.0)]
-    for threshold in sorted(set(scores), reverse=True):
-        rates = rates_at(scores, labels, threshold)
+    for rates in sweep(scores, labels):
         points.append((1.0 - rates.specificity, rates.sensitivity))
     points.append((1.0, 1.0))
     return points
@@ -117,8 +141,7 @@ def youden_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Rates |
     if all(labels) or not any(labels):
         return None
     best: Rates | None = None
-    for threshold in sorted(set(scores), reverse=True):
-        rates = rates_at(scores, labels, threshold)
+    for rates in sweep(scores, labels):
         if best is None or (
             rates.sensitivity + rates.specificity > best.sensitivity + best.specificity
         ):

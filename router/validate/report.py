@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.contract import Verdict
-from router.validate import metrics
+from router.validate import localisation, metrics
 from router.validate.run import CaseOutcome, ValidationRun
 
 _SIZE = 320
@@ -40,6 +40,7 @@ def summarise(run: ValidationRun) -> dict[str, Any]:
             scanner or "(unknown)": _figures([c for c in assessed if c.scanner == scanner])
             for scanner in sorted({c.scanner for c in assessed})
         },
+        "localisation": localisation.figures(run.cases, run.hit_mm),
     }
     return summary
 
@@ -172,7 +173,69 @@ AI results, not verified; figures on this hospital's cases, against its truth fi
 <table><tr><th>Scanner</th><th>Cases</th><th>AUC</th><th>Sensitivity</th><th>Specificity</th></tr>{scanner_rows}</table>
 <h2>Not assessed or not run</h2>
 <table><tr><th>Reason</th><th>Cases</th></tr>{not_assessed}</table>
-</body></html>
+{_localisation_html(summary["localisation"])}</body></html>
+"""
+
+
+def _localisation_html(figures: dict[str, Any] | None) -> str:
+    """The localisation figures and their cases; nothing when the truth file has no location."""
+    if figures is None:
+        return ""
+    e = html.escape
+
+    def point(values: Sequence[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    rows = [
+        (
+            "Positive cases found at the right place (localisation sensitivity)",
+            f"{figures['localised']} of {figures['positives_with_location']} "
+            f"({_pct(figures['sensitivity'])})",
+        ),
+        (
+            "Positive cases with findings, none at the truth location",
+            str(figures["positives_found_elsewhere"]),
+        ),
+        (
+            "Truth locations found",
+            f"{figures['lesions_found']} of {figures['lesions']} ({_pct(figures['lesion_sensitivity'])})",
+        ),
+        (
+            "False-positive findings per case",
+            f"{figures['false_positives_per_case']:.2f} ({figures['false_positive_findings']} "
+            f"findings on {figures['cases_judged']} cases: the negatives and the positives "
+            "with a location)",
+        ),
+    ]
+    table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    cases = []
+    for case in figures["cases"]:
+        locations = "<br>".join(
+            f"{point(p)} {'found' if found else 'missed'}"
+            for p, found in zip(case["locations"], case["found"], strict=True)
+        )
+        wrong = "<br>".join(
+            f"{point(f['centre_lps'])} (probability {f['probability']:.2f}"
+            + (
+                ""
+                if f["nearest_mm"] is None
+                else f", {f['nearest_mm']:.1f} mm from the nearest truth location"
+            )
+            + ")"
+            for f in case["findings"]
+            if not f["at_truth"]
+        )
+        cases.append(
+            f"<tr><td>{e(case['study_uid'])}</td><td>{e(case['scanner'] or '(unknown)')}</td>"
+            f"<td>{e(case['truth'])}</td><td>{locations or '—'}</td>"
+            f"<td>{e(case['verdict'] or '—')}</td><td>{wrong or '—'}</td></tr>"
+        )
+    return f"""<h2>Localisation (at the operating point)</h2>
+<p>A finding is at a truth location when its outline or mask holds it, or its centre lies within
+{figures["hit_mm"]:g} mm of it. Locations in patient coordinates, mm (LPS).</p>
+<table>{table}</table>
+<table><tr><th>Study UID</th><th>Scanner</th><th>Truth</th><th>Truth locations</th>
+<th>Verdict</th><th>False-positive findings</th></tr>{"".join(cases)}</table>
 """
 
 

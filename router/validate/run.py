@@ -12,6 +12,7 @@ from algorithms.registry import Registry
 from config.schema import RouterConfig
 from router.run.series_loader import VolumeError, load_series
 from router.validate.cases import Truth, choose_series, find_studies
+from router.validate.localisation import DEFAULT_HIT_MM, FindingPlace, place_findings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class CaseOutcome:
     """``case_score`` of the result (its study-level probability, else its most probable
     finding's, else 0 for a negative); None when not assessed or not run."""
     reason: str = ""
+    findings: tuple[FindingPlace, ...] = ()
+    """The result's findings in patient coordinates, against the truth's locations."""
 
     @property
     def assessed(self) -> bool:
@@ -46,6 +49,8 @@ class ValidationRun:
     results, those without feedback."""
     threshold: float | None
     """The site's operating point from the config, or None (the algorithm's default)."""
+    hit_mm: float = DEFAULT_HIT_MM
+    """A finding whose centre is this close to a truth location is at it."""
 
 
 def validate(
@@ -57,9 +62,14 @@ def validate(
     config: RouterConfig | None = None,
     device: str = "cpu",
     progress: Callable[[int, int], object] | None = None,
+    hit_mm: float = DEFAULT_HIT_MM,
 ) -> ValidationRun:
     """Run ``algorithm`` on the series of each labelled study under ``cases_folder`` (the one
-    its rules in ``config`` give it, else one of its modalities)."""
+    its rules in ``config`` give it, else one of its modalities). ``hit_mm``: how close a
+    finding's centre must be to a truth location to be at it (``router.validate.localisation``).
+    """
+    if not hit_mm > 0:
+        raise ValueError(f"hit_mm must be positive, got {hit_mm}")
     info = registry.info(algorithm)
     plugin = registry.create(algorithm)
     plugin.load(device)
@@ -103,6 +113,7 @@ def validate(
         truth_without_study=tuple(sorted(set(truth) - set(studies))),
         studies_without_truth=len(set(studies) - set(truth)),
         threshold=settings.threshold if settings is not None else None,
+        hit_mm=hit_mm,
     )
 
 
@@ -128,7 +139,14 @@ def _run_case(
         return CaseOutcome(study_uid, scanner, truth, None, None, f"failed: {type(exc).__name__}")
     if result.verdict is Verdict.NOT_ASSESSED:
         return CaseOutcome(study_uid, scanner, truth, result.verdict, None, result.reason)
-    return CaseOutcome(study_uid, scanner, truth, result.verdict, _score(result))
+    return CaseOutcome(
+        study_uid,
+        scanner,
+        truth,
+        result.verdict,
+        _score(result),
+        findings=place_findings(result.findings, loaded.series.geometry, truth.locations),
+    )
 
 
 def _score(result: AlgorithmResult) -> float:

@@ -14,6 +14,7 @@ from algorithms.contract import Verdict
 from algorithms.ct_water_qa.plugin import CtWaterPhantomQa
 from algorithms.registry import Registry
 from dicom_sr.read import read_measurement_report
+from testing.browser import headless_chromium
 from testing.phantoms import WaterPhantom, write_water_phantom_series
 from testing.plugins import AlwaysNegative
 from testing.router_process import (
@@ -99,3 +100,23 @@ def test_a_phantom_gets_the_constancy_test_only_and_a_patient_the_clinical_algor
     water = [p["measurements"]["Mean CT number of water"] for p in trend["points"]]
     assert water == [pytest.approx(6.5, abs=0.5), pytest.approx(0.0, abs=0.5)]
     assert [p["verdict"] for p in trend["points"]] == ["present", "absent"]
+
+    # The admin page draws the trend: one plot per measurement, the failed run in red.
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with headless_chromium(tmp_path / "profile", offline=True) as browser:
+        browser.get(f"http://127.0.0.1:{router.http_port}/admin#qa")
+        WebDriverWait(browser, 30).until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, "#qa-trend .qa-scanner")
+        )
+        block = browser.find_element(By.CSS_SELECTOR, "#qa-trend .qa-scanner")
+        assert "ct_water_qa · " in block.text and "CT01" in block.text
+        assert "2 run(s), 1 out of tolerance" in block.text
+        captions = [c.text for c in block.find_elements(By.CSS_SELECTOR, "figcaption")]
+        assert "Mean CT number of water" in captions
+        water_plot = block.find_elements(By.CSS_SELECTOR, "figure.plot")[
+            captions.index("Mean CT number of water")
+        ]
+        assert len(water_plot.find_elements(By.CSS_SELECTOR, "circle.fail")) == 1
+        assert len(water_plot.find_elements(By.CSS_SELECTOR, "circle.pass")) == 1

@@ -3,26 +3,38 @@ report against the same figures counted by hand, and ``radrouter validate`` end 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from algorithms.codes import LUNG_NODULE
-from algorithms.contract import AlgorithmInfo, AlgorithmResult, StudyInput, Verdict
+from algorithms.contract import (
+    AlgorithmInfo,
+    AlgorithmResult,
+    Finding,
+    ImageRegion,
+    StudyInput,
+    Verdict,
+)
 from algorithms.registry import Registry
 from config.loader import parse_config
 from router.validate import metrics
 from router.validate.cases import Truth, TruthFileError, find_studies, read_truth
 from router.validate.from_feedback import validation_from_feedback
+from router.validate.localisation import parse_location
 from router.validate.report import summarise, write_report
 from router.validate.run import validate
 from testing.dicom_tools import make_ct_slices
@@ -307,3 +319,271 @@ def test_a_broken_file_among_the_cases_is_left_out_not_fatal(
     assert set(studies) == set(find_studies(folder))
     assert "1 file(s) are broken DICOM: left out" in caplog.text
     assert "broken.dcm" not in caplog.text
+
+
+# Localisation: generated cases with bright spots, the truth a point in patient coordinates.
+
+
+class BrightSpotFinder:
+    """One finding per bright spot (a connected region above 0 HU) whose score,
+    (peak HU - 100) / 1000, reaches the threshold (0.5 by default): centred on its brightest
+    voxel, outlined by the 3x3 pixels around it."""
+
+    info: ClassVar[AlgorithmInfo] = dataclasses.replace(BrightestVoxel.info, name="spots")
+
+    def load(self, device: str) -> None:
+        pass
+
+    def run(self, study: StudyInput) -> AlgorithmResult:
+        volume = study.series.array
+        threshold = 0.5 if study.threshold is None else study.threshold
+        labels, count = ndimage.label(volume > 0.0)
+        findings = []
+        scores = [0.0]
+        for number in range(1, count + 1):
+            spot = np.where(labels == number, volume, -np.inf)
+            k, i, j = (int(v) for v in np.unravel_index(int(np.argmax(spot)), volume.shape))
+            score = float(np.clip((float(volume[k, i, j]) - 100.0) / 1000.0, 0.0, 1.0))
+            scores.append(score)
+            if score >= threshold:
+                box = (
+                    (j - 1, i - 1),
+                    (j + 2, i - 1),
+                    (j + 2, i + 2),
+                    (j - 1, i + 2),
+                    (j - 1, i - 1),
+                )
+                findings.append(
+                    Finding(
+                        finding_type=LUNG_NODULE,
+                        probability=score,
+                        centre_voxel=(float(k), float(i), float(j)),
+                        region=ImageRegion(k, tuple((float(x), float(y)) for x, y in box)),
+                    )
+                )
+        if findings:
+            return AlgorithmResult(
+                Verdict.PRESENT, findings=tuple(findings), probability=max(scores)
+            )
+        return AlgorithmResult(Verdict.ABSENT, probability=max(scores))
+
+
+Spot = tuple[int, int, int, float]
+"""(slice, row, column, HU) of a bright voxel."""
+
+
+def write_spots_case(folder: Path, spots: list[Spot]) -> tuple[str, list[pydicom.Dataset]]:
+    """A small CT (4 slices of 32 x 32, spacing 2.5 x 0.8 x 0.8 mm) dark but for ``spots``."""
+    folder.mkdir(parents=True)
+    datasets = make_ct_slices(4, rows=32, cols=32)
+    for k, ds in enumerate(datasets):
+        ds.ManufacturerModelName = "Scanner A"
+        values = np.full((32, 32), -900.0)
+        for slice_index, row, column, hu in spots:
+            if slice_index == k:
+                values[row, column] = hu
+        ds.PixelData = (values - float(ds.RescaleIntercept)).astype(np.int16).tobytes()
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    return str(datasets[0].StudyInstanceUID), datasets
+
+
+def lps(datasets: list[pydicom.Dataset], k: float, row: float, column: float) -> str:
+    """The truth file's ``x y z`` (mm, LPS) of voxel (k, row, column) of an axial series."""
+    x0, y0, z0 = (float(v) for v in datasets[0].ImagePositionPatient)
+    row_mm, column_mm = (float(v) for v in datasets[0].PixelSpacing)
+    step = float(datasets[1].ImagePositionPatient[2]) - z0
+    return f"{x0 + column * column_mm:g} {y0 + row * row_mm:g} {z0 + k * step:g}"
+
+
+@pytest.fixture(scope="module")
+def spot_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """The cases, their truth file, and each case's study UID by name."""
+    folder = tmp_path_factory.mktemp("spots")
+    rows = ["study_uid,label,location"]
+    uids: dict[str, str] = {}
+
+    def case(name: str, spots: list[Spot], label: str, where: str = "") -> list[pydicom.Dataset]:
+        uid, datasets = write_spots_case(folder / name, spots)
+        uids[name] = uid
+        rows.append(f"{uid},{label},{where}")
+        return datasets
+
+    # Found: the truth one pixel (0.8 mm) from the finding's centre, inside its outline.
+    ds = case("outlined", [(1, 16, 16, 900.0)], "present")
+    rows[-1] += lps(ds, 1, 16, 17)
+    # Found only by distance: 5 mm (6.25 pixels) beside the centre, outside the outline.
+    ds = case("near", [(1, 16, 16, 900.0)], "present")
+    rows[-1] += lps(ds, 1, 16, 16 + 5.0 / 0.8)
+    # Missed: the finding in one corner, the truth in the other, on another slice.
+    ds = case("elsewhere", [(1, 4, 4, 900.0)], "present")
+    rows[-1] += lps(ds, 2, 28, 28)
+    # Found, and a far-away false positive in the same case; two truth points, one found.
+    ds = case("two", [(2, 10, 10, 800.0), (0, 28, 28, 700.0)], "present")
+    rows[-1] += f"{lps(ds, 2, 10, 10)};{lps(ds, 3, 28, 4)}"
+    # Missed: too dim to be called (score 0.35).
+    ds = case("dim", [(1, 16, 16, 450.0)], "present")
+    rows[-1] += lps(ds, 1, 16, 16)
+    # A positive without a location: its finding cannot be judged.
+    case("unlocated", [(1, 20, 20, 900.0)], "present")
+    # Negatives: one with a false-positive finding, one dark.
+    case("bright_negative", [(1, 8, 24, 800.0)], "absent")
+    case("dark_negative", [], "absent")
+    truth = folder.parent / f"{folder.name}-truth.csv"
+    truth.write_text("\n".join(rows) + "\n")
+    return folder, truth, uids
+
+
+def _by_uid(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["study_uid"]: row for row in figures["cases"]}
+
+
+def test_localisation_counts_hits_misses_and_false_positive_findings(
+    spot_cases: tuple[Path, Path, dict[str, str]],
+) -> None:
+    folder, truth_path, uids = spot_cases
+    truth = read_truth(truth_path)
+    assert len(truth[uids["two"]].locations) == 2 and truth[uids["unlocated"]].locations == ()
+    run = validate("spots", Registry({"spots": BrightSpotFinder}), folder, truth)
+
+    place = summarise(run)["localisation"]
+
+    assert place["hit_mm"] == 10.0
+    assert place["positives_with_location"] == 5  # outlined, near, elsewhere, two, dim
+    assert place["localised"] == 3  # outlined, near, two
+    assert place["sensitivity"] == pytest.approx(3 / 5)
+    assert place["positives_found_elsewhere"] == 1  # elsewhere
+    assert (place["lesions"], place["lesions_found"]) == (6, 3)
+    # judged: the 5 located positives and the 2 negatives; false positives: the finding of
+    # "elsewhere", the far-away one of "two", the one on the bright negative
+    assert place["cases_judged"] == 7
+    assert place["false_positive_findings"] == 3
+    assert place["false_positives_per_case"] == pytest.approx(3 / 7)
+    rows = _by_uid(place)
+    assert rows[uids["two"]]["found"] == [True, False]
+    far = [f for f in rows[uids["two"]]["findings"] if not f["at_truth"]]
+    assert len(far) == 1 and far[0]["nearest_mm"] > 15.0
+    assert rows[uids["near"]]["findings"][0]["nearest_mm"] == pytest.approx(5.0)
+    assert rows[uids["dim"]]["verdict"] == "absent" and rows[uids["dim"]]["found"] == [False]
+    assert uids["unlocated"] not in rows and uids["dark_negative"] not in rows
+    assert rows[uids["bright_negative"]]["truth"] == "negative"
+
+
+def test_the_hit_distance_decides_centres_but_not_outlines(
+    spot_cases: tuple[Path, Path, dict[str, str]],
+) -> None:
+    folder, truth_path, uids = spot_cases
+    run = validate(
+        "spots", Registry({"spots": BrightSpotFinder}), folder, read_truth(truth_path), hit_mm=0.5
+    )
+
+    place = summarise(run)["localisation"]
+
+    rows = _by_uid(place)
+    assert rows[uids["outlined"]]["found"] == [True]  # 0.8 mm off, inside the outline
+    assert rows[uids["near"]]["found"] == [False]  # 5 mm off, outside the outline
+    assert place["localised"] == 2
+    assert place["false_positive_findings"] == 4
+    wider = summarise(dataclasses.replace(run, hit_mm=10.0))["localisation"]
+    assert wider["localised"] == 3
+    with pytest.raises(ValueError, match="hit_mm"):
+        validate("spots", Registry({"spots": BrightSpotFinder}), folder, {}, hit_mm=0.0)
+
+
+def test_the_report_lists_the_localisation(
+    spot_cases: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    folder, truth_path, uids = spot_cases
+    run = validate("spots", Registry({"spots": BrightSpotFinder}), folder, read_truth(truth_path))
+    json_path, html_path = write_report(run, tmp_path / "report")
+
+    figures = json.loads(json_path.read_text())
+    page = html_path.read_text()
+    assert figures["localisation"]["localised"] == 3
+    assert len(figures["localisation"]["cases"]) == 6
+    assert "Localisation (at the operating point)" in page
+    assert "3 of 5 (60.0 %)" in page
+    assert "0.43 (3 findings on 7 cases" in page
+    assert uids["elsewhere"] in page and "missed" in page and "found" in page
+    assert "mm from the nearest truth location" in page
+
+
+def test_without_locations_the_report_has_no_localisation(
+    cases: tuple[Path, dict[str, Truth], list[float]], tmp_path: Path
+) -> None:
+    folder, truth, _ = cases
+    run = validate("brightest", Registry({"brightest": BrightestVoxel}), folder, truth)
+    _, html_path = write_report(run, tmp_path / "report")
+    assert summarise(run)["localisation"] is None
+    assert "Localisation" not in html_path.read_text()
+
+
+def test_a_truth_file_with_a_bad_location_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "truth.csv"
+    path.write_text('study_uid,label,location\n1.2.3,present,"1,2,3"\n\n1.2.4,present,10 20\n')
+    with pytest.raises(TruthFileError, match=r"truth.csv:4: location '10 20' is not three"):
+        read_truth(path)
+    path.write_text("study_uid,label,location\n1.2.3,present,1 2 3\n1.2.4,1,1 2 z\n")
+    with pytest.raises(TruthFileError, match=r"truth.csv:3: location '1 2 z' has a coordinate"):
+        read_truth(path)
+    path.write_text("study_uid,label,location\n1.2.3,absent,1 2 3\n")
+    with pytest.raises(TruthFileError, match=r"truth.csv:2: a location on a negative case"):
+        read_truth(path)
+    path.write_text("study_uid,label,location\n1.2.3,present,1,2,3\n")
+    with pytest.raises(TruthFileError, match=r"truth.csv:2: more fields than the header"):
+        read_truth(path)
+    path.write_text("study_uid,label,location\n1.2.3,present, 1 2 3 ; -4.5 6e1 nan \n")
+    with pytest.raises(TruthFileError, match=r"truth.csv:2: .*not finite"):
+        read_truth(path)
+    assert parse_location(" 1 2 3 ; -4.5,6e1,7 ") == ((1.0, 2.0, 3.0), (-4.5, 60.0, 7.0))
+    assert parse_location("") == ()
+
+
+def test_validate_with_a_bad_location_says_which_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from router.cli import main
+
+    (tmp_path / "truth.csv").write_text("study_uid,label,location\n1.2.3,present,1;2;3\n")
+    code = main(["validate", "ct_water_qa", str(tmp_path), "--truth", str(tmp_path / "truth.csv")])
+    assert code == 2
+    assert "truth.csv:2: location '1' is not three coordinates" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["validate", "ct_water_qa", str(tmp_path), "--hit-mm", "0"])
+    assert "give a distance in mm above 0" in capsys.readouterr().err
+
+
+# The ROC sweep against counting every threshold afresh.
+
+
+def _brute_roc(scores: list[float], labels: list[bool]) -> list[tuple[float, float]]:
+    points = [(0.0, 0.0)]
+    for threshold in sorted(set(scores), reverse=True):
+        rates = metrics.rates_at(scores, labels, threshold)
+        points.append((1.0 - rates.specificity, rates.sensitivity))
+    return [*points, (1.0, 1.0)]
+
+
+def _brute_youden(scores: list[float], labels: list[bool]) -> metrics.Rates | None:
+    if all(labels) or not any(labels):
+        return None
+    best = None
+    for threshold in sorted(set(scores), reverse=True):
+        rates = metrics.rates_at(scores, labels, threshold)
+        if best is None or rates.sensitivity + rates.specificity > (
+            best.sensitivity + best.specificity
+        ):
+            best = rates
+    return best
+
+
+def test_the_roc_sweep_equals_counting_every_threshold() -> None:
+    rng = random.Random(12)
+    for trial in range(300):
+        n = rng.randint(1, 60)
+        grain = rng.choice([2, 5, 20, 1000])  # few distinct scores: many ties
+        scores = [rng.randint(0, grain) / grain for _ in range(n)]
+        labels = [rng.random() < rng.choice([0.0, 0.3, 0.5, 1.0]) for _ in range(n)]
+        assert repr(metrics.roc_points(scores, labels)) == repr(_brute_roc(scores, labels)), trial
+        assert metrics.youden_threshold(scores, labels) == _brute_youden(scores, labels), trial
+    assert math.isnan(metrics.roc_points([0.2, 0.4], [True, True])[1][0])
+    assert metrics.roc_points([], []) == [(0.0, 0.0), (1.0, 1.0)]

@@ -18,10 +18,20 @@ from fastapi.testclient import TestClient
 from router.api.app import ApiDependencies, Readiness, create_app
 from router.metrics import Metrics
 from router.store.database import Database
+from tests.router.admin_page.support import bare_admin
 
 REPO = Path(__file__).resolve().parents[3]
 # Served by the index page, in this order: what a person or a monitoring system opens.
-INDEX_LINKS = ["/worklist", "/docs", "/redoc", "/openapi.json", "/metrics", "/healthz", "/readyz"]
+INDEX_LINKS = [
+    "/worklist",
+    "/admin",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+]
 # Content type and least size of what a docs page loads; the viewers' bundles are megabytes.
 EXPECTED = {
     "script": ("text/javascript", 500_000),
@@ -83,12 +93,14 @@ def inline_scripts(html: str) -> list[str]:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
+    db = Database(tmp_path / "radrouter.sqlite3")
     deps = ApiDependencies(
-        db=Database(tmp_path / "radrouter.sqlite3"),
+        db=db,
         metrics=Metrics(lambda: {}),
         readiness=lambda: Readiness(True, {"database": "ok"}),
         retry_dispatch=lambda _id: 0,
         retry_job=lambda _id: False,
+        admin=bare_admin(db),
     )
     with TestClient(create_app(deps)) as test_client:
         yield test_client
@@ -185,6 +197,7 @@ def test_index_says_what_each_link_is_for(client: TestClient) -> None:
     text = re.sub(r"\s+", " ", client.get("/").text)
     for words in (
         "worklist",
+        "Administration",
         "Swagger UI",
         "ReDoc",
         "OpenAPI",

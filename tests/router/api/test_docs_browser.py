@@ -144,6 +144,7 @@ def test_index_lists_what_the_server_offers_and_leads_to_the_worklist(
     }
     assert links == {
         "AI worklist": url(router, "/worklist"),
+        "Administration": url(router, "/admin"),
         "API documentation (Swagger UI)": url(router, "/docs"),
         "API reference (ReDoc)": url(router, "/redoc"),
         "OpenAPI description": url(router, "/openapi.json"),

@@ -27,6 +27,7 @@ from router.service import RouterService
 from router.store.database import Database
 from testing.identity_provider import IdentityProvider, running_identity_provider
 from testing.orthanc import free_port
+from tests.router.admin_page.support import bare_admin
 
 # Every endpoint the app serves with the role it needs: a new endpoint fails this test until it
 # is placed here (and in router/api/access.py, where anything not listed needs admin).
@@ -56,6 +57,18 @@ EXPECTED: dict[tuple[str, str], ApiRole | Access] = {
     ("GET", "/api/usage"): ApiRole.ADMIN,
     ("GET", "/api/usage.csv"): ApiRole.ADMIN,
     ("GET", "/api/qa/trend"): ApiRole.ADMIN,
+    ("GET", "/admin"): ApiRole.ADMIN,
+    ("GET", "/admin/assets/{name}"): ApiRole.ADMIN,
+    ("GET", "/api/admin/overview"): ApiRole.ADMIN,
+    ("GET", "/api/admin/studies"): ApiRole.ADMIN,
+    ("GET", "/api/admin/algorithms"): ApiRole.ADMIN,
+    ("GET", "/api/admin/dead-letters"): ApiRole.ADMIN,
+    ("GET", "/api/admin/config"): ApiRole.ADMIN,
+    ("GET", "/api/admin/config/history"): ApiRole.ADMIN,
+    ("POST", "/api/admin/config/check"): ApiRole.ADMIN,
+    ("POST", "/api/admin/config/apply"): ApiRole.ADMIN,
+    ("GET", "/api/drift"): ApiRole.ADMIN,
+    ("POST", "/api/drift/{algorithm}/baseline"): ApiRole.ADMIN,
     ("GET", "/jobs"): ApiRole.ADMIN,
     ("GET", "/jobs/{job_id}"): ApiRole.ADMIN,
     ("POST", "/jobs/{job_id}/retry"): ApiRole.ADMIN,
@@ -67,14 +80,16 @@ EXPECTED: dict[tuple[str, str], ApiRole | Access] = {
 
 
 def app_with(tmp_path: Path, security: HttpSecurity | None) -> FastAPI:
+    db = Database(tmp_path / "radrouter.sqlite3")
     return create_app(
         ApiDependencies(
-            db=Database(tmp_path / "radrouter.sqlite3"),
+            db=db,
             metrics=Metrics(lambda: {}),
             readiness=lambda: Readiness(True, {}),
             retry_dispatch=lambda _id: 0,
             retry_job=lambda _id: False,
             security=security,
+            admin=bare_admin(db),
         )
     )
 

@@ -92,6 +92,12 @@ def test_sign_in_feedback_sign_out_and_a_cross_site_form_in_chromium(
     )
     assert row is not None and (row["reader"], row["comment"]) == ("dr.wilson", "fine")
 
+    # The admin page is not a radiologist's.
+    browser.get(f"{router.url}/admin")
+    assert "needs the admin role" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(f"{router.url}/worklist")
+    wait.until(lambda b: "Signed in as dr.wilson" in text_of(b, "signed-in-as"))
+
     # Sign out; the old session is gone.
     browser.find_element(By.ID, "sign-out").click()
     wait.until(lambda b: "You have signed out" in text_of(b, "status"))
@@ -125,3 +131,16 @@ def test_sign_in_feedback_sign_out_and_a_cross_site_form_in_chromium(
     )
     after = dict(router.service.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,)) or {})
     assert after == before
+
+    # The admin page, signed in: a retry from it carries the session's CSRF token.
+    browser.get(f"{router.url}/admin")
+    wait.until(lambda b: "Signed in as dr.cuddy" in text_of(b, "who"))
+    wait.until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, f"#dead-jobs tr[data-item='jobs-{job_id}']")
+    )
+    browser.find_element(
+        By.CSS_SELECTOR, f"#dead-jobs tr[data-item='jobs-{job_id}'] button.retry"
+    ).click()
+    wait.until(lambda b: f"Requeued jobs item {job_id}" in text_of(b, "dead-outcome"))
+    retried = router.service.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    assert retried is not None and dict(retried) != before

@@ -169,7 +169,7 @@ def test_a_refused_login_is_also_a_security_alert() -> None:
 
 def test_a_message_is_one_line_whatever_its_text_holds() -> None:
     message = composer().compose(
-        ConfigChanged(Path("/x.yaml"), "a\x00b", "-x\n+y\r\n", False, "one\ntwo\x1b[31m", AT)
+        ConfigChanged(Path("/x.yaml"), "a\x00b", "-x\n+y\r\n", False, "one\ntwo\x1b[31m", at=AT)
     )[0]
     xml = message.to_xml()
     assert b"\n" not in xml and b"\r" not in xml
