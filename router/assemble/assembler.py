@@ -14,6 +14,7 @@ from router.assemble.completion import (
     SeriesState,
     StudyState,
     decide_completion,
+    missing_images,
 )
 from router.logs import log_safe
 from router.store.database import Database
@@ -36,6 +37,7 @@ class Assembler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held: set[tuple[str, int]] = set()  # (study, revision) held for missing images
 
     def wake(self) -> None:
         self._wake.set()
@@ -64,15 +66,21 @@ class Assembler:
         """Complete every study that is ready; return their UIDs."""
         config = self._completion()
         completed: list[str] = []
-        for row in self.db.query(
+        receiving = self.db.query(
             "SELECT study_uid, revision, first_received_at, last_received_at FROM studies "
             "WHERE state = 'receiving'"
-        ):
+        )
+        self._held &= {(row["study_uid"], int(row["revision"])) for row in receiving}
+        for row in receiving:
             state = self._study_state(
-                row["study_uid"], row["first_received_at"], row["last_received_at"]
+                row["study_uid"],
+                row["first_received_at"],
+                row["last_received_at"],
+                idle=now - row["last_received_at"] >= config.study_idle_s,
             )
             reason = decide_completion(state, config, now)
             if reason is None:
+                self._note_held(row["study_uid"], int(row["revision"]), state, config, now)
                 continue
             with self.db.transaction() as conn:
                 updated = conn.execute(
@@ -93,7 +101,33 @@ class Assembler:
             self._on_complete(row["study_uid"], int(row["revision"]), reason)
         return completed
 
-    def _study_state(self, study_uid: str, first: float, last: float) -> StudyState:
+    def _note_held(
+        self, study_uid: str, revision: int, state: StudyState, config: CompletionConfig, now: float
+    ) -> None:
+        """Say once per revision that an idle timer was held by a series that lacks images."""
+        if (study_uid, revision) in self._held or now - state.last_received_at < min(
+            config.series_idle_s, config.study_idle_s
+        ):
+            return
+        missing = next(
+            (m for m in (missing_images(s.instances) for s in state.series) if m is not None),
+            None,
+        )
+        if missing is None:
+            return
+        self._held.add((study_uid, revision))
+        self.db.record_event("study_waiting_for_images", study_uid, detail=missing.reason)
+        LOGGER.info(
+            "study %s waits for the rest of a series (%s) until the hard cap",
+            log_safe(study_uid),
+            missing.reason,
+        )
+
+    def _study_state(
+        self, study_uid: str, first: float, last: float, *, idle: bool = False
+    ) -> StudyState:
+        """The study's evidence. Series geometry is read once nothing is still sending, or
+        once the study-idle timer has run out (a series known to lack images holds it)."""
         associations = self.db.query(
             "SELECT a.state, a.closed_at FROM association_studies s "
             "JOIN associations a ON a.id = s.association_id WHERE s.study_uid = ?",
@@ -102,10 +136,11 @@ class Assembler:
         closed = [a["closed_at"] for a in associations if a["closed_at"] is not None]
         open_count = sum(1 for a in associations if a["state"] == "open")
         series: list[SeriesState] = []
-        # Geometry is only evidence once nothing is still sending: skip the work before that.
+        # Geometry is only evidence once nothing is still sending (or the study is idle with an
+        # association still open): skip the work before that.
         for s in (
             []
-            if open_count
+            if open_count and not idle
             else self.db.query(
                 "SELECT series_uid, last_received_at FROM series WHERE study_uid = ?", (study_uid,)
             )

@@ -13,6 +13,7 @@ from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy, Stud
 from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
 from config.schema import RouterConfig
 from dicom_sr.context import InstanceReference
+from router.assemble.completion import InstanceGeometry, missing_images
 from router.assemble.study_state import settle_study
 from router.deliver.presentation_objects import wanted_presentation_kinds
 from router.deliver.result_writer import PriorEvidence, ResultWriter
@@ -64,22 +65,28 @@ class JobRunner:
     def run(self, job: Job, complete: CompleteJob | None = None) -> JobOutcome:
         """Load, run, write. ``complete`` is called inside the result's transaction."""
         info = self.runtime.registry.info(job.algorithm)
-        paths = [
-            Path(row["path"])
-            for row in self.db.query(
-                "SELECT path FROM instances WHERE series_uid = ? ORDER BY sop_instance_uid",
-                (job.series_uid,),
-            )
-        ]
+        rows = self.db.query(
+            "SELECT path, orientation, slice_position, images_in_acquisition, "
+            "acquisition_number, number_of_frames FROM instances WHERE series_uid = ? "
+            "ORDER BY sop_instance_uid",
+            (job.series_uid,),
+        )
+        paths = [Path(row["path"]) for row in rows]
         model_seconds: float | None = None
         device = ""
         prior: PriorEvidence | None = None
         loaded: LoadedSeries | None = None
-        try:
-            loaded = load_series(paths)
-        except VolumeError as exc:
-            # Wrong or unusable input is stated as "not assessed", never a silent negative.
-            result = AlgorithmResult(Verdict.NOT_ASSESSED, reason=f"input not usable: {exc}")
+        missing = missing_images([_geometry(row) for row in rows])
+        if missing is not None:
+            # Only the hard cap completes a study with such a series: a partial volume is
+            # never given to an algorithm as if it were whole.
+            result = AlgorithmResult(Verdict.NOT_ASSESSED, reason=missing.reason)
+        else:
+            try:
+                loaded = load_series(paths)
+            except VolumeError as exc:
+                # Wrong or unusable input is stated as "not assessed", never a silent negative.
+                result = AlgorithmResult(Verdict.NOT_ASSESSED, reason=f"input not usable: {exc}")
         if loaded is not None:
             modality = loaded.series.header.get("Modality", "")
             if modality not in info.modalities:
@@ -172,6 +179,16 @@ class JobRunner:
         if settings is not None and settings.timeout_s:
             return settings.timeout_s
         return config.jobs.timeout_s or info.max_runtime_s
+
+
+def _geometry(row: sqlite3.Row) -> InstanceGeometry:
+    return InstanceGeometry(
+        orientation=row["orientation"],
+        slice_position=row["slice_position"],
+        images_in_acquisition=row["images_in_acquisition"],
+        acquisition_number=row["acquisition_number"],
+        number_of_frames=row["number_of_frames"],
+    )
 
 
 class WorkerPool:
