@@ -17,7 +17,7 @@ from router.validate import localisation, metrics
 from router.validate.run import CaseOutcome, ValidationRun
 
 _SIZE = 320
-_MARGIN = 40
+_MARGIN = 48
 
 
 def summarise(run: ValidationRun) -> dict[str, Any]:
@@ -239,14 +239,29 @@ def _localisation_html(figures: dict[str, Any] | None) -> str:
 """
 
 
-def _plot(points: Sequence[tuple[float, float]], markers: bool = False) -> str:
+def _plot(
+    points: Sequence[tuple[float, float]], x_label: str, y_label: str, markers: bool = False
+) -> str:
     def xy(x: float, y: float) -> str:
         return f"{_MARGIN + x * _SIZE:.1f},{_MARGIN + (1 - y) * _SIZE:.1f}"
 
+    bottom, right = _MARGIN + _SIZE, _MARGIN + _SIZE
+    ticks = "".join(
+        f'<text x="{_MARGIN + t * _SIZE:.1f}" y="{bottom + 14}" font-size="11" '
+        f'text-anchor="middle">{t:g}</text>'
+        f'<text x="{_MARGIN - 4}" y="{_MARGIN + (1 - t) * _SIZE + 4:.1f}" font-size="11" '
+        f'text-anchor="end">{t:g}</text>'
+        for t in (0, 0.5, 1)
+    )
     frame = (
         f'<rect x="{_MARGIN}" y="{_MARGIN}" width="{_SIZE}" height="{_SIZE}" fill="none" stroke="#888"/>'
-        f'<line x1="{_MARGIN}" y1="{_MARGIN + _SIZE}" x2="{_MARGIN + _SIZE}" y2="{_MARGIN}" '
+        f'<line x1="{_MARGIN}" y1="{bottom}" x2="{right}" y2="{_MARGIN}" '
         'stroke="#ccc" stroke-dasharray="4"/>'
+        f"{ticks}"
+        f'<text x="{_MARGIN + _SIZE / 2}" y="{bottom + 30}" font-size="12" '
+        f'text-anchor="middle">{html.escape(x_label)}</text>'
+        f'<text x="12" y="{_MARGIN + _SIZE / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 12 {_MARGIN + _SIZE / 2})">{html.escape(y_label)}</text>'
     )
     line = ""
     if points:
@@ -266,11 +281,17 @@ def _plot(points: Sequence[tuple[float, float]], markers: bool = False) -> str:
 
 
 def _roc_svg(scores: Sequence[float], labels: Sequence[bool]) -> str:
+    axes = ("1 - specificity", "sensitivity")
     if all(labels) or not any(labels):
-        return _plot([])
-    return _plot(metrics.roc_points(scores, labels))
+        return _plot([], *axes)
+    return _plot(metrics.roc_points(scores, labels), *axes)
 
 
 def _calibration_svg(scores: Sequence[float], labels: Sequence[bool]) -> str:
     bins = metrics.calibration(scores, labels)
-    return _plot([(b.mean_score, b.observed_rate) for b in bins], markers=True)
+    return _plot(
+        [(b.mean_score, b.observed_rate) for b in bins],
+        "mean score in the bin",
+        "observed positive rate",
+        markers=True,
+    )
