@@ -42,22 +42,28 @@ class PatientKeys:
     @classmethod
     def for_site(cls, data_dir: Path, environ: Mapping[str, str] = os.environ) -> PatientKeys:
         """The site's keys, from the environment or the data folder (see the module doc)."""
-        value = environ.get(SECRET_ENV, "")
-        if value:
-            return cls(value.encode())
-        path_text = environ.get(SECRET_FILE_ENV, "")
-        if path_text:
-            try:
-                return cls(Path(path_text).read_bytes().strip())
-            except OSError as exc:
-                raise SiteSecretError(
-                    f"{SECRET_FILE_ENV} names a file that cannot be read: {exc.strerror}"
-                ) from exc
-        return cls(_data_dir_secret(data_dir / SECRET_FILE_NAME))
+        return cls(site_secret(data_dir, environ))
 
     def key(self, patient_id: str) -> str:
         message = b"patient:" + patient_id.strip().encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+
+def site_secret(data_dir: Path, environ: Mapping[str, str] = os.environ) -> bytes:
+    """The site secret, from the environment or the data folder (see the module doc); also
+    the root of the keys of de-identification (``router.deidentify.keys``)."""
+    value = environ.get(SECRET_ENV, "")
+    if value:
+        return value.encode()
+    path_text = environ.get(SECRET_FILE_ENV, "")
+    if path_text:
+        try:
+            return Path(path_text).read_bytes().strip()
+        except OSError as exc:
+            raise SiteSecretError(
+                f"{SECRET_FILE_ENV} names a file that cannot be read: {exc.strerror}"
+            ) from exc
+    return _data_dir_secret(data_dir / SECRET_FILE_NAME)
 
 
 def _data_dir_secret(path: Path) -> bytes:
