@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -289,6 +290,117 @@ class DicomDestination(Strict):
         return kinds
 
 
+# --------------------------------------------------------------------------------------------
+# DICOMweb (PS3.18) towards a PACS: STOW-RS destinations, QIDO-RS + WADO-RS prior sources.
+
+
+def _dicomweb_url(value: str) -> str:
+    """The DICOMweb root (``https://pacs.example/dicom-web``): http(s), a host, a path, and
+    no credentials, query or fragment (the URL is logged; secrets go in ``auth``)."""
+    scheme, _, rest = value.partition("://")
+    authority = rest.split("/", 1)[0]
+    if scheme.lower() not in ("http", "https") or not authority or any(c.isspace() for c in value):
+        raise ValueError(
+            f"{value!r} is not an http:// or https:// URL such as https://pacs/dicom-web"
+        )
+    if "@" in authority:
+        raise ValueError("the URL must not hold credentials; give them in auth")
+    if "?" in value or "#" in value:
+        raise ValueError("the URL is the DICOMweb root: no query (?) or fragment (#)")
+    return value.rstrip("/")
+
+
+DicomWebUrl = Annotated[str, AfterValidator(_dicomweb_url)]
+
+
+class DicomWebBearerAuth(Strict):
+    """``Authorization: Bearer <token>``, the token read from an environment variable for
+    every request (so a renewed token is used from the next request on)."""
+
+    type: Literal["bearer"]
+    token_env: str = Field(pattern=ENV_VAR_PATTERN)
+    """Name of the environment variable holding the token (never the token itself)."""
+
+
+class DicomWebBasicAuth(Strict):
+    """HTTP basic authentication; the password read from an environment variable."""
+
+    type: Literal["basic"]
+    user: str = Field(min_length=1, pattern=r"^[^:\s]+$")
+    password_env: str = Field(pattern=ENV_VAR_PATTERN)
+    """Name of the environment variable holding the password (never the password itself)."""
+
+
+DicomWebAuth = Annotated[DicomWebBearerAuth | DicomWebBasicAuth, Field(discriminator="type")]
+
+
+class DicomWebEndpoint(Strict):
+    """A DICOMweb server: its root URL, how radrouter signs in, and TLS for https."""
+
+    url: DicomWebUrl
+    """The DICOMweb root: ``{url}/studies`` is where STOW-RS posts and QIDO-RS searches."""
+    auth: DicomWebAuth | None = None
+    """``{type: bearer, token_env: VAR}`` or ``{type: basic, user: NAME, password_env: VAR}``;
+    ``None``: no authentication."""
+    tls: DicomTlsClient | None = None
+    """For https: the CAs to trust (``ca_file``; the system's without it), a client
+    certificate and key for a server that asks for one, and ``server_name``. TLS 1.2 or later
+    with the BCP 195 cipher suites, as for DICOM TLS."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Connecting, and each wait for the server's answer."""
+
+    @model_validator(mode="after")
+    def _secrets_only_over_tls(self) -> DicomWebEndpoint:
+        loopback = self.host_port()[0] in ("127.0.0.1", "localhost", "::1")
+        if self.auth is not None and self.url.startswith("http://") and not loopback:
+            raise ValueError("auth needs an https:// url (or a loopback host)")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls needs an https:// url")
+        return self
+
+    def host_port(self) -> tuple[str, int]:
+        """The server's host and port, for the audit trail and log lines."""
+        authority = self.url.split("://", 1)[1].split("/", 1)[0]
+        default = 443 if self.url.startswith("https://") else 80
+        if authority.startswith("["):  # an IPv6 literal
+            host, _, port = authority[1:].partition("]")
+            return host, int(port.lstrip(":") or default)
+        host, _, port = authority.partition(":")
+        return host, int(port) if port.isdigit() else default
+
+
+class DicomWebDestination(DicomWebEndpoint):
+    """A DICOMweb server that results are stored to with STOW-RS (``POST {url}/studies``)."""
+
+    type: Literal["dicomweb"]
+    results: tuple[ResultObjectKind, ...] = DEFAULT_RESULT_OBJECTS
+    """As for a DICOM destination: which result objects it gets."""
+
+    @field_validator("results")
+    @classmethod
+    def _results_listed_once(
+        cls, kinds: tuple[ResultObjectKind, ...]
+    ) -> tuple[ResultObjectKind, ...]:
+        return DicomDestination._results_listed_once(kinds)
+
+
+def _dicom_by_default(value: object) -> object:
+    """A destination or prior source without ``type`` is a DICOM one (files written before
+    DICOMweb came keep working)."""
+    if isinstance(value, Mapping) and "type" not in value:
+        return {**value, "type": "dicom"}
+    return value
+
+
+Destination = Annotated[
+    DicomDestination | DicomWebDestination,
+    Field(discriminator="type"),
+    BeforeValidator(_dicom_by_default),  # after the discriminator: pydantic runs it first
+]
+"""``destinations.<name>``: ``type: dicom`` (C-STORE, the default) or ``type: dicomweb``
+(STOW-RS)."""
+
+
 class RetryPolicy(Strict):
     max_attempts: int = Field(default=3, ge=1, le=100_000)
     backoff_initial_s: float = Field(default=2.0, ge=0)
@@ -528,6 +640,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class PriorSource(Strict):
     """A PACS that is asked for earlier studies (C-FIND) and sends them to radrouter (C-MOVE)."""
 
+    type: Literal["dicom"] = "dicom"
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
@@ -542,11 +655,28 @@ class PriorSource(Strict):
     the C-MOVE's instances on an association of its own, to the node: its own setting.)"""
 
 
+class DicomWebPriorSource(DicomWebEndpoint):
+    """A PACS asked over DICOMweb: QIDO-RS for the patient's earlier studies and their
+    series, WADO-RS for the chosen series, which radrouter stores through its own ingest
+    path (checked, spooled, indexed) as if it had arrived by C-STORE."""
+
+    type: Literal["dicomweb"]
+
+
+AnyPriorSource = Annotated[
+    PriorSource | DicomWebPriorSource,
+    Field(discriminator="type"),
+    BeforeValidator(_dicom_by_default),  # after the discriminator: pydantic runs it first
+]
+"""``priors.sources[]``: ``type: dicom`` (C-FIND/C-MOVE, the default) or ``type: dicomweb``
+(QIDO-RS/WADO-RS)."""
+
+
 class PriorsConfig(Strict):
     """Where a follow-up algorithm's prior exam (same patient, earlier study) comes from:
     studies radrouter already holds, else the ``sources`` in order."""
 
-    sources: list[PriorSource] = Field(default_factory=list)
+    sources: list[AnyPriorSource] = Field(default_factory=list)
     max_age_days: int = Field(default=3 * 365, ge=1, le=36500)
     """Studies older than this (by StudyDate) are not used as priors."""
     series_selector: dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")], Matcher] | None = (
@@ -556,7 +686,7 @@ class PriorsConfig(Strict):
     ``None``: the ``when`` of the rule that selected the current series, without the
     association keys (CallingAE, CalledAE)."""
     retrieve_timeout_s: float = Field(default=300.0, gt=0)
-    """How long a C-MOVE of one prior series may take."""
+    """How long a C-MOVE (or a WADO-RS retrieval) of one prior series may take."""
 
 
 class AlgorithmSettings(Strict):
@@ -992,7 +1122,7 @@ class RouterConfig(Strict):
     node: NodeConfig = NodeConfig()
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
-    destinations: dict[str, DicomDestination] = Field(default_factory=dict)
+    destinations: dict[str, Destination] = Field(default_factory=dict)
     completion: CompletionConfig = CompletionConfig()
     jobs: JobsConfig = JobsConfig()
     dispatch: DispatchConfig = DispatchConfig()

@@ -445,7 +445,7 @@ class _SchemaChecker:
         members, discriminator = _union_members(annotation)
         if discriminator is not None and isinstance(value, Mapping):
             by_tag = {tag: m for m in members for tag in _discriminator_values(m, discriminator)}
-            tag = value.get(discriminator)
+            tag = value.get(discriminator, _default_tag(members, discriminator))
             if tag is None:
                 message = f"missing required key {discriminator!r}"
                 found: list[_Placed] = [
@@ -638,6 +638,19 @@ def _discriminator_values(member: Any, discriminator: str) -> list[object]:
         return []
     info = _field(member, discriminator)
     return _choices(info.annotation) if info is not None else []
+
+
+def _default_tag(members: list[Any], discriminator: str) -> object:
+    """The discriminator's value when a mapping leaves it out: the default of the one member
+    whose discriminator field has one (``destinations.<name>.type``: ``dicom``), else None."""
+    defaults = [
+        info.default
+        for member in members
+        if _is_model(_unwrap(member)[0])
+        for info in [_field(_unwrap(member)[0], discriminator)]
+        if info is not None and not info.is_required()
+    ]
+    return defaults[0] if len(defaults) == 1 else None
 
 
 def _choices(annotation: Any) -> list[object]:

@@ -42,7 +42,7 @@ from router.drift.metrics import DriftGauges, qa_out_of_tolerance
 from router.drift.monitor import DriftMonitor
 from router.live_config import ConfigHolder, LastGood, Rejection
 from router.metrics import Metrics
-from router.receive.ingest import Ingestor, IngestOutcome
+from router.receive.ingest import Ingestor, IngestOutcome, Origin
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.private_files import make_private_dir, narrow_to_owner
 from router.receive.quarantine import Quarantine
@@ -50,6 +50,7 @@ from router.receive.spool import Spool
 from router.retention import RetentionStage
 from router.route.planner import Planner
 from router.run.job_queue import Job, JobQueue
+from router.run.priors.dicomweb_retrieve import InstanceStore
 from router.run.priors.stage import PriorStage
 from router.run.worker import JobOutcome, JobRunner, WorkerPool
 from router.store.database import Database
@@ -169,6 +170,7 @@ class RouterService:
             claimer=self.claimer,
             leases=self.leases,
             on_released=self.workers.wake,
+            instances=InstanceStore(self._store_retrieved, self.spool.incoming),
         )
         self.planner = Planner(
             self.db, self.queue, self.holder.current, self._planned, self.registry.purposes()
@@ -462,6 +464,13 @@ class RouterService:
         self.metrics.observe(
             lambda: self.metrics.instances_received.labels(status=status.name.lower()).inc()
         )
+
+    def _store_retrieved(self, data: bytes) -> Path:
+        """An instance of a prior fetched by WADO-RS: through the node's ingest path, as if
+        the PACS had sent it by C-STORE (no association: the study completes on its timers,
+        and the planner leaves it alone as a retrieved prior)."""
+        origin = Origin(None, "", self.holder.current().node.ae_title)
+        return self.ingestor.ingest(data, origin, None).path
 
     def _stored(self, outcome: IngestOutcome) -> None:
         if outcome.reopened:

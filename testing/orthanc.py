@@ -28,11 +28,18 @@ def free_port() -> int:
 class Orthanc:
     """Client for one running Orthanc; ``dicom_port``/``ae_title`` for DICOM peers."""
 
-    def __init__(self, http_port: int, dicom_port: int, ae_title: str) -> None:
+    def __init__(
+        self, http_port: int, dicom_port: int, ae_title: str, auth: tuple[str, str] | None = None
+    ) -> None:
         self.http_port = http_port
         self.dicom_port = dicom_port
         self.ae_title = ae_title
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120.0)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120.0, auth=auth)
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (with ``running_orthanc(..., dicomweb=True)``)."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def get(self, path: str) -> Any:
         response = self.http.get(path)
@@ -91,15 +98,22 @@ class Orthanc:
 
 @contextmanager
 def running_orthanc(
-    workdir: Path, ae_title: str = "ORTHANC", *, dicomweb: bool = False
+    workdir: Path,
+    ae_title: str = "ORTHANC",
+    *,
+    dicomweb: bool = False,
+    users: dict[str, str] | None = None,
+    http_port: int | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc with its own JSON config and storage in ``workdir``; stop it after.
     ``dicomweb``: with the DICOMweb plug-in (Debian ``orthanc-dicomweb``) on ``/dicom-web/``,
-    full study metadata as OHIF asks."""
+    full study metadata as OHIF asks. ``users``: HTTP basic authentication required, with
+    these users and passwords (the client signs in as the first). ``http_port``: this port
+    rather than a free one."""
     if dicomweb and not DICOMWEB_PLUGIN.exists():
         raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing (Debian orthanc-dicomweb)")
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = http_port or free_port(), free_port()
     config = {
         "Name": "radrouter-test-pacs",
         "StorageDirectory": str(workdir / "storage"),
@@ -108,7 +122,8 @@ def running_orthanc(
         "DicomPort": dicom_port,
         "DicomAet": ae_title,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowEcho": True,
@@ -129,7 +144,9 @@ def running_orthanc(
     process = subprocess.Popen(
         [ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
     )
-    client = Orthanc(http_port, dicom_port, ae_title)
+    client = Orthanc(
+        http_port, dicom_port, ae_title, next(iter(users.items()), None) if users else None
+    )
     try:
         deadline = time.time() + 30
         while True:

@@ -36,6 +36,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from ruamel.yaml import YAML
 
 from config.loader import check_exposure, load_config, load_default_config, read_config
+from config.schema import DicomDestination
 from router.cli import main as radrouter_main
 from testing.orthanc import free_port
 from testing.storescp import running_storescp
@@ -85,6 +86,7 @@ def test_container_config_defaults_open_both_ports_and_name_the_compose_pacs(
     assert (config.http.host, config.http.port) == ("0.0.0.0", 8080)
     assert config.storage.data_dir == Path("/var/lib/radrouter")
     pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination)
     assert (pacs.ae_title, pacs.host, pacs.port) == ("ORTHANC", "orthanc", 4242)
 
 
@@ -125,6 +127,7 @@ def test_container_config_takes_ports_and_pacs_from_the_environment(
     assert (config.http.host, config.http.port) == ("127.0.0.1", 18080)
     assert config.storage.data_dir == tmp_path / "data"
     pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination)
     assert (pacs.ae_title, pacs.host, pacs.port) == ("PACS1", "pacs.hospital.example", 104)
 
 
@@ -221,6 +224,7 @@ def test_compose_points_radrouter_and_orthanc_at_each_other(
     config = load_config(CONTAINER_CONFIG)
     assert config.insecure, "the demo publishes plain HTTP on this host: it must say so"
     pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination)
     assert pacs.host in services and services[pacs.host]["image"].startswith("orthancteam/orthanc")
     assert (pacs.ae_title, pacs.port) == (
         orthanc["ORTHANC__DICOM_AET"],

@@ -136,11 +136,12 @@ class Composer:
     def remote(
         ae_title: str, host: str, *, requestor: bool = False, roles: tuple[Role, ...] = ()
     ) -> ActiveParticipant:
+        web = "://" in ae_title  # a DICOMweb server: its URL is its user ID, it has no AE title
         return ActiveParticipant(
             user_id=ae_title or "(no AE title)",
             is_requestor=requestor,
             roles=tuple(role.value for role in roles),
-            alternative_user_id=f"AETITLES={ae_title}",
+            alternative_user_id=None if web else f"AETITLES={ae_title}",
             network_access_point=host or None,
         )
 

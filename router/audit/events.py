@@ -41,7 +41,7 @@ class Actor:
 
 @dataclass(frozen=True)
 class RemoteNode:
-    """A DICOM node radrouter talked to."""
+    """A DICOM node radrouter talked to; for a DICOMweb server, ``ae_title`` is its URL."""
 
     ae_title: str
     host: str

@@ -1,5 +1,6 @@
-"""The destination probe: asks every destination that could not be reached for a C-ECHO, and
-when it answers again, sends what waits for it at once instead of after its back-off.
+"""The destination probe: asks every destination that could not be reached for a C-ECHO (a
+DICOMweb one: a QIDO-RS search that matches nothing), and when it answers again, sends what
+waits for it at once instead of after its back-off.
 
 A PACS down for maintenance is the common case, not the exception: its dispatches fail with
 an ``unreachable:`` error and back off (up to 5 minutes between tries, for about a day). This
@@ -15,9 +16,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from config.schema import RouterConfig
+from config.schema import DicomWebDestination, RouterConfig
 from router.assemble.study_state import reopen_study
 from router.deliver.dicom_send import Peer, echo
+from router.deliver.dicomweb_send import dicomweb_answers
 from router.deliver.dispatch import UNREACHABLE
 from router.polling_stage import PollingStage
 from router.store.database import Database
@@ -26,6 +28,7 @@ from router.store.queue import WorkQueue
 LOGGER = logging.getLogger(__name__)
 
 EchoFunction = Callable[[Peer], bool]
+WebProbeFunction = Callable[[DicomWebDestination], bool]
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -39,6 +42,7 @@ class DestinationProbe(PollingStage):
         dispatches: WorkQueue,
         on_back: Callable[[], None] | None = None,
         probe: EchoFunction = echo,
+        probe_web: WebProbeFunction = dicomweb_answers,
     ) -> None:
         super().__init__()
         self.db = db
@@ -46,6 +50,7 @@ class DestinationProbe(PollingStage):
         self._dispatches = dispatches
         self._on_back = on_back
         self._probe = probe
+        self._probe_web = probe_web
         self._last_pass = 0.0
 
     @property
@@ -64,9 +69,16 @@ class DestinationProbe(PollingStage):
             destination = config.destinations.get(name)
             if destination is None:
                 continue
+            if isinstance(destination, DicomWebDestination):
+                web = destination.model_copy(
+                    update={"timeout_s": min(destination.timeout_s, PROBE_TIMEOUT_S)}
+                )
+                if self._probe_web(web):
+                    self._back(name, destination.url, config.dispatch.resend_dead_when_back)
+                continue
             peer = Peer.for_destination(destination, config.node.ae_title, PROBE_TIMEOUT_S)
             if self._probe(peer):
-                self._back(name, peer, config.dispatch.resend_dead_when_back)
+                self._back(name, str(peer), config.dispatch.resend_dead_when_back)
         return False
 
     def unreachable_destinations(self) -> list[str]:
@@ -78,7 +90,7 @@ class DestinationProbe(PollingStage):
         )
         return [str(r["destination"]) for r in rows]
 
-    def _back(self, name: str, peer: Peer, resend_dead: bool) -> None:
+    def _back(self, name: str, peer: str, resend_dead: bool) -> None:
         pending = [
             int(r["id"])
             for r in self.db.query(
@@ -96,7 +108,7 @@ class DestinationProbe(PollingStage):
             ):
                 revived += len(self._dispatches.requeue_dead(int(row["id"]), reopen_study))
         LOGGER.info(
-            "destination %s (%s) answers C-ECHO again: %d waiting and %d dead-lettered "
+            "destination %s (%s) answers again: %d waiting and %d dead-lettered "
             "dispatch(es) sent now",
             name,
             peer,

@@ -1,4 +1,5 @@
-"""The dispatch stage: C-STORE results (or forwarded series) to destinations, with retries.
+"""The dispatch stage: C-STORE (or STOW-RS, ``type: dicomweb``) results or forwarded series to
+destinations, with retries.
 
 After the retry budget a dispatch is dead-lettered: kept, visible in status and the API, and
 retried by command. Nothing is dropped.
@@ -12,10 +13,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from config.schema import RouterConfig
+from config.schema import DicomWebDestination, RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
 from router.audit.events import NO_AUDIT, AuditRecorder, RemoteNode, SendStarted
 from router.deliver.dicom_send import FileToSend, Peer, SendError, send_files
+from router.deliver.dicomweb_send import stow_files
 from router.deliver.result_writer import result_object_paths
 from router.logs import log_safe
 from router.polling_stage import PollingStage
@@ -25,6 +27,7 @@ from router.store.queue import Claim, Claimer, FailOutcome, LeaseKeeper, QueueTa
 LOGGER = logging.getLogger(__name__)
 
 SendFunction = Callable[[Peer, list[FileToSend]], int]
+WebSendFunction = Callable[[DicomWebDestination, list[FileToSend]], int]
 
 DISPATCHES = QueueTable("dispatches", ready="pending", claimed="sending", done="done", dead="dead")
 UNREACHABLE = "unreachable: "
@@ -45,12 +48,14 @@ class Dispatcher(PollingStage):
         claimer: Claimer | None = None,
         leases: LeaseKeeper | None = None,
         audit: AuditRecorder = NO_AUDIT,
+        send_web: WebSendFunction = stow_files,
     ) -> None:
         super().__init__()
         self.db = db
         self._audit = audit
         self._config = config
         self._send = send
+        self._send_web = send_web
         self._on_delivered = on_delivered
         self._leases = leases or LeaseKeeper()
         self.items = SqliteWorkQueue(
@@ -83,17 +88,24 @@ class Dispatcher(PollingStage):
                 destination = config.destinations.get(row["destination"])
                 if destination is None:
                     raise SendError(f"destination {row['destination']!r} is no longer configured")
-                peer = Peer.for_destination(destination, config.node.ae_title)
                 files = self._files(row, destination.results)
                 if files:  # none: the result has none of the objects this destination takes
+                    if isinstance(destination, DicomWebDestination):
+                        host, port = destination.host_port()
+                        remote = RemoteNode(destination.url, host, port)
+                        local_ae = config.node.ae_title
+                    else:
+                        peer = Peer.for_destination(destination, config.node.ae_title)
+                        remote = RemoteNode(peer.ae_title, peer.host, peer.port)
+                        local_ae = peer.calling_ae_title
                     started = SendStarted(
-                        RemoteNode(peer.ae_title, peer.host, peer.port),
-                        peer.calling_ae_title,
-                        row["study_uid"],
-                        Counter(f.sop_class_uid for f in files),
+                        remote, local_ae, row["study_uid"], Counter(f.sop_class_uid for f in files)
                     )
                     self._audit.record(started)
-                    self._send(peer, files)
+                    if isinstance(destination, DicomWebDestination):
+                        self._send_web(destination, files)  # STOW-RS
+                    else:
+                        self._send(peer, files)  # C-STORE
                     self._audit.record(started.finished(None))
             except (SendError, OSError, ValueError, RuntimeError) as exc:
                 if started is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.errors import InvalidDicomError
 
@@ -22,7 +22,7 @@ from config.loader import (
     check_exposure,
     validate_config,
 )
-from config.schema import DicomDestination, Fallback, NodeConfig, RouterConfig, Rule
+from config.schema import Destination, Fallback, NodeConfig, RouterConfig, Rule
 from config.yaml_document import (
     KeyPath,
     YamlDocument,
@@ -343,23 +343,26 @@ class _Problems:
         ]
 
 
+_DESTINATION: TypeAdapter[Destination] = TypeAdapter(Destination)
+
+
 @dataclass(frozen=True)
 class _Destinations:
     """The destinations a file defines, and those of them without problems."""
 
     found: _Problems
     defined: frozenset[str]
-    valid: dict[str, DicomDestination]
+    valid: dict[str, Destination]
 
     @classmethod
     def of(cls, found: _Problems, section: object) -> _Destinations:
         entries = section if isinstance(section, Mapping) else {}
         defined = frozenset(name for name in entries if isinstance(name, str))
-        valid: dict[str, DicomDestination] = {}
+        valid: dict[str, Destination] = {}
         for name in sorted(defined):
             if not found.under(("destinations", name)):
                 try:
-                    valid[name] = DicomDestination.model_validate(entries[name])
+                    valid[name] = _DESTINATION.validate_python(entries[name])
                 except ValidationError:  # the issues should have said so already
                     continue
         return cls(found, defined, valid)

@@ -20,7 +20,7 @@ from config.loader import (
     read_default_config,
     validate_config,
 )
-from config.schema import MatchOperator, Priority, RouterConfig
+from config.schema import DicomDestination, MatchOperator, Priority, RouterConfig
 from config.yaml_document import parse_yaml
 from router.route.matching import SeriesFacts, route
 
@@ -78,7 +78,8 @@ def test_valid_config_loads_with_values() -> None:
     config = parse_config(VALID, "valid.yaml")
     assert isinstance(config, RouterConfig)
     assert config.node.port == 11112
-    assert config.destinations["pacs"].port == 4242
+    pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination) and pacs.port == 4242
     chest, mr = config.rules
     assert chest.run == "lung_nodule"
     assert chest.priority is Priority.STAT
@@ -107,8 +108,9 @@ def test_anchors_and_merge_keys_work() -> None:
             port: 4243
         """.replace("        ", "")
     )
-    assert config.destinations["backup"].port == 4243
-    assert config.destinations["backup"].ae_title == "ORTHANC"
+    backup = config.destinations["backup"]
+    assert isinstance(backup, DicomDestination)
+    assert (backup.port, backup.ae_title) == (4243, "ORTHANC")
 
 
 def test_yaml_12_keeps_yes_and_no_as_text() -> None:
@@ -461,6 +463,7 @@ def test_default_config_loads_and_is_clean() -> None:
     assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
     assert str(config.storage.data_dir) == "var"
     pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination)
     assert (pacs.ae_title, pacs.host, pacs.port) == ("ORTHANC", "127.0.0.1", 4242)
     pe = config.rules[0]
     assert (pe.name, pe.priority, pe.continue_) == ("contrast-chest-ct-pe", Priority.STAT, True)

@@ -3,7 +3,8 @@ ready with what it found.
 
 A follow-up job is planned ``waiting`` with one prior request beside it. This stage claims the
 request (the shared durable queue), searches the studies radrouter holds and then each
-configured PACS (C-FIND, C-MOVE, waiting for the series to arrive), and in one transaction
+configured PACS (C-FIND, C-MOVE, waiting for the series to arrive; or QIDO-RS and WADO-RS,
+storing the series through the node's ingest path), and in one transaction
 records the outcome and releases the job. Workers never wait on a PACS, so a STAT job is never
 stuck behind a retrieval. No prior found, a PACS that is down, or a request that fails for
 good all release the job without a prior: the algorithm then reports on the current exam
@@ -26,6 +27,7 @@ from router.audit.events import NO_AUDIT, AuditRecorder
 from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.run.job_queue import JobQueue
+from router.run.priors.dicomweb_retrieve import InstanceStore
 from router.run.priors.finder import find_prior
 from router.run.priors.selection import CurrentStudy, FoundPrior
 from router.store.database import Database
@@ -71,10 +73,13 @@ class PriorStage(PollingStage):
         claimer: Claimer,
         leases: LeaseKeeper,
         on_released: Callable[[], None] | None = None,
+        instances: InstanceStore | None = None,
     ) -> None:
         super().__init__()
         self.db = db
         self.keys = keys
+        self.instances = instances
+        """Where a DICOMweb source's instances go: the node's ingest path."""
         self._audit = audit
         self._config = config
         self._leases = leases
@@ -132,6 +137,7 @@ class PriorStage(PollingStage):
             CurrentStudy.from_header(header),
             selector,
             self._audit,
+            self.instances,
         )
         if found is None:
             return PriorOutcome(None, "none found")
