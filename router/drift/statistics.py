@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from scipy import stats
 
 EPSILON = 1e-4
 """The proportion an empty bin counts as in PSI."""
@@ -58,7 +58,7 @@ def chi_square_p(expected: Sequence[int], actual: Sequence[int]) -> float:
     if len(used) < 2 or sum(e for e, _ in used) == 0 or sum(a for _, a in used) == 0:
         return 1.0
     table = np.array([[e for e, _ in used], [a for _, a in used]], dtype=float)
-    result = stats.chi2_contingency(table, correction=False)
+    result = _stats().chi2_contingency(table, correction=False)
     return float(result.pvalue)
 
 
@@ -83,14 +83,14 @@ def ks_p(baseline: Sequence[float], current: Sequence[float]) -> float:
     """p of the two-sample Kolmogorov-Smirnov test (1.0 when a side is empty)."""
     if not baseline or not current:
         return 1.0
-    return float(stats.ks_2samp(baseline, current).pvalue)
+    return float(_stats().ks_2samp(baseline, current).pvalue)
 
 
 def fisher_p(x1: int, n1: int, x2: int, n2: int) -> float:
     """p of Fisher's exact test that x1 of n1 and x2 of n2 are one rate (two-sided)."""
     if n1 <= 0 or n2 <= 0:
         return 1.0
-    return float(stats.fisher_exact([[x1, n1 - x1], [x2, n2 - x2]]).pvalue)
+    return float(_stats().fisher_exact([[x1, n1 - x1], [x2, n2 - x2]]).pvalue)
 
 
 def thin_sorted(values: Sequence[float], limit: int) -> list[float]:
@@ -101,3 +101,12 @@ def thin_sorted(values: Sequence[float], limit: int) -> list[float]:
         return ordered
     picks = np.linspace(0, len(ordered) - 1, limit).round().astype(int)
     return [ordered[i] for i in picks]
+
+
+def _stats() -> Any:
+    """``scipy.stats``, imported when a test is first computed: importing it costs about a
+    second at the router's start, and it inspects the process's modules (a test that hides
+    torch to check the router runs without it must not break the import)."""
+    from scipy import stats
+
+    return stats
