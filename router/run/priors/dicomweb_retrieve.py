@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import pydicom
 import requests
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -50,6 +49,7 @@ from router.run.priors.local_index import series_paths
 from router.run.priors.query_retrieve import (
     SERIES_RETURN_KEYS,
     PriorRetrievalError,
+    held_prior,
     mark_retrieved,
 )
 from router.run.priors.selection import (
@@ -60,7 +60,6 @@ from router.run.priors.selection import (
     parse_date,
     select_priors,
     selector_rule,
-    series_matches,
 )
 from router.store.database import Database
 
@@ -343,20 +342,9 @@ def retrieve_prior_dicomweb(
                             raise PriorRetrievalError(
                                 f"series {series_uid} is not held after WADO-RS"
                             )
-                    header = pydicom.dcmread(held[0], stop_before_pixels=True)
-                    if not series_matches(rule, header):
-                        continue
-                    LOGGER.debug(
-                        "prior for study %s: study %s series %s retrieved from %s (%d instances)",
-                        log_safe(current.study_instance_uid),
-                        log_safe(cand.study_instance_uid),
-                        log_safe(series_uid),
-                        source.url,
-                        len(held),
-                    )
-                    return FoundPrior(
-                        cand.study_instance_uid, series_uid, cand.study_date, held, source.url
-                    )
+                    found = held_prior(rule, current, cand, series_uid, held, source.url)
+                    if found is not None:
+                        return found
     except DicomWebError as exc:
         raise PriorRetrievalError(str(exc)) from None
     return None

@@ -231,18 +231,31 @@ def retrieve_prior(
                     mark_retrieved(db, cand.study_instance_uid, current.study_instance_uid)
                     completed = move_series(assoc, cand.study_instance_uid, series_uid, destination)
                     held = _wait_for_series(db, series_uid, completed, retrieve_timeout_s)
-                header = pydicom.dcmread(held[0], stop_before_pixels=True)
-                if not series_matches(rule, header):
-                    continue
-                LOGGER.debug(
-                    "prior for study %s: study %s series %s retrieved from %s (%d instances)",
-                    log_safe(current.study_instance_uid),
-                    log_safe(cand.study_instance_uid),
-                    log_safe(series_uid),
-                    source.ae_title,
-                    len(held),
-                )
-                return FoundPrior(
-                    cand.study_instance_uid, series_uid, cand.study_date, held, source.ae_title
-                )
+                found = held_prior(rule, current, cand, series_uid, held, source.ae_title)
+                if found is not None:
+                    return found
     return None
+
+
+def held_prior(
+    rule: Rule,
+    current: CurrentStudy,
+    candidate: PriorCandidate,
+    series_uid: str,
+    held: tuple[Path, ...],
+    source: str,
+) -> FoundPrior | None:
+    """A retrieved series as the prior, when its header matches the selector (a query's
+    returned keys may not have shown everything the selector asks)."""
+    header = pydicom.dcmread(held[0], stop_before_pixels=True)
+    if not series_matches(rule, header):
+        return None
+    LOGGER.debug(
+        "prior for study %s: study %s series %s retrieved from %s (%d instances)",
+        log_safe(current.study_instance_uid),
+        log_safe(candidate.study_instance_uid),
+        log_safe(series_uid),
+        source,
+        len(held),
+    )
+    return FoundPrior(candidate.study_instance_uid, series_uid, candidate.study_date, held, source)
