@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from algorithms.registry import Registry
@@ -28,6 +27,7 @@ from router.admin_page.config_edit import (
 from router.admin_page.history import config_history
 from router.admin_page.overview import overview
 from router.admin_page.studies import MAX_STUDIES, recent_studies
+from router.api.page_routes import add_page_routes
 from router.audit.events import NO_AUDIT, AuditRecorder, ReadKind, StudyRead
 from router.audit.http import request_actor
 from router.live_config import ConfigHolder
@@ -71,19 +71,14 @@ class ApplyRequest(BaseModel):
 def create_admin_router(deps: AdminDependencies) -> APIRouter:
     router = APIRouter()
     db, holder = deps.db, deps.holder
-    static = resources.files("router.admin_page") / "static"
-    page_html = (static / "admin.html").read_bytes()
-    assets = {name: (static / name).read_bytes() for name in _ASSETS}
-
-    @router.get("/admin", include_in_schema=False)
-    def admin_page() -> Response:
-        return Response(page_html, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
-
-    @router.get("/admin/assets/{name}", include_in_schema=False)
-    def admin_asset(name: str) -> Response:
-        if name not in assets:
-            raise HTTPException(status_code=404, detail="no such asset")
-        return Response(assets[name], media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+    add_page_routes(
+        router,
+        package="router.admin_page",
+        path="/admin",
+        page="admin.html",
+        assets=_ASSETS,
+        headers=_PAGE_HEADERS,
+    )
 
     @router.get("/api/admin/overview")
     def admin_overview() -> dict[str, Any]:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from importlib import resources
 from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -15,6 +14,7 @@ from fastapi import Path as PathParameter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from router.api.access import current_principal
+from router.api.page_routes import add_page_routes
 from router.audit.events import (
     NO_AUDIT,
     AuditRecorder,
@@ -131,19 +131,14 @@ def create_worklist_router(
             covered.put((result_id, finding), slices)
         return slices
 
-    static = resources.files("router.worklist_page") / "static"
-    page_html = (static / "worklist.html").read_bytes()
-    assets = {name: (static / name).read_bytes() for name in _ASSETS}
-
-    @router.get("/worklist", include_in_schema=False)
-    def worklist_page() -> Response:
-        return Response(page_html, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
-
-    @router.get("/worklist/assets/{name}", include_in_schema=False)
-    def worklist_asset(name: str) -> Response:
-        if name not in assets:
-            raise HTTPException(status_code=404, detail="no such asset")
-        return Response(assets[name], media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+    add_page_routes(
+        router,
+        package="router.worklist_page",
+        path="/worklist",
+        page="worklist.html",
+        assets=_ASSETS,
+        headers=_PAGE_HEADERS,
+    )
 
     @router.get("/api/worklist")
     def worklist(
