@@ -1,13 +1,15 @@
-"""Ingest throughput: 200 CT slices of 512x512 over one association, radrouter vs references.
+"""Ingest throughput: 200 CT slices of 512x512 over one association and over several
+simultaneous associations (the slices shared between them), radrouter vs references.
 
-The same sender (dcmtk ``storescu``, TCP_NODELAY=1) sends the same files to:
+The same sender (dcmtk ``storescu``, TCP_NODELAY=1; one process per association) sends the
+same files to a receiver started afresh for each measurement:
 - radrouter (``radrouter serve``; every instance fsync'd and indexed before Success),
 - dcmtk ``storescp`` (writes files, no fsync),
 - Orthanc (Debian package; its own storage and SQLite index),
 - a bare pynetdicom SCP whose C-STORE handler returns Success at once (the floor that
   pynetdicom's network layer sets for anything built on it, radrouter included).
 
-Run: ``.venv/bin/python -m benchmarks.ingest [--slices 200] [--repeat 3]``
+Run: ``.venv/bin/python -m benchmarks.ingest [--slices 200] [--repeat 3] [--associations 1 4]``
 """
 
 from __future__ import annotations
@@ -52,24 +54,31 @@ def wait_echo(port: int, aet: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{aet} on {port} did not answer C-ECHO")
 
 
-def time_storescu(port: int, aet: str, files: list[Path]) -> float:
+def time_storescu(port: int, aet: str, files: list[Path], associations: int = 1) -> float:
+    """Seconds until every file is acknowledged, sent over ``associations`` simultaneous
+    associations (one ``storescu`` each, the files dealt out in turn)."""
+    shares = [files[i::associations] for i in range(associations)]
     started = time.perf_counter()
-    subprocess.run(
-        [
-            "/usr/bin/storescu",
-            "-aet",
-            "BENCH",
-            "-aec",
-            aet,
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        check=True,
-        capture_output=True,
-        env=ENV,
-    )
-    return time.perf_counter() - started
+    senders = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port)]
+            + [str(f) for f in share],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        for share in shares
+        if share
+    ]
+    failures = []
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0:
+            failures.append(err.decode(errors="replace")[-500:])
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"storescu to {aet} failed: {failures[0]}")
+    return elapsed
 
 
 @contextmanager
@@ -144,50 +153,87 @@ def bare_pynetdicom() -> Iterator[int]:
         server.shutdown()
 
 
+RECEIVERS = ("radrouter", "dcmtk storescp", "Orthanc", "bare pynetdicom")
+
+
+def measure(work: Path, name: str, files: list[Path], associations: int) -> float:
+    """Start ``name`` afresh in ``work``, send ``files``, stop it; the seconds the send took."""
+    if name == "radrouter":
+        with radrouter(work) as port:
+            return time_storescu(port, "RADROUTER", files, associations)
+    if name == "dcmtk storescp":
+        with storescp(work) as port:
+            return time_storescu(port, "STORESCP", files, associations)
+    if name == "Orthanc":
+        with running_orthanc(work / "orthanc") as orthanc:
+            return time_storescu(orthanc.dicom_port, "ORTHANC", files, associations)
+    with bare_pynetdicom() as port:
+        return time_storescu(port, "BARE", files, associations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--associations",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="simultaneous associations to measure (the slices are shared between them)",
+    )
     args = parser.parse_args()
+    counts: list[int] = sorted(set(args.associations))
+    results: dict[int, dict[str, list[float]]] = {n: {r: [] for r in RECEIVERS} for n in counts}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = make_series(root / "series", args.slices)
         megabytes = sum(f.stat().st_size for f in files) / 2**20
-        results: dict[str, list[float]] = {
-            "radrouter": [],
-            "dcmtk storescp": [],
-            "Orthanc": [],
-            "bare pynetdicom": [],
-        }
         for run in range(args.repeat):
-            work = root / f"run{run}"
-            work.mkdir()
-            with radrouter(work) as port:
-                results["radrouter"].append(time_storescu(port, "RADROUTER", files))
-            with storescp(work) as port:
-                results["dcmtk storescp"].append(time_storescu(port, "STORESCP", files))
-            with running_orthanc(work / "orthanc") as orthanc:
-                results["Orthanc"].append(time_storescu(orthanc.dicom_port, "ORTHANC", files))
-            with bare_pynetdicom() as port:
-                results["bare pynetdicom"].append(time_storescu(port, "BARE", files))
-            shutil.rmtree(work)
-    print(
-        f"ingest: {args.slices} CT slices 512x512 ({megabytes:.0f} MiB), one association, "
-        f"dcmtk storescu sender, TCP_NODELAY=1, best of {args.repeat}"
-    )
-    best = {name: min(times) for name, times in results.items()}
-    print(f"{'receiver':<18}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}")
-    for name, seconds in best.items():
+            for count in counts:
+                for name in RECEIVERS:
+                    work = root / f"run{run}-{count}"
+                    work.mkdir()
+                    try:
+                        results[count][name].append(measure(work, name, files, count))
+                    finally:
+                        shutil.rmtree(work)
+    best = {n: {name: min(times) for name, times in results[n].items()} for n in counts}
+    for count in counts:
+        what = "one association" if count == 1 else f"{count} simultaneous associations"
         print(
-            f"{name:<18}{seconds:>10.2f}{args.slices / seconds:>12.0f}{megabytes / seconds:>10.0f}"
+            f"ingest: {args.slices} CT slices 512x512 ({megabytes:.0f} MiB), {what}, "
+            f"dcmtk storescu sender, TCP_NODELAY=1, best of {args.repeat}"
         )
-    ratio_dcmtk = best["dcmtk storescp"] / best["radrouter"]
-    ratio_orthanc = best["Orthanc"] / best["radrouter"]
-    print(
-        f"radrouter = {ratio_dcmtk:.2f}x dcmtk storescp (target >= 0.5), "
-        f"{ratio_orthanc:.2f}x Orthanc (target >= 3); a bare pynetdicom SCP that stores "
-        f"nothing = {best['dcmtk storescp'] / best['bare pynetdicom']:.2f}x dcmtk storescp"
-    )
+        print(f"{'receiver':<18}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}   all runs (s)")
+        for name, seconds in best[count].items():
+            runs = " ".join(f"{t:.2f}" for t in results[count][name])
+            print(
+                f"{name:<18}{seconds:>10.2f}{args.slices / seconds:>12.0f}"
+                f"{megabytes / seconds:>10.0f}   {runs}"
+            )
+        mine = best[count]["radrouter"]
+        print(
+            f"radrouter = {best[count]['dcmtk storescp'] / mine:.2f}x dcmtk storescp, "
+            f"{best[count]['Orthanc'] / mine:.2f}x Orthanc"
+            + (" (aim for the aggregate >= 1.5)" if count != 1 else "")
+            + ", "
+            f"{best[count]['bare pynetdicom'] / mine:.2f}x the bare pynetdicom SCP"
+            + (" (aim >= 0.9)" if count == 1 else "")
+            + f"; the bare pynetdicom SCP that stores nothing = "
+            f"{best[count]['dcmtk storescp'] / best[count]['bare pynetdicom']:.2f}x dcmtk storescp"
+        )
+        if count != 1 and 1 in best:
+            print(
+                f"radrouter over {count} associations = "
+                f"{best[1]['radrouter'] / mine:.2f}x one association (aim >= 1.7); "
+                + ", ".join(
+                    f"{name} {best[1][name] / best[count][name]:.2f}x"
+                    for name in RECEIVERS
+                    if name != "radrouter"
+                )
+            )
+        print()
 
 
 if __name__ == "__main__":

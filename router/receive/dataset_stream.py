@@ -12,8 +12,16 @@ A data set that grows past ``max_instance_mb`` stops being written: its file is 
 the rest of its fragments are read and dropped, so the sender still gets a C-STORE response
 (a failure it must not retry) instead of an abort it would retry forever. A full disk stops
 it too (out of resources, which it may retry). At most one PDU (``MAX_PDU_BYTES``) is ever in
-memory. Data sets of other messages (the node serves only C-ECHO and C-STORE) are passed on
-up to :data:`OTHER_DATASET_LIMIT` and dropped beyond it.
+memory, besides a data set of at most :data:`IN_MEMORY_BYTES` (one PDU's worth: a CT or MR
+slice), which is also kept in memory until the handler has checked it, so that its header is
+parsed from those bytes rather than read back from the file. Data sets of other messages (the
+node serves only C-ECHO and C-STORE) are passed on up to :data:`OTHER_DATASET_LIMIT` and
+dropped beyond it.
+
+Per instance, the work that does not depend on the instance is done once: the file meta group
+is encoded once per SOP class and transfer syntax (:func:`file_meta`), the instance UID spliced
+in; and the file's fsync starts as soon as its last byte is written (``Spool.sync_soon``), in
+the background while the message is decoded and checked.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ import contextlib
 import hashlib
 import logging
 import os
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +55,67 @@ OTHER_DATASET_LIMIT = 2**20
 for pynetdicom, which answers such requests itself."""
 FREE_SPACE_CHECK_BYTES = 64 * 2**20
 """Free space is checked again after each this many bytes of one data set."""
+IN_MEMORY_BYTES = 4 * 2**20
+"""A data set up to this size is kept in memory too (``ReceivedDataset.data``) until the
+handler has checked it: the node's largest PDU, so one arriving in one P-DATA is not copied
+more than the file write needs."""
 _NO_DATA_SET = 0x0101
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+
+_META_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
+_META_SOP_INSTANCE = b"\x02\x00\x03\x00UI"
+_META_CACHE: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_META_CACHE_LIMIT = 1024
+"""(SOP class, transfer syntax) pairs kept; the cache starts again when full (a node sees a
+few dozen)."""
+_LONG_META_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN"})
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """The encoded File Meta Information group of one instance, byte for byte what
+    pynetdicom's ``encode_file_meta(create_file_meta(...))`` gives (what
+    ``Event.encoded_dataset()`` prepends), built once per SOP class and transfer syntax (a
+    presentation context's): only the instance UID and the group length differ per
+    instance. The UIDs must be DICOM UIDs (checked before)."""
+    key = (sop_class_uid, transfer_syntax_uid)
+    parts = _META_CACHE.get(key)
+    if parts is None:
+        parts = _meta_around_instance(sop_class_uid, transfer_syntax_uid)
+        if len(_META_CACHE) >= _META_CACHE_LIMIT:
+            _META_CACHE.clear()
+        _META_CACHE[key] = parts
+    before, after = parts
+    value = sop_instance_uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\x00"  # UI is padded with NUL (PS3.5 9.1)
+    instance = _META_SOP_INSTANCE + struct.pack("<H", len(value)) + value
+    length = len(before) + len(instance) + len(after)
+    return _META_GROUP_LENGTH + struct.pack("<L", length) + before + instance + after
+
+
+def _meta_around_instance(sop_class_uid: str, transfer_syntax_uid: str) -> tuple[bytes, bytes]:
+    """The encoded file meta elements before and after Media Storage SOP Instance UID, the
+    group length left out, as pynetdicom encodes them."""
+    encoded = encode_file_meta(
+        create_file_meta(
+            sop_class_uid=UID(sop_class_uid),
+            sop_instance_uid=UID("1.2"),
+            transfer_syntax=UID(transfer_syntax_uid),
+        )
+    )
+    if not encoded.startswith(_META_GROUP_LENGTH):
+        raise ValueError("pynetdicom's file meta does not start with its group length")
+    pos = start = len(_META_GROUP_LENGTH) + 4
+    while pos < len(encoded):
+        vr = encoded[pos + 4 : pos + 6]
+        if vr in _LONG_META_VRS:
+            end = pos + 12 + int(struct.unpack_from("<L", encoded, pos + 8)[0])
+        else:
+            end = pos + 8 + int(struct.unpack_from("<H", encoded, pos + 6)[0])
+        if encoded[pos : pos + 6] == _META_SOP_INSTANCE:
+            return encoded[start:pos], encoded[end:]
+        pos = end
+    raise ValueError("pynetdicom's file meta has no Media Storage SOP Instance UID")
 
 
 @dataclass(frozen=True)
@@ -66,6 +135,11 @@ class ReceivedDataset:
     sha256: str
     """Of the whole file."""
     refusal: IngestError | None
+    data: bytes | None = None
+    """The whole file's bytes (as in ``path``) when the data set is at most
+    :data:`IN_MEMORY_BYTES`, for the checks to read instead of the file."""
+    synced: Future[None] | None = None
+    """The fsync of ``path``, started when its last byte was written (``Spool.sync_soon``)."""
 
 
 class _Sink:
@@ -93,6 +167,8 @@ class _Sink:
         self._handle: Any = None
         self._hash = hashlib.sha256()
         self._checked_at = 0
+        self._kept: list[bytes | memoryview] | None = []
+        """What was written, while it is at most the file meta plus IN_MEMORY_BYTES."""
         self._open()
 
     def _open(self) -> None:
@@ -104,13 +180,7 @@ class _Sink:
             return
         try:
             self.spool.check_free_space(0)
-            meta = encode_file_meta(
-                create_file_meta(
-                    sop_class_uid=UID(self.sop_class_uid),
-                    sop_instance_uid=UID(self.sop_instance_uid),
-                    transfer_syntax=UID(self.transfer_syntax_uid),
-                )
-            )
+            meta = file_meta(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid)
             self.path, fd = self.spool.new_incoming()
             self._handle = os.fdopen(fd, "wb")
             self._write(_PREAMBLE + meta)
@@ -120,7 +190,7 @@ class _Sink:
         except OSError as exc:
             self._stop(IngestError(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc}"))
 
-    def add(self, payload: bytes) -> None:
+    def add(self, payload: bytes | memoryview) -> None:
         self.size += len(payload)
         if self._handle is None:
             return
@@ -143,18 +213,24 @@ class _Sink:
         except OSError as exc:
             self._stop(IngestError(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc}"))
 
-    def finish(self) -> ReceivedDataset:
+    def finish(self, sync_in_background: bool = True) -> ReceivedDataset:
+        """The data set as it arrived; with ``sync_in_background``, its file's fsync started
+        (``ReceivedDataset.synced``), otherwise left to ``Spool.commit``."""
+        synced: Future[None] | None = None
         if self._handle is not None:
             try:
                 self._handle.close()
             except OSError as exc:
                 self._stop(IngestError(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc}"))
             self._handle = None
+        if self.path is not None and self.refusal is None and sync_in_background:
+            synced = self.spool.sync_soon(self.path)
         if self.refusal is not None and self.refusal.status is StoreStatus.INSTANCE_TOO_LARGE:
             self.refusal = IngestError(
                 StoreStatus.INSTANCE_TOO_LARGE,
                 f"{self.refusal.reason}: {self.size // 2**20} MiB arrived",
             )
+        kept, self._kept = self._kept, None
         return ReceivedDataset(
             message_id=self.message_id,
             affected_sop_class_uid=self.sop_class_uid,
@@ -165,19 +241,27 @@ class _Sink:
             size=self.size,
             sha256=self._hash.hexdigest(),
             refusal=self.refusal,
+            data=b"".join(kept) if kept is not None and self.path is not None else None,
+            synced=synced,
         )
 
     def discard(self) -> None:
         self._stop(None)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         self._handle.write(data)
         self._hash.update(data)
+        if self._kept is not None:
+            if self.size <= IN_MEMORY_BYTES:
+                self._kept.append(data)
+            else:
+                self._kept = None
 
     def _stop(self, refusal: IngestError | None) -> None:
         """Stop keeping bytes: close and delete the file; later fragments are only counted."""
         if refusal is not None and self.refusal is None:
             self.refusal = refusal
+        self._kept = None
         if self._handle is not None:
             with contextlib.suppress(OSError):
                 self._handle.close()
@@ -188,6 +272,26 @@ class _Sink:
 
 
 OriginalReceive = Callable[[P_DATA], None]
+
+_receiving = 0
+"""Associations with their streams installed and not yet closed (all nodes of the process)."""
+_receiving_lock = threading.Lock()
+
+
+def _count_receiving(change: int) -> int:
+    global _receiving
+    with _receiving_lock:
+        _receiving += change
+        return _receiving
+
+
+def sync_in_background() -> bool:
+    """Whether a file's fsync is started in the background when its last byte arrives: when
+    one association is receiving, whose sender waits for each response, so that the fsync
+    overlaps the decoding and checks. With several, each association's fsync overlaps the
+    others' work already, and a thread more per instance only costs CPU and GIL hand-offs
+    (measured: about 5% fewer images/s over four associations on two cores)."""
+    return _count_receiving(0) <= 1
 
 
 class AssociationStreams:
@@ -210,6 +314,7 @@ class AssociationStreams:
         """Wrap ``assoc.dimse.receive_primitive``; call before the association is negotiated
         (no P-DATA can arrive before it is accepted)."""
         streams = cls(assoc, spool, max_bytes)
+        _count_receiving(1)
         original: OriginalReceive = assoc.dimse.receive_primitive
 
         def receive_primitive(primitive: P_DATA) -> None:
@@ -249,6 +354,8 @@ class AssociationStreams:
     def close(self) -> None:
         """The association ended: delete whatever was received and not taken."""
         with self._lock:
+            if not self._closed:
+                _count_receiving(-1)
             self._closed = True
             sink, self._sink = self._sink, None
             done = list(self._done)
@@ -299,9 +406,9 @@ class AssociationStreams:
                 self._other_bytes = 0
             original(_single(context_id, data))
             return
-        sink.add(data[1:])
+        sink.add(memoryview(data)[1:])  # not copied: written, hashed, kept while small
         if last:
-            received = sink.finish()
+            received = sink.finish(sync_in_background())
             with self._lock:
                 self._sink = self._sink_message = None
                 if self._closed:

@@ -6,9 +6,13 @@ import hashlib
 import logging
 import math
 import os
+import sqlite3
 import struct
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +61,13 @@ _HEADER_KEYWORDS = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
 )
-HEADER_TAGS = frozenset(int(tag_for_keyword(keyword) or 0) for keyword in _HEADER_KEYWORDS)
+_HEADER_TAG_OF = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in _HEADER_KEYWORDS}
+HEADER_TAGS = frozenset(_HEADER_TAG_OF.values())
 _SPECIFIC_CHARACTER_SET = 0x00080005
 """The top-level elements ingest reads; every other element is kept, never decoded."""
+ASSOCIATION_STUDIES_REMEMBERED = 4096
+"""(association, study) pairs whose ``association_studies`` row this process wrote and so
+need not write again (most recent kept)."""
 
 
 class _Unreadable:
@@ -190,12 +198,15 @@ class HeaderValues:
         self._encodings: list[str] | None = None
 
     def get(self, keyword: str) -> object:
-        raw = self._values.get(int(tag_for_keyword(keyword) or 0))
+        tag = _HEADER_TAG_OF.get(keyword)
+        if tag is None:
+            tag = int(tag_for_keyword(keyword) or 0)
+        raw = self._values.get(tag)
         if raw is None:
             return None
         vr = raw.vr
         if vr == "UN":  # sent as UN: read as its dictionary VR, as pydicom does
-            vr = str(dictionary_VR(int(tag_for_keyword(keyword) or 0)))
+            vr = str(dictionary_VR(tag))
         if vr in ("US", "SS"):
             if len(raw.value) != 2:
                 raise ValueError(f"{keyword}: {len(raw.value)} bytes for one {vr} value")
@@ -309,6 +320,8 @@ class Ingestor:
         self.quarantine = quarantine
         self.on_stored = on_stored
         self.limits = limits or InputLimits()
+        self._association_studies: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._association_studies_lock = threading.Lock()
 
     @property
     def max_instance_bytes(self) -> int:
@@ -335,7 +348,14 @@ class Ingestor:
             raise IngestError(StoreStatus.OUT_OF_RESOURCES, "the data set was not kept")
         expected = _Expected(received.affected_sop_instance_uid, context_sop_class_uid)
         return self._ingest_file(
-            received.path, received.sha256, received.size, origin, expected, received.body_offset
+            received.path,
+            received.sha256,
+            received.size,
+            origin,
+            expected,
+            received.body_offset,
+            data=received.data,
+            synced=received.synced,
         )
 
     def ingest(
@@ -362,7 +382,7 @@ class Ingestor:
             ) from exc
         expected = _Expected(expected_sop_instance_uid) if expected_sop_instance_uid else None
         return self._ingest_file(
-            partial, hashlib.sha256(data).hexdigest(), len(data), origin, expected, None
+            partial, hashlib.sha256(data).hexdigest(), len(data), origin, expected, None, data=data
         )
 
     def recover_file(self, path: Path) -> bool:
@@ -370,7 +390,7 @@ class Ingestor:
         pass the checks (written before them) goes to the quarantine. True if indexed."""
         try:
             data = path.read_bytes()
-            structure, header = self._check(path, None, None)
+            structure, header = self._check(path, None, None, data)
             if path != self.spool.path_for(
                 header.study_uid, header.series_uid, header.sop_instance_uid
             ):
@@ -407,15 +427,20 @@ class Ingestor:
         origin: Origin,
         expected: _Expected | None,
         body_offset: int | None,
+        *,
+        data: bytes | None = None,
+        synced: Future[None] | None = None,
     ) -> IngestOutcome:
+        """Check, commit and index the complete file ``partial``; ``data``: its content when
+        still in memory (walked instead of the file); ``synced``: its fsync, already started."""
         try:
-            structure, header = self._check(partial, expected, body_offset)
+            structure, header = self._check(partial, expected, body_offset, data)
         except IngestError as exc:
             self._quarantine(partial, exc)
             raise
         try:
             final = self.spool.commit(
-                partial, header.study_uid, header.series_uid, header.sop_instance_uid
+                partial, header.study_uid, header.series_uid, header.sop_instance_uid, synced
             )
         except SpoolFullError as exc:
             raise IngestError(StoreStatus.OUT_OF_RESOURCES, str(exc), header.study_uid) from exc
@@ -432,13 +457,18 @@ class Ingestor:
         return outcome
 
     def _check(
-        self, path: Path, expected: _Expected | None, body_offset: int | None
+        self,
+        path: Path,
+        expected: _Expected | None,
+        body_offset: int | None,
+        data: bytes | None = None,
     ) -> tuple[Structure, InstanceHeader]:
         """The structure walk, the header, the pixel data, and agreement with the file meta,
-        the request and the presentation context. Only a failure to read the file itself is
-        not the data set's fault (``OSError``)."""
+        the request and the presentation context (of ``data``, the file's content, when
+        given). Only a failure to read the file itself is not the data set's fault
+        (``OSError``)."""
         try:
-            return self._check_data_set(path, expected, body_offset)
+            return self._check_data_set(path, expected, body_offset, data)
         except (IngestError, OSError):
             raise
         except Exception as exc:  # pydicom raises many types on malformed values
@@ -447,7 +477,11 @@ class Ingestor:
             ) from exc
 
     def _check_data_set(
-        self, path: Path, expected: _Expected | None, body_offset: int | None
+        self,
+        path: Path,
+        expected: _Expected | None,
+        body_offset: int | None,
+        data: bytes | None,
     ) -> tuple[Structure, InstanceHeader]:
         structure = read_structure(
             path,
@@ -456,6 +490,7 @@ class Ingestor:
             max_inflated_bytes=self.max_instance_bytes,
             scratch_dir=self.spool.incoming,
             body_offset=body_offset,
+            data=data,
         )
         if structure.unknown_vr_tags:
             names = ", ".join(_attribute_name(tag) for tag in structure.unknown_vr_tags[:3])
@@ -525,22 +560,83 @@ class Ingestor:
         sha256: str,
         origin: Origin,
     ) -> IngestOutcome:
+        """The instance's row, its series' and study's, in one transaction of as few
+        statements as the common case allows (an instance of a study still receiving, on an
+        association already recorded for it): the previous row's hash, the study's time, the
+        series upsert with its count, the instance upsert."""
         now = time.time()
         reopened = False
+        association_study = (
+            (origin.association_id, header.study_uid) if origin.association_id else None
+        )
+        record_association = association_study is not None and not self._association_known(
+            association_study
+        )
         with self.db.transaction() as conn:
             previous = conn.execute(
                 "SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             ).fetchone()
             duplicate = previous is not None and previous["sha256"] == sha256
-            if origin.association_id:
+            if record_association and association_study is not None:
                 conn.execute(
                     "INSERT OR IGNORE INTO association_studies (association_id, study_uid) "
                     "VALUES (?, ?)",
-                    (origin.association_id, header.study_uid),
+                    association_study,
                 )
-            if duplicate:
-                return IngestOutcome(header, path, duplicate=True, reopened=False)
+            if not duplicate:
+                reopened = self._index_new_bytes(conn, header, now, previous is None)
+                conn.execute(
+                    "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, "
+                    "sop_class_uid, transfer_syntax_uid, path, size, sha256, received_at, "
+                    "association_id, calling_ae, called_ae, instance_number, acquisition_number, "
+                    "images_in_acquisition, number_of_frames, orientation, slice_position) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (sop_instance_uid) DO UPDATE SET sha256 = excluded.sha256, "
+                    "size = excluded.size, received_at = excluded.received_at, "
+                    "transfer_syntax_uid = excluded.transfer_syntax_uid, "
+                    "association_id = excluded.association_id",
+                    (
+                        header.sop_instance_uid,
+                        header.series_uid,
+                        header.study_uid,
+                        header.sop_class_uid,
+                        transfer_syntax,
+                        str(path),
+                        size,
+                        sha256,
+                        now,
+                        origin.association_id,
+                        origin.calling_ae,
+                        origin.called_ae,
+                        header.instance_number,
+                        header.acquisition_number,
+                        header.images_in_acquisition,
+                        header.number_of_frames,
+                        header.orientation,
+                        header.slice_position,
+                    ),
+                )
+        if record_association and association_study is not None:  # committed: remember it
+            self._remember_association(association_study)
+        if duplicate:
+            return IngestOutcome(header, path, duplicate=True, reopened=False)
+        if reopened:
+            self.db.record_event("study_reopened", header.study_uid, detail="late instance")
+        return IngestOutcome(header, path, duplicate=False, reopened=reopened)
+
+    @staticmethod
+    def _index_new_bytes(
+        conn: sqlite3.Connection, header: InstanceHeader, now: float, new_instance: bool
+    ) -> bool:
+        """The study and series rows of an instance whose bytes are new; whether the study
+        was reopened (it had left the receiving state)."""
+        reopened = False
+        receiving = conn.execute(
+            "UPDATE studies SET last_received_at = ? WHERE study_uid = ? AND state = 'receiving'",
+            (now, header.study_uid),
+        ).rowcount
+        if not receiving:
             study = conn.execute(
                 "SELECT state FROM studies WHERE study_uid = ?", (header.study_uid,)
             ).fetchone()
@@ -550,7 +646,7 @@ class Ingestor:
                     "VALUES (?, 'receiving', ?, ?)",
                     (header.study_uid, now, now),
                 )
-            elif study["state"] != "receiving":
+            else:  # not receiving (the update above would have matched)
                 reopened = True
                 conn.execute(
                     "UPDATE studies SET state = 'receiving', revision = revision + 1, "
@@ -558,63 +654,37 @@ class Ingestor:
                     "completion_reason = NULL, finished_at = NULL WHERE study_uid = ?",
                     (now, now, header.study_uid),
                 )
-            else:
-                conn.execute(
-                    "UPDATE studies SET last_received_at = ? WHERE study_uid = ?",
-                    (now, header.study_uid),
-                )
-            conn.execute(
-                "INSERT INTO series (series_uid, study_uid, modality, series_description, "
-                "first_received_at, last_received_at, instance_count) VALUES (?, ?, ?, ?, ?, ?, 0) "
-                "ON CONFLICT (series_uid) DO UPDATE SET last_received_at = excluded.last_received_at",
-                (
-                    header.series_uid,
-                    header.study_uid,
-                    header.modality,
-                    header.series_description,
-                    now,
-                    now,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid, "
-                "transfer_syntax_uid, path, size, sha256, received_at, association_id, calling_ae, "
-                "called_ae, instance_number, acquisition_number, images_in_acquisition, "
-                "number_of_frames, orientation, slice_position) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (sop_instance_uid) DO UPDATE SET sha256 = excluded.sha256, "
-                "size = excluded.size, received_at = excluded.received_at, "
-                "transfer_syntax_uid = excluded.transfer_syntax_uid, "
-                "association_id = excluded.association_id",
-                (
-                    header.sop_instance_uid,
-                    header.series_uid,
-                    header.study_uid,
-                    header.sop_class_uid,
-                    transfer_syntax,
-                    str(path),
-                    size,
-                    sha256,
-                    now,
-                    origin.association_id,
-                    origin.calling_ae,
-                    origin.called_ae,
-                    header.instance_number,
-                    header.acquisition_number,
-                    header.images_in_acquisition,
-                    header.number_of_frames,
-                    header.orientation,
-                    header.slice_position,
-                ),
-            )
-            if previous is None:
-                conn.execute(
-                    "UPDATE series SET instance_count = instance_count + 1 WHERE series_uid = ?",
-                    (header.series_uid,),
-                )
-        if reopened:
-            self.db.record_event("study_reopened", header.study_uid, detail="late instance")
-        return IngestOutcome(header, path, duplicate=False, reopened=reopened)
+        # The series row before the instance's (which names it); its count goes up with a
+        # new instance, not with new bytes of one it has.
+        conn.execute(
+            "INSERT INTO series (series_uid, study_uid, modality, series_description, "
+            "first_received_at, last_received_at, instance_count) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (series_uid) DO UPDATE SET last_received_at = "
+            "excluded.last_received_at, instance_count = instance_count + excluded.instance_count",
+            (
+                header.series_uid,
+                header.study_uid,
+                header.modality,
+                header.series_description,
+                now,
+                now,
+                1 if new_instance else 0,
+            ),
+        )
+        return reopened
+
+    def _association_known(self, key: tuple[str, str]) -> bool:
+        with self._association_studies_lock:
+            if key in self._association_studies:
+                self._association_studies.move_to_end(key)
+                return True
+            return False
+
+    def _remember_association(self, key: tuple[str, str]) -> None:
+        with self._association_studies_lock:
+            self._association_studies[key] = None
+            while len(self._association_studies) > ASSOCIATION_STUDIES_REMEMBERED:
+                self._association_studies.popitem(last=False)
 
 
 def _attribute_name(tag: int) -> str:

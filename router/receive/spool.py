@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,21 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+SYNC_THREADS = 8
+"""Threads that fsync received files in the background (:meth:`Spool.sync_soon`): one fsync
+in flight per association that is sending, the disk's queue kept busy by several."""
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pool_lock = threading.Lock()
+
+
+def _sync_executor() -> ThreadPoolExecutor:
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None:
+            _sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="spool-fsync")
+        return _sync_pool
+
+
 class Spool:
     """Files live at ``root/STUDY/SERIES/SOP.dcm``; partial writes live in ``root/.incoming``.
 
@@ -99,16 +116,34 @@ class Spool:
         path = self._incoming / f"{uuid.uuid4().hex}.part"
         return path, create_private_file(path)
 
-    def commit(self, partial: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    def sync_soon(self, partial: Path) -> Future[None]:
+        """Start the fsync of a complete partial file in the background, so that it overlaps
+        whatever comes before :meth:`commit` (the checks of the data set); ``commit`` given
+        the future waits for it before the rename, so nothing is renamed, let alone
+        acknowledged, before its bytes are on disk."""
+        return _sync_executor().submit(_fsync_file, partial)
+
+    def commit(
+        self,
+        partial: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        synced: Future[None] | None = None,
+    ) -> Path:
         """Make the complete partial file durable under its final name; return that name.
 
-        The partial file is removed when this fails (the caller quarantines it before, if it
-        wants to keep it)."""
+        ``synced``: the partial file's fsync already started (:meth:`sync_soon`), waited for
+        here; without it the file is fsync'd here. The partial file is removed when this
+        fails (the caller quarantines it before, if it wants to keep it)."""
         try:
             final = self.path_for(study_uid, series_uid, sop_instance_uid)
             self.check_free_space(0)
             self._make_dirs(final.parent)
-            _fsync_file(partial)
+            if synced is None:
+                _fsync_file(partial)
+            else:
+                synced.result()  # its OSError, if it failed, as the fsync here would raise
             os.replace(partial, final)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -10,6 +10,8 @@ reads without surprises; what does not is refused with a reason that names no va
 
 The file is memory-mapped, so a large instance is paged in from the spool, never copied into
 the heap; a deflated data set is inflated into a scratch file first, within the size limit.
+The node passes the bytes of an instance it still has in memory (one PDU's worth), which are
+walked instead of the file they were written to.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,13 +124,17 @@ def read_structure(
     max_inflated_bytes: int,
     scratch_dir: Path,
     body_offset: int | None = None,
+    data: bytes | None = None,
 ) -> Structure:
     """Walk the Part-10 file at ``path``; raise :class:`IngestError` when it does not hold.
 
     ``body_offset``, when known (the node wrote the file meta itself), is where the data set
     starts: file meta elements after it are part of the data set, which must not have any.
+    ``data``, when given, is the file's content, already in memory: it is walked instead of
+    the file (the same result, without reading the file back).
     """
-    with _mapped(path) as buffer:
+    source = _mapped(path) if data is None else nullcontext(data)
+    with source as buffer:
         meta, body = _read_meta(buffer, body_offset)
         transfer_syntax = meta.get(_META_TRANSFER_SYNTAX, "")
         if not transfer_syntax:
