@@ -580,6 +580,10 @@ class DriftThresholds(Strict):
     ks_p_alert: float = Field(default=0.01, gt=0, lt=1)
     """A distribution or rate alerts only when its test says the change is unlikely by chance
     (p below this); otherwise a change past the alert threshold is a warning."""
+    warn_p: float = Field(default=0.2, gt=0, le=1)
+    """A change past a warning threshold warns only when its test's p is below this: on a
+    small window a change as likely as not by chance (e.g. two more positives in 40 results)
+    is not worth a look. 1 turns this off."""
     positive_rate_warn: float = Field(default=0.05, gt=0, le=1)
     """Change of the positive rate (present among assessed), up or down, absolute."""
     positive_rate_alert: float = Field(default=0.10, gt=0, le=1)

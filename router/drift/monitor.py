@@ -182,9 +182,11 @@ def _distribution_state(
     figures = f"{label}: PSI {psi:.3f}, {test} p {p:.2g}"
     if psi >= limits.psi_alert and p < limits.ks_p_alert:
         return State.ALERT, f"{figures}: the distribution changed (alert at PSI {limits.psi_alert})"
-    if psi >= limits.psi_warn:
+    if psi >= limits.psi_warn and p < limits.warn_p:
         chance = "" if p < limits.ks_p_alert else " (could be chance)"
         return State.WARNING, f"{figures}: a shift{chance} (warning at PSI {limits.psi_warn})"
+    if psi >= limits.psi_warn:
+        return State.OK, f"{figures}: within chance (a warning needs p below {limits.warn_p:g})"
     return State.OK, f"{figures}: stable"
 
 
@@ -283,9 +285,11 @@ def _rate(
     )
     if counted >= alert and p < limits.ks_p_alert:
         state, words = State.ALERT, f"changed (alert at {alert * 100:g} points)"
-    elif counted >= warn:
+    elif counted >= warn and p < limits.warn_p:
         chance = "" if p < limits.ks_p_alert else ", could be chance"
         state, words = State.WARNING, f"a change (warning at {warn * 100:g} points{chance})"
+    elif counted >= warn:
+        state, words = State.OK, f"within chance (a warning needs p below {limits.warn_p:g})"
     else:
         state, words = State.OK, "stable"
     return FeatureDrift(
