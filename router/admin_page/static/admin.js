@@ -371,9 +371,10 @@ function showDrift(report) {
       el("td", { className: `state-${f.state}` }, f.state.replace("_", " ")), el("td", {}, f.reason)));
     const plots = a.features.filter((f) => f.histogram && (f.state === "alert" || f.state === "warning" || f.kind === "output"))
       .map((f) => histogram(FEATURE_LABELS[f.feature] || f.feature, f.histogram.baseline, f.histogram.current, binLabels(f.histogram)));
-    const daily = a.daily.filter((d) => d.positive_rate !== null);
-    if (daily.length > 1) {
-      plots.push(lineChart("positive rate per day", daily.map((d, i) => ({ x: i, y: d.positive_rate, bad: false }))));
+    for (const [key, title] of [["positive_rate", "positive rate per day"],
+      ["not_assessed_rate", "not-assessed rate per day"], ["probability_mean", "mean probability per day"]]) {
+      const days = a.daily.filter((d) => d[key] !== null);
+      if (days.length > 1) plots.push(lineChart(title, days.map((d, i) => ({ x: i, y: d[key], bad: false }))));
     }
     const baseline = a.baseline
       ? `Baseline: ${a.baseline.results} results from ${when(a.baseline.period_start)} to ${when(a.baseline.period_end)}, recorded by ${a.baseline.recorded_by}.`
