@@ -123,12 +123,27 @@ def load_default_config() -> RouterConfig:
 
 def check_algorithms(document: YamlDocument, known: Collection[str]) -> list[ConfigIssue]:
     """Report each ``run:`` (rules and fallback) and each ``algorithms:`` entry that names an
-    algorithm not in ``known`` (the names the plugin registry offers). When ``known`` maps
+    algorithm not in ``known`` (the names the plugin registry offers, and the file's own
+    ``external_algorithms``, which may not take an installed name). When ``known`` maps
     each name to its parameter names, also each ``algorithms.<name>.parameters`` key the
     algorithm does not take. Reads the plain data, so it works on a file that failed
     validation too."""
     data = _mapping(document.data)
     issues: list[ConfigIssue] = []
+    external = [n for n in _mapping(data.get("external_algorithms")) if isinstance(n, str)]
+    for declared in external:
+        if declared in known:
+            issues.append(
+                document.issue(
+                    ("external_algorithms", declared),
+                    f"external algorithm {declared!r} has the name of an installed algorithm",
+                    at_key=True,
+                )
+            )
+    if isinstance(known, Mapping):  # an external algorithm takes no parameters
+        known = {**known, **{declared: frozenset[str]() for declared in external}}
+    else:
+        known = {*known, *external}
 
     def check(path: KeyPath, name: str, problem: str, at_key: bool = False) -> None:
         issue = reference_issue(

@@ -739,6 +739,86 @@ class AlgorithmSettings(Strict):
         return self.threshold
 
 
+class SafePrivateAttribute(Strict):
+    """A private attribute a site judged safe to send (Retain Safe Private Option)."""
+
+    creator: str = Field(min_length=1, max_length=64)
+    """Its private creator (e.g. ``SIEMENS CT VA0  COAD``)."""
+    element: int = Field(ge=0, le=0xFF)
+    """Its element offset in the creator's block (0x00-0xFF)."""
+
+
+class ExternalDeidentification(Strict):
+    """How a series is de-identified before it leaves for a vendor: DICOM PS3.15 Annex E,
+    Basic Application Level Confidentiality Profile, with these options
+    (docs/external-algorithms.md)."""
+
+    retain_dates: bool = True
+    """Retain Longitudinal Temporal Information with Modified Dates: dates shifted per patient."""
+    retain_device_identity: bool = True
+    retain_patient_characteristics: bool = True
+    """Sex, age, size, weight, ... kept."""
+    clean_descriptors: bool = True
+    """Study and series descriptions and a few other descriptors kept when they name nobody."""
+    safe_private: list[SafePrivateAttribute] = Field(default_factory=list)
+    """Private attributes kept (Retain Safe Private Option); empty: every one removed."""
+    allow_burned_in_annotation: bool = False
+    """Send series whose pixels may show who the patient is (BurnedInAnnotation YES, or unknown
+    for US, secondary capture, XC, OT); off: such a series is not sent, and the result says so."""
+    uid_root: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)*\.$", max_length=40)
+    """Make new UIDs under the site's root (ending in '.'); default ``2.25.`` + a UUID."""
+
+
+class ExternalTarget(Strict):
+    """What the vendor's algorithm looks for, as a code (the study-level statement's concept)."""
+
+    value: str = Field(min_length=1, max_length=64)
+    scheme: str = Field(min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
+def _printable_text(value: str) -> str:
+    if not value.strip() or any(not c.isprintable() for c in value):
+        raise ValueError("must be printable text, not empty")
+    return value
+
+
+PrintableText = Annotated[str, Field(max_length=64), AfterValidator(_printable_text)]
+
+
+class ExternalAlgorithm(Strict):
+    """An algorithm that runs outside radrouter, at a vendor: rules run it by name like a local
+    one. The series is de-identified and sent to the ``send_to`` destination (C-STORE or
+    STOW-RS); the vendor's answer (SR, SEG, KOS, secondary capture), stored back to radrouter's
+    node in the de-identified study, is re-identified and becomes the result, or, without an
+    answer within ``answer_within_min``, "not assessed: no answer from VENDOR within N min"."""
+
+    vendor: PrintableText
+    """Who runs it; named in the results and in "no answer from VENDOR"."""
+    version: PrintableText
+    """The vendor's algorithm version, as contracted (named in every result)."""
+    display_name: PrintableText | None = None
+    modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,4}$")]] = Field(min_length=1)
+    """Modalities it reads; another modality is not sent ("not assessed")."""
+    target: ExternalTarget | None = None
+    """What it looks for; default SCT 404684003 "Clinical finding"."""
+    intended_use: str = Field(default="", max_length=1024)
+    send_to: str = Field(min_length=1)
+    """The destination (``destinations:``, ``type: dicom`` or ``dicomweb``) that is the vendor's
+    endpoint. Only de-identified series go there: no rule may send results to it."""
+    answer_within_min: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
+    """How long radrouter waits for the answer before the result says "no answer"."""
+    answer_idle_s: float = Field(default=5.0, gt=0, le=3600)
+    """The answer is taken as complete this long after its last object arrived."""
+    deidentify: ExternalDeidentification = ExternalDeidentification()
+    mapping_keep_days: float = Field(default=30.0, gt=0, le=3650)
+    """How long the way back (original identity and UIDs, encrypted) is kept after a send;
+    an answer arriving later cannot be re-identified."""
+    clinical_use: bool = False
+    """True only when the vendor's product is cleared for clinical use; otherwise every result
+    says "not for clinical use"."""
+
+
 def effective_threshold(
     settings: AlgorithmSettings | None, header: Mapping[str, str]
 ) -> float | None:
@@ -1131,6 +1211,10 @@ class RouterConfig(Strict):
     jobs: JobsConfig = JobsConfig()
     dispatch: DispatchConfig = DispatchConfig()
     algorithms: dict[str, AlgorithmSettings] = Field(default_factory=dict)
+    external_algorithms: dict[
+        Annotated[str, Field(pattern=ALGORITHM_NAME_PATTERN, max_length=64)], ExternalAlgorithm
+    ] = Field(default_factory=dict)
+    """Algorithms that run at a vendor (``router.external``), by the name rules run them by."""
     model_dirs: list[Path] = Field(default_factory=list)
     """Folders holding third-party model manifests (``*.yaml`` beside their model files);
     every manifest found becomes an algorithm. Relative paths are taken from the working
@@ -1164,7 +1248,27 @@ class RouterConfig(Strict):
                         f"{owner} sends to unknown destination {destination!r}; "
                         f"known: {sorted(self.destinations) or 'none'}"
                     )
+        self._external_endpoints_apart()
         return self
+
+    def _external_endpoints_apart(self) -> None:
+        """Each external algorithm's endpoint is a known destination, and one no rule sends
+        identified results to."""
+        sent_by_rules = {d for rule in self.rules for d in rule.send_to} | set(
+            self.fallback.send_to
+        )
+        for name, external in self.external_algorithms.items():
+            if external.send_to not in self.destinations:
+                raise ValueError(
+                    f"external algorithm {name!r} sends to unknown destination "
+                    f"{external.send_to!r}; known: {sorted(self.destinations) or 'none'}"
+                )
+            if external.send_to in sent_by_rules:
+                raise ValueError(
+                    f"destination {external.send_to!r} is external algorithm {name!r}'s "
+                    "endpoint: only de-identified series may go there, so no rule may send "
+                    "results to it"
+                )
 
     def algorithm_names(self) -> set[str]:
         """Every algorithm a rule or the fallback may run."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import pydicom
 from pydicom.sr.coding import Code as DicomCode
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
 from algorithms.codes import CUBIC_MILLIMETRE, LONG_AXIS, MILLIMETRE, VOLUME
 from algorithms.contract import Code, Measurement, Qualifier, Verdict
@@ -95,23 +95,36 @@ class ReportSummary:
     """Instances of other studies listed in Pertinent Other Evidence."""
 
 
-def read_measurement_report(ds: pydicom.Dataset) -> ReportSummary:
-    """Read a Comprehensive 3D SR written by ``build_measurement_report`` (e.g. from the PACS).
+_SR_READERS: dict[str, type[hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR]] = {
+    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
+    ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
+    EnhancedSRStorage: hd.sr.EnhancedSR,
+}
+"""The SR classes a TID 1500 report may come in: radrouter writes Comprehensive 3D SR; a
+vendor's answer may use the others (``router.external``)."""
+
+
+def read_measurement_report(
+    ds: pydicom.Dataset, *, require_algorithm: bool = True
+) -> ReportSummary:
+    """Read a TID 1500 Measurement Report as ``build_measurement_report`` writes it (from the
+    PACS), or a vendor's that states its result the same way.
 
     Raises ValueError naming what is missing when ``ds`` is not such a report.
     """
-    if ds.get("SOPClassUID") != Comprehensive3DSRStorage:
+    reader = _SR_READERS.get(str(ds.get("SOPClassUID", "")))
+    if reader is None:
         raise ValueError(
-            f"read_measurement_report: ds.SOPClassUID must be Comprehensive 3D SR "
-            f"({Comprehensive3DSRStorage}), got {ds.get('SOPClassUID')!r}"
+            f"read_measurement_report: ds.SOPClassUID must be Comprehensive 3D, Comprehensive "
+            f"or Enhanced SR, got {ds.get('SOPClassUID')!r}"
         )
-    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    sr = reader.from_dataset(ds)
     report = sr.content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("read_measurement_report: ds content is not a TID 1500 Measurement Report")
 
     assessment = _study_level_assessment(report)
-    algorithm = _algorithm(ds, report)
+    algorithm = _algorithm(ds, report) if require_algorithm else _algorithm_if_named(ds, report)
     volumetric = {
         str(group.tracking_uid): group for group in report.get_volumetric_roi_measurement_groups()
     }
@@ -338,6 +351,15 @@ def _algorithm(ds: pydicom.Dataset, report: hd.sr.MeasurementReport) -> tuple[st
         "read_measurement_report: the algorithm is not named (device observer name and "
         "Contributing Equipment software version, or TID 4019)"
     )
+
+
+def _algorithm_if_named(ds: pydicom.Dataset, report: hd.sr.MeasurementReport) -> tuple[str, str]:
+    """``_algorithm``, or ("", "") for a report that does not name it (a vendor's, whose
+    algorithm radrouter names from its declaration)."""
+    try:
+        return _algorithm(ds, report)
+    except ValueError:
+        return "", ""
 
 
 def _algorithm_identification(group: Sequence[pydicom.Dataset]) -> tuple[str, str] | None:

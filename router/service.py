@@ -40,6 +40,9 @@ from router.deliver.dispatch import Dispatcher, SendFunction
 from router.deliver.notify import ChannelFactory, Notifier, queue_failure
 from router.drift.metrics import DriftGauges, qa_out_of_tolerance
 from router.drift.monitor import DriftMonitor
+from router.external.answers import AnswerStage
+from router.external.declared import AlgorithmInfos
+from router.external.outbound import VendorSender
 from router.live_config import ConfigHolder, LastGood, Rejection
 from router.metrics import Metrics
 from router.receive.ingest import Ingestor, IngestOutcome, Origin
@@ -144,9 +147,10 @@ class RouterService:
         self.probe = DestinationProbe(
             self.db, self.holder.current, self.dispatcher.items, on_back=self.dispatcher.wake
         )
+        self.algorithm_infos = AlgorithmInfos(self.registry, self.holder.current)
         self.notifier = Notifier(
             self.db,
-            self.registry,
+            self.algorithm_infos,
             self.holder.current,
             channels or (lambda config: channels_from_config(config.worklist.notify)),
             on_flag=self._flagged,
@@ -154,12 +158,26 @@ class RouterService:
             claimer=self.claimer,
             leases=self.leases,
         )
+        self.vendors = VendorSender(self.data_dir, self.holder.current, audit=self.audit)
         self.workers = WorkerPool(
             self.queue,
-            JobRunner(self.db, self.runtime, self.data_dir / "results", self.holder.current),
+            JobRunner(
+                self.db,
+                self.runtime,
+                self.data_dir / "results",
+                self.holder.current,
+                vendors=self.vendors,
+            ),
             self.holder.current,
             self.leases,
             on_job_done=self._job_done,
+            on_results=self._results_written,
+        )
+        self.answers = AnswerStage(
+            self.db,
+            self.data_dir,
+            self.holder.current,
+            self.algorithm_infos,
             on_results=self._results_written,
         )
         self.priors = PriorStage(
@@ -221,6 +239,7 @@ class RouterService:
         self.assembler.start()
         self.priors.start()
         self.workers.start()
+        self.answers.start()
         self.dispatcher.start()
         self.probe.start()
         self.retention.start()
@@ -245,6 +264,7 @@ class RouterService:
         self.assembler.stop()
         self.priors.stop()
         self.workers.stop()
+        self.answers.stop()
         self.dispatcher.stop()
         self.probe.stop()
         self.retention.stop()
@@ -473,6 +493,8 @@ class RouterService:
         return self.ingestor.ingest(data, origin, None).path
 
     def _stored(self, outcome: IngestOutcome) -> None:
+        if outcome.external_answer:
+            self.answers.wake()
         if outcome.reopened:
             self.assembler.wake()
 

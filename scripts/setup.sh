@@ -2,7 +2,8 @@
 # Sets up everything the tests, lint and type checks need; idempotent. Builds on
 # scripts/setup-serve.sh (the same .venv), so a checkout first set up for serving gets the
 # rest here.
-#   Debian: orthanc (the test PACS) and orthanc-dicomweb (DICOMweb for OHIF), dcmtk (reference
+#   Debian: orthanc (the test PACS) and orthanc-dicomweb (DICOMweb for OHIF), orthanc-python
+#           (the test vendor of an external algorithm, tests/router/external), dcmtk (reference
 #           SCU/SCP), dicom3tools (dciodvfy),
 #           chromium + chromium-driver (the headless browser the worklist page test drives),
 #           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates),
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/sbin/Orthanc ] || [ -x /usr/bin/Orthanc ] || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)  # OHIF's source
+[ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || need_apt+=(orthanc-python)  # the test vendor
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -17,6 +17,7 @@ import httpx
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 
 
 def free_port() -> int:
@@ -104,12 +105,17 @@ def running_orthanc(
     dicomweb: bool = False,
     users: dict[str, str] | None = None,
     http_port: int | None = None,
+    python_script: Path | None = None,
+    extra_config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Start Orthanc with its own JSON config and storage in ``workdir``; stop it after.
     ``dicomweb``: with the DICOMweb plug-in (Debian ``orthanc-dicomweb``) on ``/dicom-web/``,
     full study metadata as OHIF asks. ``users``: HTTP basic authentication required, with
     these users and passwords (the client signs in as the first). ``http_port``: this port
-    rather than a free one."""
+    rather than a free one. ``python_script``: run by the Python plug-in (Debian
+    ``orthanc-python``); ``extra_config`` is merged into the JSON config; ``env`` is added to
+    Orthanc's environment."""
     if dicomweb and not DICOMWEB_PLUGIN.exists():
         raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing (Debian orthanc-dicomweb)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,8 @@ def running_orthanc(
         "DicomAlwaysAllowEcho": True,
         "UnknownSopClassAccepted": True,
         "DicomModalities": {},
-        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "Plugins": ([str(DICOMWEB_PLUGIN)] if dicomweb else [])
+        + ([str(PYTHON_PLUGIN)] if python_script is not None else []),
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
         "StableAge": 1,
         "HttpTimeout": 120,
@@ -137,10 +144,16 @@ def running_orthanc(
         "DicomServerEnabled": True,
         "ConcurrentJobs": 2,
     }
+    if python_script is not None:
+        if not PYTHON_PLUGIN.exists():
+            raise RuntimeError(f"{PYTHON_PLUGIN} is missing (Debian orthanc-python)")
+        config["PythonScript"] = str(python_script)
+        config["PythonVerbose"] = False
+    config.update(extra_config or {})
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed in finally
-    env = {**os.environ, "TCP_NODELAY": "1"}
+    env = {**os.environ, "TCP_NODELAY": "1", **(env or {})}
     process = subprocess.Popen(
         [ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
     )

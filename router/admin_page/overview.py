@@ -17,6 +17,12 @@ STAGES = (
     ("priors", "jobs", ("waiting",), "runs waiting for a prior exam"),
     ("queued", "jobs", ("queued",), "runs waiting for a worker"),
     ("running", "jobs", ("running",), "runs on a model now"),
+    (
+        "external",
+        "external_requests",
+        ("awaiting",),
+        "series at an external algorithm's vendor, waiting for the answer",
+    ),
     ("sending", "dispatches", ("pending", "sending"), "results waiting to be sent to PACS"),
     ("notifying", "deliveries", ("pending", "sending"), "worklist messages waiting (HL7, FHIR)"),
 )
@@ -26,9 +32,15 @@ DEAD_STATES = {"jobs": "failed", "dispatches": "dead", "deliveries": "dead"}
 
 def overview(db: Database, config: RouterConfig, readiness: Mapping[str, Any]) -> dict[str, Any]:
     counts = DatabaseSource(db).counts()
+    awaiting = _awaiting_vendors(db)
     stages = []
     for name, table, states, meaning in STAGES:
-        count = sum(counts.get(table, {}).get(state, 0) for state in states)
+        if table == "external_requests":
+            count = awaiting
+        else:
+            count = sum(counts.get(table, {}).get(state, 0) for state in states)
+        if name == "priors":  # a waiting job waits for its prior or for a vendor's answer
+            count = max(0, count - awaiting)
         oldest = _oldest(db, table, states)
         stages.append(
             {
@@ -66,9 +78,16 @@ def overview(db: Database, config: RouterConfig, readiness: Mapping[str, Any]) -
     }
 
 
+def _awaiting_vendors(db: Database) -> int:
+    row = db.query_one("SELECT COUNT(*) AS n FROM external_requests WHERE state = 'awaiting'")
+    return 0 if row is None else int(row["n"])
+
+
 def _oldest(db: Database, table: str, states: tuple[str, ...]) -> float | None:
     """When the oldest item in ``states`` arrived (the study's first image, the item's row)."""
-    column = "first_received_at" if table == "studies" else "created_at"
+    column = {"studies": "first_received_at", "external_requests": "sent_at"}.get(
+        table, "created_at"
+    )
     marks = ", ".join("?" * len(states))
     row = db.query_one(
         f"SELECT MIN({column}) AS oldest FROM {table} WHERE state IN ({marks})", states

@@ -1,7 +1,7 @@
 """De-identification for external algorithms (DICOM PS3.15 Annex E), and the way back.
 
-Not wired into routing yet (issue 13): a later stage sends what ``Deidentifier`` makes to a
-vendor and passes what comes back to ``reidentify``.
+Used by ``router.external``: the worker sends what ``Deidentifier`` makes to a vendor, and
+the answer stage passes what comes back to ``reidentify``.
 
 - ``options``: the profile options a site selects (``DeidOptions``) and their CID 7050 codes;
 - ``annex_e_table``: Table E.1-1 of the standard (generated; edition and source inside);

@@ -209,15 +209,20 @@ class MappingStore:
         assert isinstance(study_identity, dict) and isinstance(patient_identity, dict)
         return StudyMapping(scope, pseudonym, int(offset), patient_identity, study_identity)
 
-    def purge(self, now: float | None = None) -> Purged:
-        """Delete what was last written more than ``keep_days`` ago."""
+    def purge(self, now: float | None = None, *, scope: str | None = None) -> Purged:
+        """Delete what was last written more than ``keep_days`` ago (of ``scope`` only, when
+        given: each vendor's mapping is kept for its own time)."""
         cutoff = (time.time() if now is None else now) - self.keep_days * DAY_S
+        only = "" if scope is None else " AND scope = ?"
+        params: tuple[object, ...] = (cutoff,) if scope is None else (cutoff, scope)
         with self._transaction() as conn:
-            uids = conn.execute("DELETE FROM uids WHERE written_at < ?", (cutoff,)).rowcount
-            studies = conn.execute("DELETE FROM studies WHERE written_at < ?", (cutoff,)).rowcount
+            uids = conn.execute(f"DELETE FROM uids WHERE written_at < ?{only}", params).rowcount
+            studies = conn.execute(
+                f"DELETE FROM studies WHERE written_at < ?{only}", params
+            ).rowcount
             patients = conn.execute(
-                "DELETE FROM patients WHERE written_at < ? AND NOT EXISTS (SELECT 1 FROM"
+                f"DELETE FROM patients WHERE written_at < ?{only} AND NOT EXISTS (SELECT 1 FROM"
                 " studies s WHERE s.scope = patients.scope AND s.pseudonym = patients.pseudonym)",
-                (cutoff,),
+                params,
             ).rowcount
         return Purged(patients=patients, studies=studies, uids=uids)

@@ -143,15 +143,17 @@ class Dispatcher(PollingStage):
 
     def _files(self, row: sqlite3.Row, kinds: Sequence[str]) -> list[FileToSend]:
         """What a dispatch sends: the result's objects of ``kinds`` (the destination's
-        ``results``; SEG before the SR that references it, then KOS, GSPS, summary image), or
+        ``results``; SEG before the SR that references it, then KOS, GSPS, summary image, then
+        an external algorithm's own objects), or
         a forwarded series."""
         if row["result_id"] is not None:
             result_id = int(row["result_id"])
             if not result_object_paths(self.db, result_id):
                 raise SendError(f"result {row['result_id']} has no stored objects")
+            # An external algorithm's own objects go wherever its result goes.
             return [
                 FileToSend.from_path(path)
-                for path in result_object_paths(self.db, result_id, kinds=kinds)
+                for path in result_object_paths(self.db, result_id, kinds=(*kinds, "vendor"))
             ]
         instances = self.db.query(
             "SELECT path, sop_class_uid, transfer_syntax_uid FROM instances WHERE series_uid = ? "

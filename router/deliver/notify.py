@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 
+from algorithms.contract import AlgorithmInfo
 from algorithms.finding_words import KeyImage
-from algorithms.registry import Registry
 from config.schema import Priority, RouterConfig
 from router.assemble.study_state import reopen_study, settle_study
 from router.deliver.outcome_codec import key_images_from_json, result_from_json
@@ -86,6 +87,15 @@ def queue_failure(db: Database, study_uid: str, job_id: int) -> None:
     )
 
 
+class AlgorithmLookup(Protocol):
+    """Who an algorithm is, by name: the registry, or ``router.external.declared.AlgorithmInfos``
+    (which also knows the configuration's external algorithms)."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def info(self, name: str) -> AlgorithmInfo: ...
+
+
 class Notifier(PollingStage):
     name = "notifier"
 
@@ -94,7 +104,7 @@ class Notifier(PollingStage):
     def __init__(
         self,
         db: Database,
-        registry: Registry,
+        registry: AlgorithmLookup,
         config: Callable[[], RouterConfig],
         channels: ChannelFactory,
         on_flag: Callable[[str, float], None] | None = None,

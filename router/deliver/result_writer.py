@@ -47,6 +47,18 @@ class WrittenResult:
 
 
 @dataclass(frozen=True)
+class VendorObject:
+    """An object an external algorithm's vendor made (re-identified, on disk), recorded and
+    sent with the result it belongs to (kind ``vendor``)."""
+
+    path: Path
+    sop_class_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+
+
+@dataclass(frozen=True)
 class PriorEvidence:
     """What a follow-up result references of the prior exams it was compared with."""
 
@@ -77,11 +89,13 @@ class ResultWriter:
         prior: PriorEvidence | None = None,
         within: Callable[[sqlite3.Connection], None] | None = None,
         presentation_kinds: frozenset[ObjectKind] = frozenset(),
+        vendor_objects: Sequence[VendorObject] = (),
     ) -> WrittenResult:
         """Write the objects, then record them, their dispatches and the notification in one
         transaction; ``within`` runs first in it (the job's completion: if it raises, nothing
         is recorded). ``presentation_kinds`` adds a presentation state and a summary image
-        (what the job's destinations ask for: ``wanted_presentation_kinds``)."""
+        (what the job's destinations ask for: ``wanted_presentation_kinds``);
+        ``vendor_objects`` are an external algorithm's own, recorded and sent with it."""
         version = self._next_version(job.study_uid, job.algorithm)
         if loaded is not None:
             sources = [
@@ -133,6 +147,20 @@ class ResultWriter:
                 scanner=scanner_of(header),
                 acquisition=acquisition_of(header),
             )
+            for vendor in vendor_objects:
+                conn.execute(
+                    "INSERT INTO result_objects (result_id, kind, sop_class_uid, "
+                    "series_instance_uid, sop_instance_uid, series_number, path) "
+                    "VALUES (?, 'vendor', ?, ?, ?, ?, ?)",
+                    (
+                        result_id,
+                        vendor.sop_class_uid,
+                        vendor.series_instance_uid,
+                        vendor.sop_instance_uid,
+                        vendor.series_number,
+                        str(vendor.path),
+                    ),
+                )
             if shadow:
                 LOGGER.info(
                     "job %d (%s) in shadow mode: result kept, not sent", job.id, job.algorithm
@@ -246,14 +274,20 @@ class ResultWriter:
         return result_id
 
     def _sources_without_volume(self, series_uid: str) -> tuple[list[SourceImage], Dataset]:
-        rows = self.db.query(
-            "SELECT sop_class_uid, sop_instance_uid, path FROM instances WHERE series_uid = ? "
-            "ORDER BY instance_number, sop_instance_uid",
-            (series_uid,),
-        )
+        rows = source_instances(self.db, series_uid)
         sources = [SourceImage(r["sop_class_uid"], r["sop_instance_uid"], None) for r in rows]
         header = read_source_header(Path(rows[0]["path"]))  # tolerant, as the loader reads
         return sources, header
+
+
+def source_instances(db: Database, series_uid: str) -> list[sqlite3.Row]:
+    """A series' instances in the order a result written without a volume references them
+    (a finding's ``slice_index`` is a position in it): instance number, then UID."""
+    return db.query(
+        "SELECT sop_class_uid, sop_instance_uid, path FROM instances WHERE series_uid = ? "
+        "ORDER BY instance_number, sop_instance_uid",
+        (series_uid,),
+    )
 
 
 def result_object_paths(

@@ -289,6 +289,9 @@ class IngestOutcome:
     path: Path
     duplicate: bool
     reopened: bool
+    external_answer: bool = False
+    """A vendor's answer in a study radrouter de-identified (``router.external``): held in
+    ``external_answers`` for the answer stage, not indexed as a received study."""
 
 
 @dataclass(frozen=True)
@@ -585,7 +588,11 @@ class Ingestor:
                     association_study,
                 )
             if not duplicate:
-                reopened = self._index_new_bytes(conn, header, now, previous is None)
+                indexed = self._index_new_bytes(conn, header, now, previous is None)
+                if indexed is None:
+                    _hold_external_answer(conn, header, path, origin, now)
+                    return IngestOutcome(header, path, False, False, external_answer=True)
+                reopened = indexed
                 conn.execute(
                     "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, "
                     "sop_class_uid, transfer_syntax_uid, path, size, sha256, received_at, "
@@ -628,9 +635,11 @@ class Ingestor:
     @staticmethod
     def _index_new_bytes(
         conn: sqlite3.Connection, header: InstanceHeader, now: float, new_instance: bool
-    ) -> bool:
+    ) -> bool | None:
         """The study and series rows of an instance whose bytes are new; whether the study
-        was reopened (it had left the receiving state)."""
+        was reopened (it had left the receiving state). None, and nothing written, for a
+        vendor's answer: an instance of a study radrouter de-identified for a vendor (looked
+        up only for a study it has not indexed, so the common path pays nothing)."""
         reopened = False
         receiving = conn.execute(
             "UPDATE studies SET last_received_at = ? WHERE study_uid = ? AND state = 'receiving'",
@@ -640,6 +649,8 @@ class Ingestor:
             study = conn.execute(
                 "SELECT state FROM studies WHERE study_uid = ?", (header.study_uid,)
             ).fetchone()
+            if study is None and _is_deidentified_study(conn, header.study_uid):
+                return None
             if study is None:
                 conn.execute(
                     "INSERT INTO studies (study_uid, state, first_received_at, last_received_at) "
@@ -685,6 +696,42 @@ class Ingestor:
             self._association_studies[key] = None
             while len(self._association_studies) > ASSOCIATION_STUDIES_REMEMBERED:
                 self._association_studies.popitem(last=False)
+
+
+def _is_deidentified_study(conn: sqlite3.Connection, study_uid: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM external_requests WHERE deid_study_uid = ? LIMIT 1", (study_uid,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _hold_external_answer(
+    conn: sqlite3.Connection, header: InstanceHeader, path: Path, origin: Origin, now: float
+) -> None:
+    """Keep a vendor's answer for the answer stage, with the request still awaiting one in its
+    study (the oldest), or none: an answer after the time limit, which the stage drops."""
+    request = conn.execute(
+        "SELECT id FROM external_requests WHERE deid_study_uid = ? AND state = 'awaiting' "
+        "ORDER BY id LIMIT 1",
+        (header.study_uid,),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO external_answers (sop_instance_uid, request_id, deid_study_uid, "
+        "sop_class_uid, path, calling_ae, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (sop_instance_uid) DO UPDATE SET request_id = excluded.request_id, "
+        "path = excluded.path, received_at = excluded.received_at",
+        (
+            header.sop_instance_uid,
+            None if request is None else request["id"],
+            header.study_uid,
+            header.sop_class_uid,
+            str(path),
+            origin.calling_ae,
+            now,
+        ),
+    )
 
 
 def _attribute_name(tag: int) -> str:

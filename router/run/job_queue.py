@@ -38,7 +38,9 @@ JOBS = QueueTable(
     started_column="started_at",
 )
 WAITING = "waiting"
-"""A job held until the prior stage has looked for its prior; not claimable."""
+"""A job held until something outside the workers has happened: the prior stage has looked
+for its prior, or an external algorithm has answered (``external_requests``); not
+claimable."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,29 @@ class JobQueue:
             conn,
             claimed.claim,
             {"verdict": verdict, "model_seconds": model_seconds, "device": device},
+        )
+
+    def park(self, conn: sqlite3.Connection, claimed: ClaimedJob) -> bool:
+        """Set a claimed job waiting (an external algorithm has its series), releasing the
+        claim, inside the caller's transaction; False when the claim was lost."""
+        return bool(
+            conn.execute(
+                "UPDATE jobs SET state = 'waiting', claimed_by = '', lease_until = NULL "
+                "WHERE id = ? AND state = 'running' AND claimed_by = ?",
+                (claimed.job.id, claimed.claim.token),
+            ).rowcount
+        )
+
+    @staticmethod
+    def finish_waiting(conn: sqlite3.Connection, job_id: int, verdict: str, device: str) -> bool:
+        """Mark a waiting job done (its external answer came, or its time ran out) inside the
+        transaction that records its result; False when it no longer waits (superseded)."""
+        return bool(
+            conn.execute(
+                "UPDATE jobs SET state = 'done', finished_at = ?, verdict = ?, device = ?, "
+                "error = '' WHERE id = ? AND state = 'waiting'",
+                (time.time(), verdict, device, job_id),
+            ).rowcount
         )
 
     def fail(self, claimed: ClaimedJob, error: str) -> FailOutcome:

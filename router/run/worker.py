@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from algorithms.contract import AlgorithmInfo, AlgorithmResult, PriorStudy, StudyInput, Verdict
 from algorithms.runtime import AlgorithmTimeoutError, ModelRuntime
-from config.schema import RouterConfig
+from config.schema import ExternalAlgorithm, RouterConfig
 from dicom_sr.context import InstanceReference
 from router.assemble.completion import InstanceGeometry, missing_images
 from router.assemble.study_state import settle_study
+from router.deidentify import SeriesRefusedError
 from router.deliver.presentation_objects import wanted_presentation_kinds
 from router.deliver.result_writer import PriorEvidence, ResultWriter
+from router.external.declared import AlgorithmInfos
+from router.external.outbound import VendorSender
 from router.logs import log_safe
 from router.patient_values import PatientValues
 from router.run.job_queue import ClaimedJob, Job, JobQueue
@@ -40,6 +44,19 @@ class JobOutcome:
 
 CompleteJob = Callable[[sqlite3.Connection, Verdict, float | None, str], None]
 """Marks the job done inside the transaction that records its result (raises to roll back)."""
+ParkJob = Callable[[sqlite3.Connection], None]
+"""Sets the job waiting (for an external algorithm's answer), releasing its claim, inside the
+transaction that records why (raises to roll back)."""
+
+
+@dataclass(frozen=True)
+class SentOutside:
+    """The job's series went, de-identified, to an external algorithm; the job waits for the
+    answer stage (``router.external.answers``) without holding a worker."""
+
+    vendor: str
+    instances: int
+    seconds: float
 
 
 class ClaimLostError(RuntimeError):
@@ -56,15 +73,22 @@ class JobRunner:
         runtime: ModelRuntime,
         results_dir: Path,
         config: Callable[[], RouterConfig],
+        vendors: VendorSender | None = None,
     ) -> None:
         self.db = db
         self.runtime = runtime
         self.writer = ResultWriter(db, results_dir)
         self._config = config
+        self.infos = AlgorithmInfos(runtime.registry, config)
+        self.vendors = vendors
 
-    def run(self, job: Job, complete: CompleteJob | None = None) -> JobOutcome:
-        """Load, run, write. ``complete`` is called inside the result's transaction."""
-        info = self.runtime.registry.info(job.algorithm)
+    def run(
+        self, job: Job, complete: CompleteJob | None = None, park: ParkJob | None = None
+    ) -> JobOutcome | SentOutside:
+        """Load, run, write. ``complete`` is called inside the result's transaction; ``park``
+        inside the one that records a send to an external algorithm."""
+        info = self.infos.info(job.algorithm)
+        external = self.infos.external(job.algorithm)
         rows = self.db.query(
             "SELECT path, orientation, slice_position, images_in_acquisition, "
             "acquisition_number, number_of_frames FROM instances WHERE series_uid = ? "
@@ -81,6 +105,11 @@ class JobRunner:
             # Only the hard cap completes a study with such a series: a partial volume is
             # never given to an algorithm as if it were whole.
             result = AlgorithmResult(Verdict.NOT_ASSESSED, reason=missing.reason)
+        elif external is not None:
+            sent = self._send_outside(job, info, external, paths, park)
+            if isinstance(sent, SentOutside):
+                return sent
+            result = sent
         else:
             try:
                 loaded = load_series(paths)
@@ -132,6 +161,59 @@ class JobRunner:
         return JobOutcome(
             result.verdict, len(result.findings), written.report_path, model_seconds, device
         )
+
+    def _send_outside(
+        self,
+        job: Job,
+        info: AlgorithmInfo,
+        external: ExternalAlgorithm,
+        paths: list[Path],
+        park: ParkJob | None,
+    ) -> SentOutside | AlgorithmResult:
+        """De-identify the series and send it to the vendor, then set the job waiting; or the
+        result that says why it was not sent."""
+        row = self.db.query_one(
+            "SELECT modality FROM series WHERE series_uid = ?", (job.series_uid,)
+        )
+        modality = "" if row is None else str(row["modality"] or "")
+        if modality not in info.modalities:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED,
+                reason=f"modality {modality or '?'} is not one of {sorted(info.modalities)}",
+            )
+        if self.vendors is None or not paths:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED, reason=f"not sent to {external.vendor}: nothing to send"
+            )
+        try:
+            sent = self.vendors.send(job.id, job.study_uid, job.algorithm, external, paths)
+        except SeriesRefusedError as exc:
+            return AlgorithmResult(
+                Verdict.NOT_ASSESSED, reason=f"not sent to {external.vendor}: {exc}"
+            )
+        now = time.time()
+        with self.db.transaction() as conn:
+            if park is not None:
+                park(conn)
+            conn.execute(
+                "INSERT INTO external_requests (job_id, algorithm, study_uid, deid_study_uid, "
+                "deid_series_uid, instances_sent, state, sent_at, deadline_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'awaiting', ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                "deid_study_uid = excluded.deid_study_uid, state = 'awaiting', "
+                "sent_at = excluded.sent_at, deadline_at = excluded.deadline_at, "
+                "instances_sent = excluded.instances_sent, finished_at = NULL, outcome = ''",
+                (
+                    job.id,
+                    job.algorithm,
+                    job.study_uid,
+                    sent.deid_study_uid,
+                    sent.deid_series_uid,
+                    sent.instances,
+                    now,
+                    now + external.answer_within_min * 60,
+                ),
+            )
+        return SentOutside(external.vendor, sent.instances, sent.seconds)
 
     def _priors(self, job: Job) -> tuple[tuple[PriorStudy, ...], PriorEvidence | None]:
         """The prior exam the prior stage chose for this job (``algorithms.<name>.priors``),
@@ -250,7 +332,7 @@ class WorkerPool:
         self.queue.db.record_event("job_started", job.study_uid, job.id, job.algorithm)
         with self._leases.held(self.queue.items, claimed.claim):
             try:
-                outcome = self.runner.run(job, self._completer(claimed))
+                outcome = self.runner.run(job, self._completer(claimed), self._parker(claimed))
             except ClaimLostError:
                 LOGGER.warning(
                     "job %d (study %s): claim lost while it ran; its result is dropped",
@@ -261,6 +343,21 @@ class WorkerPool:
             except Exception as exc:  # boundary: a crashing or hanging model fails this job only
                 self._failed(claimed, exc)
                 return True
+        if isinstance(outcome, SentOutside):
+            self.queue.db.record_event(
+                "job_sent_external", job.study_uid, job.id, f"{outcome.instances} instance(s)"
+            )
+            LOGGER.info(
+                "job %d (%s, study %s): %d instance(s) de-identified and sent to %s in %.1f s; "
+                "waiting for the answer",
+                job.id,
+                job.algorithm,
+                log_safe(job.study_uid),
+                outcome.instances,
+                log_safe(outcome.vendor),
+                outcome.seconds,
+            )
+            return True
         self.queue.db.record_event(
             "job_done",
             job.study_uid,
@@ -296,6 +393,13 @@ class WorkerPool:
                 raise ClaimLostError(f"job {claimed.job.id}")
 
         return complete
+
+    def _parker(self, claimed: ClaimedJob) -> ParkJob:
+        def park(conn: sqlite3.Connection) -> None:
+            if not self.queue.park(conn, claimed):
+                raise ClaimLostError(f"job {claimed.job.id}")
+
+        return park
 
     def _failed(self, claimed: ClaimedJob, exc: Exception) -> None:
         job = claimed.job

@@ -397,6 +397,58 @@ CREATE INDEX drift_baselines_algorithm ON drift_baselines (algorithm, recorded_a
 CREATE INDEX results_algorithm_created ON results (algorithm, created_at);
 """
 
+V8_EXTERNAL_ALGORITHMS = """
+-- External algorithms (router/external): a job whose series went, de-identified, to a vendor
+-- waits (state 'waiting', no worker held) for the answer; one request per such job. The
+-- vendor's answer arrives at the node in the de-identified study and is held apart from the
+-- index of received studies until the answer stage re-identifies it. Vendor objects travel with
+-- the result they belong to: result_objects gains the kind 'vendor' (table rebuilt, rows kept).
+CREATE TABLE external_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL UNIQUE REFERENCES jobs (id),
+    algorithm TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    deid_study_uid TEXT NOT NULL,
+    deid_series_uid TEXT NOT NULL,
+    instances_sent INTEGER NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('awaiting', 'answered', 'expired', 'superseded', 'refused')),
+    sent_at REAL NOT NULL,
+    deadline_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX external_requests_deid_study ON external_requests (deid_study_uid, state);
+CREATE INDEX external_requests_state ON external_requests (state, deadline_at);
+CREATE TABLE external_answers (
+    sop_instance_uid TEXT PRIMARY KEY,
+    request_id INTEGER REFERENCES external_requests (id),
+    deid_study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL
+);
+CREATE INDEX external_answers_request ON external_answers (request_id);
+CREATE TABLE result_objects_v8 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    kind TEXT NOT NULL CHECK (kind IN ('sr', 'seg', 'kos', 'gsps', 'sc', 'vendor')),
+    sop_class_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    series_number INTEGER NOT NULL,
+    path TEXT NOT NULL
+);
+INSERT INTO result_objects_v8 (id, result_id, kind, sop_class_uid, series_instance_uid,
+    sop_instance_uid, series_number, path)
+    SELECT id, result_id, kind, sop_class_uid, series_instance_uid, sop_instance_uid,
+        series_number, path FROM result_objects;
+DROP TABLE result_objects;
+ALTER TABLE result_objects_v8 RENAME TO result_objects;
+CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects (result_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
@@ -405,6 +457,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "results as presentation states and summary images", V5_PRESENTATION_OBJECTS),
     Migration(6, "series record the QA sign that marked them", V6_QA_SERIES),
     Migration(7, "drift baselines per algorithm", V7_DRIFT_BASELINES),
+    Migration(8, "external algorithms: requests, answers, vendor objects", V8_EXTERNAL_ALGORITHMS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

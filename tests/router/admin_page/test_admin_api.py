@@ -26,7 +26,7 @@ def test_the_overview_studies_algorithms_and_dead_letters(
 
     overview = get(router, "/api/admin/overview")
     assert [stage["stage"] for stage in overview["stages"]] == [
-        "receiving", "routing", "priors", "queued", "running", "sending", "notifying",
+        "receiving", "routing", "priors", "queued", "running", "external", "sending", "notifying",
     ]  # fmt: skip
     assert all(stage["count"] == 0 for stage in overview["stages"]), overview["stages"]
     # The negative study's result could not reach the PACS (down); the crash failed.

@@ -67,7 +67,7 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(tmp_path: Path) -> N
     before = row_counts(path)
     db = Database(path)
     version = db.query_one("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version is not None and int(version["value"]) == LATEST_VERSION == 7
+    assert version is not None and int(version["value"]) == LATEST_VERSION == 8
     after = row_counts(path)
     kept = {t: n for t, n in after.items() if t in before and t != "prior_index"}
     assert kept == {t: n for t, n in before.items() if t != "prior_index"}
