@@ -810,6 +810,10 @@ class ExternalAlgorithm(Strict):
     """How long radrouter waits for the answer before the result says "no answer"."""
     answer_idle_s: float = Field(default=5.0, gt=0, le=3600)
     """The answer is taken as complete this long after its last object arrived."""
+    answer_poll_s: float | None = Field(default=None, ge=1, le=3600)
+    """Fetch the answer from the ``send_to`` endpoint (a ``dicomweb`` destination) by QIDO-RS
+    and WADO-RS this often, for a vendor that keeps its answer; ``None``: the vendor stores its
+    answer to radrouter's node by C-STORE."""
     deidentify: ExternalDeidentification = ExternalDeidentification()
     mapping_keep_days: float = Field(default=30.0, gt=0, le=3650)
     """How long the way back (original identity and UIDs, encrypted) is kept after a send;
@@ -1262,6 +1266,14 @@ class RouterConfig(Strict):
                 raise ValueError(
                     f"external algorithm {name!r} sends to unknown destination "
                     f"{external.send_to!r}; known: {sorted(self.destinations) or 'none'}"
+                )
+            if external.answer_poll_s is not None and not isinstance(
+                self.destinations[external.send_to], DicomWebDestination
+            ):
+                raise ValueError(
+                    f"external algorithm {name!r} fetches its answer by DICOMweb "
+                    f"(answer_poll_s), so its endpoint {external.send_to!r} must be "
+                    "type: dicomweb"
                 )
             if external.send_to in sent_by_rules:
                 raise ValueError(

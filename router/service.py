@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from router.deliver.dispatch import Dispatcher, SendFunction
 from router.deliver.notify import ChannelFactory, Notifier, queue_failure
 from router.drift.metrics import DriftGauges, qa_out_of_tolerance
 from router.drift.monitor import DriftMonitor
+from router.external.answer_fetch import AnswerFetcher
 from router.external.answers import AnswerStage
 from router.external.declared import AlgorithmInfos
 from router.external.outbound import VendorSender
@@ -179,6 +181,7 @@ class RouterService:
             self.holder.current,
             self.algorithm_infos,
             on_results=self._results_written,
+            fetcher=AnswerFetcher(self.db, self._store_retrieved, self.spool.incoming),
         )
         self.priors = PriorStage(
             self.db,
@@ -281,7 +284,10 @@ class RouterService:
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued."""
         removed = self.spool.clean_incoming()
+        # De-identified copies of a send that a crash cut short (the job runs again).
+        shutil.rmtree(self.data_dir / "external-outbox", ignore_errors=True)
         indexed = {row["path"] for row in self.db.query("SELECT path FROM instances")}
+        indexed |= {row["path"] for row in self.db.query("SELECT path FROM external_answers")}
         recovered = 0
         for path in self.spool.iter_files():
             if str(path) in indexed:
@@ -389,7 +395,8 @@ class RouterService:
 
     def readiness(self) -> Readiness:
         loaded = self.runtime.loaded()
-        wanted = self.holder.current().algorithm_names()
+        config = self.holder.current()
+        wanted = config.algorithm_names() - set(config.external_algorithms)  # vendors' run there
         missing = sorted(wanted - set(loaded))
         try:
             self.db.query_one("SELECT 1")

@@ -25,6 +25,7 @@ PYTHON = os.environ["RADROUTER_VENDOR_PYTHON"]
 CWD = os.environ["RADROUTER_VENDOR_CWD"]
 THRESHOLD = os.environ.get("RADROUTER_VENDOR_THRESHOLD_HU", "0")
 ANSWER = os.environ.get("RADROUTER_VENDOR_ANSWER", "yes") == "yes"
+STORE_BACK = os.environ.get("RADROUTER_VENDOR_STORE_BACK", "yes") == "yes"
 
 
 def analyse(study_id):
@@ -47,8 +48,9 @@ def analyse(study_id):
             with open(out, "rb") as handle:
                 report = handle.read()
         stored = json.loads(orthanc.RestApiPost("/instances", report))
-        body = json.dumps({"Resources": [stored["ID"]], "Synchronous": True})
-        orthanc.RestApiPost("/modalities/radrouter/store", body)
+        if STORE_BACK:  # else radrouter fetches it by DICOMweb
+            body = json.dumps({"Resources": [stored["ID"]], "Synchronous": True})
+            orthanc.RestApiPost("/modalities/radrouter/store", body)
         orthanc.LogWarning("vendor: answered study %s" % study_id)
     except Exception as error:
         orthanc.LogError("vendor: analysis of study %s failed: %s" % (study_id, error))
@@ -71,9 +73,11 @@ def running_vendor(
     threshold_hu: float = -600.0,
     answer: bool = True,
     dicomweb: bool = False,
+    store_back: bool = True,
 ) -> Iterator[Orthanc]:
     """The vendor Orthanc, answering to radrouter's node on ``radrouter_port`` (AE RADROUTER);
-    ``answer`` False: it takes what it is sent and never answers."""
+    ``answer`` False: it takes what it is sent and never answers; ``store_back`` False: it
+    keeps its answer, for radrouter to fetch by DICOMweb."""
     if not PYTHON_PLUGIN.exists():
         raise RuntimeError(f"{PYTHON_PLUGIN} is missing (Debian orthanc-python)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,7 @@ def running_vendor(
             "RADROUTER_VENDOR_CWD": str(Path(__file__).resolve().parent.parent),
             "RADROUTER_VENDOR_THRESHOLD_HU": str(threshold_hu),
             "RADROUTER_VENDOR_ANSWER": "yes" if answer else "no",
+            "RADROUTER_VENDOR_STORE_BACK": "yes" if store_back else "no",
         },
     ) as vendor:
         yield vendor

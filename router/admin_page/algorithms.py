@@ -10,6 +10,7 @@ from typing import Any
 
 from algorithms.registry import Registry
 from config.schema import RouterConfig
+from router.external.declared import external_info
 from router.store.database import Database
 
 DEFAULT_WINDOW_DAYS = 7.0
@@ -40,16 +41,21 @@ def algorithm_rows(
     load_errors = readiness.get("model_load_errors", {})
     routed = config.algorithm_names()
     rows = []
-    for name in sorted(set(registry.names()) | routed):
+    external = config.external_algorithms
+    for name in sorted(set(registry.names()) | routed | set(external)):
         settings = config.algorithms.get(name)
         row = runs.get(name)
         done = int(row["done"] or 0) if row is not None else 0
         failed = int(row["failed"] or 0) if row is not None else 0
         entry: dict[str, Any] = {
             "name": name,
-            "installed": name in registry,
+            "installed": name in registry or name in external,
             "routed": name in routed,
-            "device": status.get(name, {}).get("device") or "not loaded",
+            "device": (
+                f"external: {external[name].vendor} ({external[name].send_to})"
+                if name in external
+                else status.get(name, {}).get("device") or "not loaded"
+            ),
             "load_error": load_errors.get(name, ""),
             "threshold": None if settings is None else settings.threshold,
             "thresholds_by_model": {} if settings is None else dict(settings.thresholds_by_model),
@@ -63,8 +69,8 @@ def algorithm_rows(
             "present": 0 if row is None else int(row["present"] or 0),
             "not_assessed": 0 if row is None else int(row["not_assessed"] or 0),
         }
-        if name in registry:
-            info = registry.info(name)
+        if name in registry or name in external:
+            info = external_info(name, external[name]) if name in external else registry.info(name)
             entry |= {
                 "display_name": info.display_name,
                 "version": info.version,

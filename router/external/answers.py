@@ -24,12 +24,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from algorithms.contract import AlgorithmResult, Verdict
-from config.schema import ExternalAlgorithm, RouterConfig
+from config.schema import DicomWebDestination, ExternalAlgorithm, RouterConfig
 from dicom_sr.uids import is_valid_uid
 from router.assemble.study_state import settle_study
 from router.deidentify import ReidentificationError, keys_for_site, reidentify
 from router.deidentify.mapping import FILE_NAME, MappingStore
 from router.deliver.result_writer import ResultWriter, VendorObject, source_instances
+from router.dicomweb import DicomWebError
+from router.external.answer_fetch import AnswerFetcher
 from router.external.declared import EXTERNAL_DEVICE, AlgorithmInfos
 from router.external.outbound import mapping_store
 from router.external.vendor_report import SR_CLASSES, vendor_result
@@ -75,6 +77,7 @@ class AnswerStage(PollingStage):
         config: Callable[[], RouterConfig],
         infos: AlgorithmInfos,
         on_results: Callable[[], None] | None = None,
+        fetcher: AnswerFetcher | None = None,
     ) -> None:
         super().__init__()
         self.db = db
@@ -85,6 +88,8 @@ class AnswerStage(PollingStage):
         self._infos = infos
         self._on_results = on_results
         self._last_purge = 0.0
+        self._fetcher = fetcher
+        self._last_poll: dict[int, float] = {}
 
     def run_once(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -93,6 +98,7 @@ class AnswerStage(PollingStage):
             self.purge_mappings(now)
         dropped = self._drop_unawaited(now)
         config = self._config()
+        self._poll_vendors(config, now)
         for request in self.db.query(
             "SELECT r.*, MAX(a.received_at) AS last_answer FROM external_requests r "
             "JOIN external_answers a ON a.request_id = r.id WHERE r.state = 'awaiting' "
@@ -113,6 +119,46 @@ class AnswerStage(PollingStage):
             self._expire(expired, config.external_algorithms.get(expired["algorithm"]), now)
             return True
         return dropped
+
+    def _poll_vendors(self, config: RouterConfig, now: float) -> None:
+        """Fetch new answer objects by DICOMweb for the requests whose algorithm asks for it
+        (``answer_poll_s``), each at most that often; a vendor that cannot be asked is asked
+        again at the next turn, until the request's time runs out."""
+        if self._fetcher is None:
+            return
+        awaiting = self.db.query("SELECT * FROM external_requests WHERE state = 'awaiting'")
+        self._last_poll = {r["id"]: self._last_poll.get(r["id"], 0.0) for r in awaiting}
+        for request in awaiting:
+            declared = config.external_algorithms.get(request["algorithm"])
+            if declared is None or declared.answer_poll_s is None:
+                continue
+            if now - self._last_poll[request["id"]] < declared.answer_poll_s:
+                continue
+            self._last_poll[request["id"]] = now
+            endpoint = config.destinations.get(declared.send_to)
+            if not isinstance(endpoint, DicomWebDestination):
+                continue
+            try:
+                fetched = self._fetcher.poll(
+                    endpoint, request["deid_study_uid"], request["deid_series_uid"]
+                )
+            except (DicomWebError, OSError) as exc:
+                LOGGER.warning(
+                    "job %d (%s): asking %s for the answer failed: %s",
+                    request["job_id"],
+                    request["algorithm"],
+                    endpoint.url,
+                    log_safe(exc, 300),
+                )
+                continue
+            if fetched:
+                LOGGER.info(
+                    "job %d (%s): %d answer object(s) fetched from %s",
+                    request["job_id"],
+                    request["algorithm"],
+                    fetched,
+                    endpoint.url,
+                )
 
     # --- an answer ------------------------------------------------------------------------
 

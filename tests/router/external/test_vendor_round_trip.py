@@ -46,7 +46,9 @@ IDENTITY = {
 USER, PASSWORD_ENV, PASSWORD = "radrouter", "RADROUTER_TEST_VENDOR_PASSWORD", "vendor-Secret-7"
 
 
-def router_yaml(router_port: int, pacs: Orthanc, vendor_endpoint: str, within_min: float) -> str:
+def router_yaml(
+    router_port: int, pacs: Orthanc, vendor_endpoint: str, within_min: float, extra: str = ""
+) -> str:
     return (
         f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {router_port}}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
@@ -64,6 +66,7 @@ def router_yaml(router_port: int, pacs: Orthanc, vendor_endpoint: str, within_mi
         "    send_to: acme\n"
         "    answer_idle_s: 1\n"
         f"    answer_within_min: {within_min}\n"
+        f"{extra}"
         "rules:\n"
         "  - name: chest\n"
         "    when: {Modality: CT}\n"
@@ -231,3 +234,35 @@ def test_a_vendor_that_never_answers_gives_not_assessed_within_its_time_limit(
             assert not any(value.encode() in data for data in held), value
         view = api_get(router, f"/studies/{study_uid}")
         assert view["state"] == "done", view
+
+
+def test_an_answer_the_vendor_keeps_is_fetched_by_dicomweb(
+    start_router: StartRouter, tmp_path: Path
+) -> None:
+    router_port = free_port()
+    with (
+        running_orthanc(tmp_path / "pacs") as pacs,
+        running_vendor(tmp_path / "vendor", router_port, dicomweb=True, store_back=False) as vendor,
+    ):
+        endpoint = f"{{type: dicomweb, url: '{vendor.dicomweb_url}', timeout_s: 20}}"
+        yaml = router_yaml(router_port, pacs, endpoint, 5, extra="    answer_poll_s: 1\n")
+        router = start_router(yaml, registry=REGISTRY)
+        paths = identified_series(tmp_path / "ct")
+        study_uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+        storescu(router, paths)
+
+        def delivered() -> bool:
+            held = pacs_objects(pacs, study_uid)
+            return sum(str(ds.SOPClassUID) == SR for ds in held) == 2
+
+        assert wait_for(delivered, 120, 0.5), external_request(router, study_uid)
+        request = external_request(router, study_uid)
+        assert request is not None and request["state"] == "answered", request
+        print(f"\nfetched by DICOMweb: {request['outcome']}")
+        objects = [ds for ds in pacs_objects(pacs, study_uid) if str(ds.SOPClassUID) == SR]
+        [vendor_sr] = [ds for ds in objects if str(ds.Manufacturer) == VENDOR]
+        assert vendor_sr.PatientID == "MRN-7731-0042"
+        [ours] = [ds for ds in objects if str(ds.Manufacturer) != VENDOR]
+        assert read_measurement_report(ours).verdict is Verdict.PRESENT
+        for value in originals(paths):
+            assert not any(value.encode() in data for data in everything_held(vendor)), value
