@@ -9,6 +9,9 @@ same files to a receiver started afresh for each measurement:
 - a bare pynetdicom SCP whose C-STORE handler returns Success at once (the floor that
   pynetdicom's network layer sets for anything built on it, radrouter included).
 
+radrouter is measured with one receiver process and with two sharing the port
+(``node.receivers: 2``, SO_REUSEPORT).
+
 Run: ``.venv/bin/python -m benchmarks.ingest [--slices 200] [--repeat 3] [--associations 1 4]``
 """
 
@@ -18,6 +21,7 @@ import argparse
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -82,11 +86,13 @@ def time_storescu(port: int, aet: str, files: list[Path], associations: int = 1)
 
 
 @contextmanager
-def radrouter(workdir: Path) -> Iterator[int]:
+def radrouter(workdir: Path, receivers: int = 1) -> Iterator[int]:
+    """``radrouter serve``; with ``receivers`` > 1, that many processes on the port
+    (``node.receivers``), each started before the measurement begins."""
     port = free_port()
     config = workdir / "router.yaml"
     config.write_text(
-        f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}}\n"
+        f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: {receivers}}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
     )
     process = subprocess.Popen(
@@ -106,10 +112,25 @@ def radrouter(workdir: Path) -> Iterator[int]:
     )
     try:
         wait_echo(port, "RADROUTER")
+        wait_receivers(workdir / "data" / "radrouter.sqlite3", receivers - 1)
         yield port
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def wait_receivers(database: Path, count: int, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while count > 0 and time.time() < deadline:
+        with sqlite3.connect(database) as conn:
+            started = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE kind = 'receiver_started'"
+            ).fetchone()[0]
+        if started >= count:
+            return
+        time.sleep(0.2)
+    if count > 0:
+        raise TimeoutError(f"{count} receiver process(es) did not start")
 
 
 @contextmanager
@@ -153,13 +174,14 @@ def bare_pynetdicom() -> Iterator[int]:
         server.shutdown()
 
 
-RECEIVERS = ("radrouter", "dcmtk storescp", "Orthanc", "bare pynetdicom")
+SHARED = "radrouter, 2 receivers"
+RECEIVERS = ("radrouter", SHARED, "dcmtk storescp", "Orthanc", "bare pynetdicom")
 
 
 def measure(work: Path, name: str, files: list[Path], associations: int) -> float:
     """Start ``name`` afresh in ``work``, send ``files``, stop it; the seconds the send took."""
-    if name == "radrouter":
-        with radrouter(work) as port:
+    if name in ("radrouter", SHARED):
+        with radrouter(work, 2 if name == SHARED else 1) as port:
             return time_storescu(port, "RADROUTER", files, associations)
     if name == "dcmtk storescp":
         with storescp(work) as port:
@@ -205,11 +227,11 @@ def main() -> None:
             f"ingest: {args.slices} CT slices 512x512 ({megabytes:.0f} MiB), {what}, "
             f"dcmtk storescu sender, TCP_NODELAY=1, best of {args.repeat}"
         )
-        print(f"{'receiver':<18}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}   all runs (s)")
+        print(f"{'receiver':<24}{'seconds':>10}{'images/s':>12}{'MiB/s':>10}   all runs (s)")
         for name, seconds in best[count].items():
             runs = " ".join(f"{t:.2f}" for t in results[count][name])
             print(
-                f"{name:<18}{seconds:>10.2f}{args.slices / seconds:>12.0f}"
+                f"{name:<24}{seconds:>10.2f}{args.slices / seconds:>12.0f}"
                 f"{megabytes / seconds:>10.0f}   {runs}"
             )
         mine = best[count]["radrouter"]
@@ -223,10 +245,18 @@ def main() -> None:
             + f"; the bare pynetdicom SCP that stores nothing = "
             f"{best[count]['dcmtk storescp'] / best[count]['bare pynetdicom']:.2f}x dcmtk storescp"
         )
+        shared = best[count][SHARED]
+        print(
+            f"{SHARED} = {best[count]['Orthanc'] / shared:.2f}x Orthanc, "
+            f"{mine / shared:.2f}x radrouter with one receiver"
+        )
         if count != 1 and 1 in best:
             print(
-                f"radrouter over {count} associations = "
-                f"{best[1]['radrouter'] / mine:.2f}x one association (aim >= 1.7); "
+                f"radrouter, 2 receivers, over {count} associations = "
+                f"{best[1]['radrouter'] / shared:.2f}x radrouter over one association "
+                "(aim >= 1.7); "
+                f"radrouter, 1 receiver, over {count} associations = "
+                f"{best[1]['radrouter'] / mine:.2f}x; "
                 + ", ".join(
                     f"{name} {best[1][name] / best[count][name]:.2f}x"
                     for name in RECEIVERS

@@ -203,6 +203,11 @@ class NodeConfig(Strict):
     check_called_ae: bool = True
     allowed_callers: list[AllowedCaller] | None = None
     """``None`` accepts any caller; a list accepts only those listed."""
+    receivers: int = Field(default=1, ge=1, le=64)
+    """Processes listening on the DICOM port together (``SO_REUSEPORT``: the kernel spreads
+    the associations across them), so ingest grows with cores. The first is the router
+    itself; the others only receive (``radrouter serve --role receiver``), into the same spool
+    and database. Needs a fixed ``port`` and the router started from a configuration file."""
     max_associations: int = Field(default=16, ge=1, le=256)
     network_timeout_s: float = Field(default=60.0, gt=0)
     """An association that sends nothing for this long is aborted, and one PDU must arrive

@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loaded, refused = None, str(exc)
     registry = _registry_for(loaded)
     problems: list[str] = []
-    if loaded is not None:
+    if loaded is not None and args.role == "all":  # a receiver runs no algorithm
         problems = [str(p) for p in config_problems(loaded, registry.parameter_names())]
     fallback = None
     if loaded is None or problems:
@@ -85,12 +85,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = loaded.config
     LOGGER.info("config: %s", config_path or f"shipped default ({default_config_path()})")
     service = RouterService(
-        config, config_path, data_dir=args.data_dir, registry=registry, running_last_good=fallback
+        config,
+        config_path,
+        data_dir=args.data_dir,
+        registry=registry,
+        running_last_good=fallback,
+        role=args.role,
+        receiver_index=args.receiver_index,
     )
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     service.start()
+    if args.role == "receiver":
+        stopped.wait()
+        service.stop()
+        return 0
     LOGGER.info(
         "radrouter ready: DICOM %s on %s, HTTP on port %s, data in %s",
         config.node.ae_title,
@@ -759,6 +769,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "run the DICOM node, pipeline and HTTP API")
     with_config(serve, "spool and database folder")
+    serve.add_argument(
+        "--role",
+        choices=["all", "receiver"],
+        default="all",
+        help="all: the router (default); receiver: only take instances on the shared DICOM "
+        "port into the spool and database (the router starts these itself for node.receivers)",
+    )
+    serve.add_argument("--receiver-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     check = command(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydicom.config
 import uvicorn
@@ -77,7 +79,15 @@ class RouterService:
         data_dir: Path | None = None,
         channels: ChannelFactory | None = None,
         running_last_good: Rejection | None = None,
+        role: Literal["all", "receiver"] = "all",
+        receiver_index: int = 0,
     ) -> None:
+        """``role``: ``all`` is the router; ``receiver`` only takes instances on the shared
+        DICOM port into the spool and database (one of ``node.receivers``, numbered from 1 by
+        ``receiver_index``): the router's own stages find them there."""
+        self.role = role
+        self.receiver_index = receiver_index
+        self._receivers: list[subprocess.Popen[bytes]] = []
         self.registry = registry or Registry.discover(manifest_dirs=config.model_dirs)
         self.holder = ConfigHolder(
             config,
@@ -95,10 +105,19 @@ class RouterService:
         pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         self.db = Database(self.data_dir / "radrouter.sqlite3")
         narrow_to_owner(self.db.path)  # SQLite gives its WAL and SHM files the same mode
+        if role == "receiver":  # the router forwards the shared log to syslog, once
+            config = config.model_copy(
+                update={"audit": config.audit.model_copy(update={"syslog": None})}
+            )
         self.audit_trail = build_trail(config, self.data_dir, self.db)
         self.audit: AuditRecorder = self.audit_trail or NO_AUDIT
-        self.holder.audit = ConfigChangeLog(self.db, self.audit)
-        self.spool = Spool(self.data_dir / "spool", config.storage.min_free_mb * 2**20)
+        if role == "all":  # a change is recorded once, by the router
+            self.holder.audit = ConfigChangeLog(self.db, self.audit)
+        self.spool = Spool(
+            self.data_dir / "spool",
+            config.storage.min_free_mb * 2**20,
+            ".incoming" if role == "all" else f".incoming-r{receiver_index}",
+        )
         self.drift = DriftMonitor(
             self.db,
             lambda: self.holder.current().drift,
@@ -206,7 +225,11 @@ class RouterService:
             self._stored,
             limits=config.node.limits,
         )
-        self.tracker = AssociationTracker(self.db, lambda _id: self.assembler.wake())
+        self.tracker = AssociationTracker(
+            self.db,
+            lambda _id: self.assembler.wake(),
+            "" if role == "all" else f"r{receiver_index}-",
+        )
         self.node = DicomNode(
             config.node,
             self.ingestor,
@@ -214,6 +237,7 @@ class RouterService:
             lambda: self.holder.current().node.allowed_callers,
             self._received,
             audit=self.audit,
+            shared_port=config.node.receivers > 1,
         )
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -234,6 +258,9 @@ class RouterService:
     def start(self, warm: bool = True) -> None:
         if self.audit_trail is not None:
             self.audit_trail.start()
+        if self.role == "receiver":
+            self._start_receiver()
+            return
         self.recover()
         if warm:
             wanted = sorted(self.holder.current().algorithm_names() & set(self.registry.names()))
@@ -248,6 +275,7 @@ class RouterService:
         self.retention.start()
         self.notifier.start()
         self.node.start()
+        self._start_receivers()
         self._start_http()
         self._reload_thread = threading.Thread(
             target=self._watch_config, name="config", daemon=True
@@ -260,6 +288,12 @@ class RouterService:
     def stop(self) -> None:
         self._stop.set()
         self.node.stop()
+        self._stop_receivers()
+        if self.role == "receiver":
+            if self.audit_trail is not None:
+                self.audit_trail.stop()
+            self.db.close_all()
+            return
         if self._http is not None:
             self._http.should_exit = True
         if self._http_thread is not None:
@@ -280,6 +314,68 @@ class RouterService:
         if self.audit_trail is not None:
             self.audit_trail.stop()
         self.db.close_all()
+
+    # --- receivers sharing the DICOM port ---------------------------------------------------
+
+    def _start_receiver(self) -> None:
+        """A receiver process: its own partial files from a crash dropped, the node started on
+        the shared port, the configuration watched (allowed callers, limits)."""
+        removed = self.spool.clean_incoming()
+        self.node.start()
+        self._reload_thread = threading.Thread(
+            target=self._watch_config, name="config", daemon=True
+        )
+        self._reload_thread.start()
+        self._started = True
+        self.db.record_event("receiver_started", detail=f"receiver {self.receiver_index}")
+        LOGGER.info(
+            "receiver %d listening on port %s (%d partial file(s) of a crash removed)",
+            self.receiver_index,
+            self.node.listening_ports().get("dicom"),
+            removed,
+        )
+
+    def _start_receivers(self) -> None:
+        """The other ``node.receivers - 1`` processes on the shared DICOM port, started after
+        this one has migrated the database and listens; stopped with it."""
+        config = self.holder.current()
+        count = config.node.receivers
+        if count <= 1:
+            return
+        if self.holder.path is None:
+            raise ValueError("node.receivers > 1 needs the router started from a config file")
+        for index in range(1, count):
+            self._receivers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "router.cli",
+                        "serve",
+                        "--config",
+                        str(self.holder.path),
+                        "--data-dir",
+                        str(self.data_dir),
+                        "--role",
+                        "receiver",
+                        "--receiver-index",
+                        str(index),
+                    ],
+                    start_new_session=True,  # a terminal's Ctrl-C reaches the router only
+                )
+            )
+        LOGGER.info("%d receiver process(es) started on the shared DICOM port", count - 1)
+
+    def _stop_receivers(self) -> None:
+        for process in self._receivers:
+            process.terminate()
+        for process in self._receivers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._receivers = []
 
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued."""

@@ -98,12 +98,30 @@ class _TlsAssociationServer(ThreadedAssociationServer):
         return wrapped, address
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's server, bound with ``SO_REUSEPORT``: several receiver processes listen on
+    one port, and the kernel hands each new connection to one of them."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class AssociationTracker:
     """Records association lifetimes so completion can use "released" as evidence."""
 
-    def __init__(self, db: Database, on_closed: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        on_closed: Callable[[str], None] | None = None,
+        id_prefix: str = "",
+    ) -> None:
+        """``id_prefix``: begins every association id this process records (a receiver
+        sharing the port names itself, ``r1-``, so the record says which process took it)."""
         self.db = db
         self.on_closed = on_closed
+        self._id_prefix = id_prefix
         self._ids: dict[int, str] = {}
         self._lock = threading.Lock()
 
@@ -112,7 +130,7 @@ class AssociationTracker:
             return self._ids.get(id(assoc))
 
     def opened(self, assoc: Any) -> None:
-        association_id = uuid.uuid4().hex
+        association_id = f"{self._id_prefix}{uuid.uuid4().hex}"
         with self._lock:
             self._ids[id(assoc)] = association_id
         self.db.connection().execute(
@@ -155,8 +173,10 @@ class DicomNode:
         on_received: Callable[[str, StoreStatus], None] | None = None,
         *,
         audit: AuditRecorder = NO_AUDIT,
+        shared_port: bool = False,
     ) -> None:
         self.node = node
+        self._shared_port = shared_port
         self.ingestor = ingestor
         self.tracker = tracker
         self._allowed_callers = allowed_callers
@@ -226,7 +246,15 @@ class DicomNode:
         tls = self.node.tls
         context = server_context(tls) if tls is not None else None  # fails before listening
         self.ingestor.quarantine.start()
-        if self.node.port is not None:
+        if self.node.port is not None and self._shared_port:
+            self._server = self.ae.make_server(
+                (self.node.bind, self.node.port),
+                evt_handlers=handlers,
+                server_class=_SharedPortServer,
+            )
+            threading.Thread(target=self._server.serve_forever, name="dicom", daemon=True).start()
+            self.ae._servers.append(self._server)
+        elif self.node.port is not None:
             self._server = self.ae.start_server(
                 (self.node.bind, self.node.port), block=False, evt_handlers=handlers
             )

@@ -82,10 +82,14 @@ class Spool:
     are 0600 and folders 0700: they hold patient data.
     """
 
-    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, min_free_bytes: int = 0, incoming_name: str = ".incoming"
+    ) -> None:
+        """``incoming_name``: the folder for instances still arriving, one per process that
+        receives (each cleans its own after a crash, never another's files in flight)."""
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self._incoming = root / ".incoming"
+        self._incoming = root / incoming_name
         make_private_dir(root)
         make_private_dir(self._incoming)
         self._known_dirs: set[Path] = set()

@@ -1,0 +1,83 @@
+"""Several receiver processes on one DICOM port (``node.receivers``, SO_REUSEPORT): the
+kernel spreads simultaneous associations across them; the instances of one study that arrive
+at different processes complete it once, with one job and one result."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from algorithms.registry import Registry
+from router.service import wait_for
+from testing.dicom_tools import make_ct_slices
+from testing.plugins import AlwaysNegative
+from testing.router_process import DCMTK_ENV, RouterUnderTest, StartRouter
+from testing.storescp import ReceivingPacs
+
+REGISTRY = Registry({"always_negative": AlwaysNegative})
+SLICES, ASSOCIATIONS = 24, 12
+
+
+def config(pacs: ReceivingPacs) -> str:
+    return (
+        "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: 2}\n"
+        "http: {host: 127.0.0.1, port: 0}\n"
+        f"destinations:\n  pacs: {pacs.destination_yaml()}\n"
+        "completion: {settle_after_release_s: 0.3, series_idle_s: 3, study_idle_s: 20}\n"
+        "rules:\n"
+        "  - {name: ct, when: {Modality: CT}, run: always_negative, send_to: [pacs]}\n"
+    )
+
+
+def send(router: RouterUnderTest, paths: list[Path]) -> None:
+    subprocess.run(
+        ["/usr/bin/storescu", "-aet", "PACS", "-aec", "RADROUTER", "127.0.0.1",
+         str(router.dicom_port), *map(str, paths)],
+        check=True, capture_output=True, env=DCMTK_ENV, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_study_over_associations_at_two_receivers_completes_once(
+    start_router: StartRouter, storescp: ReceivingPacs, tmp_path: Path
+) -> None:
+    router = start_router(config(storescp), registry=REGISTRY, config_file=True)
+    db = router.service.db
+    assert wait_for(
+        lambda: db.query_one("SELECT 1 FROM events WHERE kind = 'receiver_started'") is not None,
+        60,
+        0.2,
+    ), "the second receiver did not start"
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    paths = []
+    for ds in make_ct_slices(SLICES):
+        ds.ImagesInAcquisition = SLICES  # the series is whole only when every slice is in
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    study_uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    senders = [
+        threading.Thread(target=send, args=(router, paths[i::ASSOCIATIONS]))
+        for i in range(ASSOCIATIONS)
+    ]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+
+    storescp.wait_for("SR", {study_uid}, 120)
+    rows = db.query("SELECT id FROM associations")
+    takers = {"receiver 1" if row["id"].startswith("r1-") else "router" for row in rows}
+    assert len(rows) == ASSOCIATIONS and takers == {"router", "receiver 1"}, rows
+    count = db.query_one("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))
+    assert count is not None and count["n"] == SLICES
+    study = db.query_one("SELECT revision FROM studies WHERE study_uid = ?", (study_uid,))
+    assert study is not None and study["revision"] == 1
+    assert len(db.query("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,))) == 1
+    assert len(db.query("SELECT id FROM results WHERE study_uid = ?", (study_uid,))) == 1
+    assert len(storescp.received("SR")[study_uid]) == 1
