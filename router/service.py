@@ -345,26 +345,38 @@ class RouterService:
         if self.holder.path is None:
             raise ValueError("node.receivers > 1 needs the router started from a config file")
         for index in range(1, count):
-            self._receivers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "router.cli",
-                        "serve",
-                        "--config",
-                        str(self.holder.path),
-                        "--data-dir",
-                        str(self.data_dir),
-                        "--role",
-                        "receiver",
-                        "--receiver-index",
-                        str(index),
-                    ],
-                    start_new_session=True,  # a terminal's Ctrl-C reaches the router only
-                )
-            )
+            self._receivers.append(self._spawn_receiver(index))
         LOGGER.info("%d receiver process(es) started on the shared DICOM port", count - 1)
+
+    def _spawn_receiver(self, index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "router.cli",
+                "serve",
+                "--config",
+                str(self.holder.path),
+                "--data-dir",
+                str(self.data_dir),
+                "--role",
+                "receiver",
+                "--receiver-index",
+                str(index),
+            ],
+            start_new_session=True,  # a terminal's Ctrl-C reaches the router only
+        )
+
+    def _restart_dead_receivers(self) -> None:
+        """A receiver process that ended (crashed, killed) is started again, and said so."""
+        for position, process in enumerate(self._receivers):
+            code = process.poll()
+            if code is None or self._stop.is_set():
+                continue
+            index = position + 1
+            LOGGER.error("receiver %d ended with code %s; starting it again", index, code)
+            self.db.record_event("receiver_restarted", detail=f"receiver {index}, code {code}")
+            self._receivers[position] = self._spawn_receiver(index)
 
     def _stop_receivers(self) -> None:
         for process in self._receivers:
@@ -520,6 +532,10 @@ class RouterService:
                     for name, st in self.runtime.status().items()
                 },
                 "models_not_loaded": missing,
+                "receivers": {
+                    "configured": config.node.receivers,
+                    "running": 1 + sum(p.poll() is None for p in self._receivers),
+                },
                 "model_load_errors": self.runtime.load_errors(),
                 "plugin_problems": {p.name: p.error for p in self.registry.problems},
             },
@@ -562,6 +578,10 @@ class RouterService:
                 self.holder.reload_if_changed()
             except Exception:
                 LOGGER.exception("config reload check failed")
+            try:
+                self._restart_dead_receivers()
+            except Exception:
+                LOGGER.exception("receiver check failed")
 
     def _retry_job(self, job_id: int) -> bool:
         requeued = self.queue.retry(job_id, reopen_study)

@@ -81,3 +81,13 @@ def test_one_study_over_associations_at_two_receivers_completes_once(
     assert len(db.query("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,))) == 1
     assert len(db.query("SELECT id FROM results WHERE study_uid = ?", (study_uid,))) == 1
     assert len(storescp.received("SR")[study_uid]) == 1
+
+    # A receiver that dies is started again by the router.
+    [receiver] = router.service._receivers
+    receiver.kill()
+    assert wait_for(
+        lambda: db.query_one("SELECT 1 FROM events WHERE kind = 'receiver_restarted'") is not None,
+        30,
+        0.2,
+    )
+    assert wait_for(lambda: router.service.readiness().detail["receivers"]["running"] == 2, 30)
