@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -87,6 +89,7 @@ class RouterService:
         ``receiver_index``): the router's own stages find them there."""
         self.role = role
         self.receiver_index = receiver_index
+        self._parent_pid = os.getppid()
         self._receivers: list[subprocess.Popen[bytes]] = []
         self.registry = registry or Registry.discover(manifest_dirs=config.model_dirs)
         self.holder = ConfigHolder(
@@ -582,6 +585,12 @@ class RouterService:
                 self._restart_dead_receivers()
             except Exception:
                 LOGGER.exception("receiver check failed")
+            if self.role == "receiver" and os.getppid() != self._parent_pid:
+                # The router ended (even by kill -9): a receiver never outlives it, so a
+                # restarted router does not find the port held by an orphan.
+                LOGGER.warning("receiver %d: the router ended; stopping", self.receiver_index)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     def _retry_job(self, job_id: int) -> bool:
         requeued = self.queue.retry(job_id, reopen_study)

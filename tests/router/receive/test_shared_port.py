@@ -4,7 +4,10 @@ at different processes complete it once, with one job and one result."""
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from algorithms.registry import Registry
 from router.service import wait_for
 from testing.dicom_tools import make_ct_slices
+from testing.orthanc import free_port
 from testing.plugins import AlwaysNegative
 from testing.router_process import DCMTK_ENV, RouterUnderTest, StartRouter
 from testing.storescp import ReceivingPacs
@@ -24,7 +28,8 @@ SLICES, ASSOCIATIONS = 24, 12
 
 def config(pacs: ReceivingPacs) -> str:
     return (
-        "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: 2}\n"
+        "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: 2,\n"
+        "       limits: {max_associations_per_host: 16}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
         f"destinations:\n  pacs: {pacs.destination_yaml()}\n"
         "completion: {settle_after_release_s: 0.3, series_idle_s: 3, study_idle_s: 20}\n"
@@ -91,3 +96,61 @@ def test_one_study_over_associations_at_two_receivers_completes_once(
         0.2,
     )
     assert wait_for(lambda: router.service.readiness().detail["receivers"]["running"] == 2, 30)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_receiver_never_outlives_the_router(tmp_path: Path) -> None:
+    port = free_port()
+    config_file = tmp_path / "radrouter.yaml"
+    config_file.write_text(
+        f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: 2}}\n"
+        "http: {host: 127.0.0.1, port: 0}\n"
+    )
+    data = tmp_path / "data"
+    router = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "serve", "--config", str(config_file),
+         "--data-dir", str(data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def receiver_started() -> bool:
+            try:
+                with sqlite3.connect(data / "radrouter.sqlite3") as conn:
+                    return bool(
+                        conn.execute(
+                            "SELECT 1 FROM events WHERE kind = 'receiver_started'"
+                        ).fetchone()
+                    )
+            except sqlite3.Error:
+                return False
+
+        assert wait_for(receiver_started, 60, 0.2)
+        [receiver] = _children(router.pid)
+        router.send_signal(signal.SIGKILL)
+        router.wait()
+        assert wait_for(lambda: not _alive(receiver), 30, 0.2), "the receiver outlived the router"
+    finally:
+        if router.poll() is None:
+            router.kill()
+            router.wait()
