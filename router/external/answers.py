@@ -195,6 +195,17 @@ class AnswerStage(PollingStage):
                     log_safe(job.study_uid),
                     log_safe(problem, 300),
                 )
+        vendor_objects: list[VendorObject] = []
+        kept: list[Dataset] = []
+        for dataset in taken:
+            try:
+                vendor_objects.append(self._keep(dataset, job.study_uid))
+                kept.append(dataset)
+            except OSError:
+                raise  # the disk, not the object: the stage takes the answer again later
+            except Exception as exc:  # a vendor's object that cannot be written as it is
+                problems.append(f"it cannot be written: {type(exc).__name__}")
+        taken = kept
         if taken:
             result = vendor_result(
                 taken, [str(r["sop_instance_uid"]) for r in sources], declared.vendor
@@ -204,7 +215,6 @@ class AnswerStage(PollingStage):
                 Verdict.NOT_ASSESSED,
                 reason=f"the answer from {declared.vendor} could not be used: {problems[0]}",
             )
-        vendor_objects = [self._keep(ds, job.study_uid) for ds in taken]
         round_trip = now - float(request["sent_at"])
         outcome = f"{len(taken)} object(s) taken, {len(problems)} refused, {round_trip:.1f} s"
         if self._write(job, request, result, vendor_objects, "answered", outcome):
