@@ -4,11 +4,15 @@ at different processes complete it once, with one job and one result."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -24,6 +28,7 @@ from testing.storescp import ReceivingPacs
 
 REGISTRY = Registry({"always_negative": AlwaysNegative})
 SLICES, ASSOCIATIONS = 24, 12
+KILL_SLICES = 160
 
 
 def config(pacs: ReceivingPacs) -> str:
@@ -154,3 +159,61 @@ def test_a_receiver_never_outlives_the_router(tmp_path: Path) -> None:
         if router.poll() is None:
             router.kill()
             router.wait()
+
+
+@pytest.mark.slow
+def test_a_receiver_killed_mid_association_loses_nothing_it_acknowledged(
+    start_router: StartRouter, storescp: ReceivingPacs, tmp_path: Path
+) -> None:
+    """Ten times: a study sent over four associations while the receiver process is killed
+    (-9) at a random moment; the sender then resends the whole study (as a PACS retries). Every
+    study ends whole, with one job and one result, sent once."""
+    router = start_router(config(storescp), registry=REGISTRY, config_file=True)
+    service = router.service
+    rng = random.Random(11)
+    studies: list[str] = []
+    kills = 0
+    for round_number in range(10):
+        assert wait_for(lambda: service.readiness().detail["receivers"]["running"] == 2, 60, 0.1)
+        folder = tmp_path / f"study{round_number}"
+        folder.mkdir()
+        paths = []
+        for ds in make_ct_slices(KILL_SLICES, rows=256, cols=256):
+            ds.ImagesInAcquisition = KILL_SLICES
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        studies.append(str(pydicom.dcmread(paths[0]).StudyInstanceUID))
+
+        def attempt(share: list[Path]) -> None:
+            with contextlib.suppress(subprocess.CalledProcessError):  # cut by the kill
+                send(router, share)
+
+        senders = [threading.Thread(target=attempt, args=(paths[i::4],)) for i in range(4)]
+        for sender in senders:
+            sender.start()
+        time.sleep(rng.uniform(0.02, 0.2))
+        os.kill(service._receivers[0].pid, signal.SIGKILL)
+        kills += 1
+        for sender in senders:
+            sender.join()
+        send(router, paths)  # the PACS resends the study
+
+    storescp.wait_for("SR", set(studies), 180)
+    time.sleep(5)  # a second version, were one made, would come now
+    found = storescp.received("SR")
+    db = service.db
+    for study_uid in studies:
+        count = db.query_one(
+            "SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,)
+        )
+        assert count is not None and count["n"] == KILL_SLICES, study_uid
+        assert len(db.query("SELECT id FROM jobs WHERE study_uid = ?", (study_uid,))) == 1
+        assert len(db.query("SELECT id FROM results WHERE study_uid = ?", (study_uid,))) == 1
+        assert len(found[study_uid]) == 1
+    restarts = db.query("SELECT id FROM events WHERE kind = 'receiver_restarted'")
+    # Associations the killed process held open (never closed: it died holding them).
+    cut = len(db.query("SELECT id FROM associations WHERE id LIKE 'r1-%' AND state = 'open'"))
+    assert kills == 10 and len(restarts) >= 10
+    assert cut >= 3, f"only {cut} association(s) were cut by the kills"
+    print(f"\n10 kills of the receiver, {cut} of 40 associations cut; every study whole, once")
