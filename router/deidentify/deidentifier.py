@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from router.deidentify import annex_e_table, engine
+from router.deidentify import annex_e_table
 from router.deidentify.elements import holds_instance_uids, is_registered_uid, walk_elements
 from router.deidentify.keys import DeidKeys
 from router.deidentify.options import DeidOptions
@@ -99,7 +99,7 @@ class Deidentifier:
         self.options = options
         self.keys = keys
         self.planned = plan(options)
-        self._recipe = engine.recipe(self.planned)
+        self._recipe = _engine().recipe(self.planned)
 
     def deidentify(self, source: Dataset) -> DeidentifiedInstance:
         """A de-identified copy of ``source`` (which is left as it was)."""
@@ -112,7 +112,7 @@ class Deidentifier:
         offset = self.keys.date_offset_days(pseudonym, low, high)
         values = _Values(self, pseudonym, offset, _identity_tokens(source))
 
-        engine.apply(
+        _engine().apply(
             dataset,
             self._recipe,
             {
@@ -154,7 +154,7 @@ class Deidentifier:
         ]
         dataset.DeidentificationMethod = [
             f"DICOM PS3.15 E.1-1 ({annex_e_table.EDITION}) Basic Profile",
-            f"radrouter with pydicom/deid {engine.DEID_VERSION}",
+            f"radrouter with pydicom/deid {_engine().DEID_VERSION}",
             *(f"Option: {name}" for name in named),
         ]
         items = []
@@ -168,6 +168,14 @@ class Deidentifier:
         dataset.LongitudinalTemporalInformationModified = (
             "MODIFIED" if options.retain_longitudinal_modified_dates else "REMOVED"
         )
+
+
+def _engine() -> Any:
+    """``engine``, imported when first needed: deid imports matplotlib, which a router that
+    sends nothing to a vendor should never load (nor let write its font cache)."""
+    from router.deidentify import engine
+
+    return engine
 
 
 class _Values:
