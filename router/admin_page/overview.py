@@ -79,7 +79,10 @@ def overview(db: Database, config: RouterConfig, readiness: Mapping[str, Any]) -
 
 
 def _awaiting_vendors(db: Database) -> int:
-    row = db.query_one("SELECT COUNT(*) AS n FROM external_requests WHERE state = 'awaiting'")
+    row = db.query_one(  # sent, and waiting (while the send runs, the job is running)
+        "SELECT COUNT(*) AS n FROM external_requests r JOIN jobs j ON j.id = r.job_id "
+        "WHERE r.state = 'awaiting' AND j.state = 'waiting'"
+    )
     return 0 if row is None else int(row["n"])
 
 

@@ -106,18 +106,18 @@ class AnswerStage(PollingStage):
         ):
             declared = config.external_algorithms.get(request["algorithm"])
             idle_s = 5.0 if declared is None else declared.answer_idle_s
-            if now - float(request["last_answer"]) >= idle_s:
-                self._take_answer(request, declared, now)
+            if now - float(request["last_answer"]) >= idle_s and self._take_answer(
+                request, declared, now
+            ):
                 return True
-        expired = self.db.query_one(
+        for expired in self.db.query(
             "SELECT * FROM external_requests r WHERE state = 'awaiting' AND deadline_at <= ? "
             "AND NOT EXISTS (SELECT 1 FROM external_answers a WHERE a.request_id = r.id) "
-            "ORDER BY deadline_at LIMIT 1",
+            "ORDER BY deadline_at LIMIT 50",
             (now,),
-        )
-        if expired is not None:
-            self._expire(expired, config.external_algorithms.get(expired["algorithm"]), now)
-            return True
+        ):
+            if self._expire(expired, config.external_algorithms.get(expired["algorithm"]), now):
+                return True
         return dropped
 
     def _poll_vendors(self, config: RouterConfig, now: float) -> None:
@@ -164,8 +164,12 @@ class AnswerStage(PollingStage):
 
     def _take_answer(
         self, request: sqlite3.Row, declared: ExternalAlgorithm | None, now: float
-    ) -> None:
+    ) -> bool:
+        """Take the answer of ``request``; False when its job is still sending (a vendor that
+        answered before the send ended): taken on a later turn."""
         job_row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (request["job_id"],))
+        if job_row is not None and job_row["state"] == "running":
+            return False
         answers = self.db.query(
             "SELECT * FROM external_answers WHERE request_id = ? ORDER BY received_at, "
             "sop_instance_uid",
@@ -173,10 +177,10 @@ class AnswerStage(PollingStage):
         )
         if job_row is None or job_row["state"] != "waiting":
             self._close(request, "superseded", "the job no longer waits (a newer run)", answers)
-            return
+            return True
         if declared is None:
             self._fail_job(request, answers, "the external algorithm is no longer configured")
-            return
+            return True
         job = Job.from_row(job_row)
         name = request["algorithm"]
         store = mapping_store(self.data_dir, name, declared)
@@ -229,6 +233,7 @@ class AnswerStage(PollingStage):
                 outcome,
                 result.verdict.value,
             )
+        return True
 
     def _reidentified(
         self,
@@ -285,14 +290,18 @@ class AnswerStage(PollingStage):
 
     # --- no answer ------------------------------------------------------------------------
 
-    def _expire(self, request: sqlite3.Row, declared: ExternalAlgorithm | None, now: float) -> None:
+    def _expire(self, request: sqlite3.Row, declared: ExternalAlgorithm | None, now: float) -> bool:
+        """The result "no answer"; False when the job is still sending (its time is over
+        once it waits)."""
         job_row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (request["job_id"],))
+        if job_row is not None and job_row["state"] == "running":
+            return False
         if job_row is None or job_row["state"] != "waiting":
             self._close(request, "superseded", "the job no longer waits (a newer run)", [])
-            return
+            return True
         if declared is None:
             self._fail_job(request, [], "the external algorithm is no longer configured")
-            return
+            return True
         minutes = (float(request["deadline_at"]) - float(request["sent_at"])) / 60
         reason = f"no answer from {declared.vendor} within {minutes:g} min"
         job = Job.from_row(job_row)
@@ -302,6 +311,7 @@ class AnswerStage(PollingStage):
             LOGGER.warning(
                 "job %d (%s, study %s): %s", job.id, job.algorithm, log_safe(job.study_uid), reason
             )
+        return True
 
     # --- shared -----------------------------------------------------------------------------
 

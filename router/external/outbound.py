@@ -10,7 +10,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -76,9 +76,12 @@ class VendorSender:
         name: str,
         declared: ExternalAlgorithm,
         paths: Sequence[Path],
+        before_sending: Callable[[SentToVendor], None] | None = None,
     ) -> SentToVendor:
         """Raises ``SeriesRefusedError`` (the series must not leave: the result says why) or
-        ``SendError``/``OSError`` (the vendor did not take it: the job is retried)."""
+        ``SendError``/``OSError`` (the vendor did not take it: the job is retried).
+        ``before_sending`` is told what is about to leave once the way back is recorded, so
+        the request that an answer is recognised by exists before a fast vendor answers."""
         started = time.monotonic()
         headers = [dcmread(p, stop_before_pixels=True) for p in paths]
         refusal = burned_in_refusal(headers, allow=declared.deidentify.allow_burned_in_annotation)
@@ -104,16 +107,19 @@ class VendorSender:
                 files.append(FileToSend.from_path(target))
                 done.append(_without_pixels(instance))
             store.record(name, done)  # the way back exists before anything leaves
+            first = done[0]
+            leaving = SentToVendor(
+                deid_study_uid=first.study_uid,
+                deid_series_uid=str(first.dataset.get("SeriesInstanceUID", "")),
+                instances=len(done),
+                seconds=0.0,
+            )
+            if before_sending is not None:
+                before_sending(leaving)
             self._deliver(config, destination, study_uid, files)
         finally:
             shutil.rmtree(outbox, ignore_errors=True)
-        first = done[0]
-        return SentToVendor(
-            deid_study_uid=first.study_uid,
-            deid_series_uid=str(first.dataset.get("SeriesInstanceUID", "")),
-            instances=len(done),
-            seconds=time.monotonic() - started,
-        )
+        return replace(leaving, seconds=time.monotonic() - started)
 
     def _deliver(
         self,

@@ -20,7 +20,7 @@ from router.deidentify import SeriesRefusedError
 from router.deliver.presentation_objects import wanted_presentation_kinds
 from router.deliver.result_writer import PriorEvidence, ResultWriter
 from router.external.declared import AlgorithmInfos
-from router.external.outbound import VendorSender
+from router.external.outbound import SentToVendor, VendorSender
 from router.logs import log_safe
 from router.patient_values import PatientValues
 from router.run.job_queue import ClaimedJob, Job, JobQueue
@@ -185,34 +185,48 @@ class JobRunner:
             return AlgorithmResult(
                 Verdict.NOT_ASSESSED, reason=f"not sent to {external.vendor}: nothing to send"
             )
+
+        def record_request(leaving: SentToVendor) -> None:
+            # Before the send: an answer is recognised by this row, however fast it comes
+            # (the answer stage leaves it alone while the job is still running).
+            now = time.time()
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO external_requests (job_id, algorithm, study_uid, "
+                    "deid_study_uid, deid_series_uid, instances_sent, state, sent_at, "
+                    "deadline_at) VALUES (?, ?, ?, ?, ?, ?, 'awaiting', ?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET "
+                    "deid_study_uid = excluded.deid_study_uid, state = 'awaiting', "
+                    "deid_series_uid = excluded.deid_series_uid, sent_at = excluded.sent_at, "
+                    "deadline_at = excluded.deadline_at, "
+                    "instances_sent = excluded.instances_sent, finished_at = NULL, outcome = ''",
+                    (
+                        job.id,
+                        job.algorithm,
+                        job.study_uid,
+                        leaving.deid_study_uid,
+                        leaving.deid_series_uid,
+                        leaving.instances,
+                        now,
+                        now + external.answer_within_min * 60,
+                    ),
+                )
+
         try:
-            sent = self.vendors.send(job.id, job.study_uid, job.algorithm, external, paths)
+            sent = self.vendors.send(
+                job.id, job.study_uid, job.algorithm, external, paths, record_request
+            )
         except SeriesRefusedError as exc:
             return AlgorithmResult(
                 Verdict.NOT_ASSESSED, reason=f"not sent to {external.vendor}: {exc}"
             )
-        now = time.time()
+        except Exception:
+            with self.db.transaction() as conn:  # not sent: nothing to wait for (a retry sends)
+                conn.execute("DELETE FROM external_requests WHERE job_id = ?", (job.id,))
+            raise
         with self.db.transaction() as conn:
             if park is not None:
                 park(conn)
-            conn.execute(
-                "INSERT INTO external_requests (job_id, algorithm, study_uid, deid_study_uid, "
-                "deid_series_uid, instances_sent, state, sent_at, deadline_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'awaiting', ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
-                "deid_study_uid = excluded.deid_study_uid, state = 'awaiting', "
-                "sent_at = excluded.sent_at, deadline_at = excluded.deadline_at, "
-                "instances_sent = excluded.instances_sent, finished_at = NULL, outcome = ''",
-                (
-                    job.id,
-                    job.algorithm,
-                    job.study_uid,
-                    sent.deid_study_uid,
-                    sent.deid_series_uid,
-                    sent.instances,
-                    now,
-                    now + external.answer_within_min * 60,
-                ),
-            )
         return SentOutside(external.vendor, sent.instances, sent.seconds)
 
     def _priors(self, job: Job) -> tuple[tuple[PriorStudy, ...], PriorEvidence | None]:

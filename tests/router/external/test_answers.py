@@ -20,6 +20,7 @@ from config.loader import check_algorithms, parse_config, validate_config
 from config.yaml_document import ConfigError, parse_yaml
 from dicom_sr.read import read_measurement_report
 from router.admin_page.overview import overview
+from router.deliver.dicom_send import FileToSend, Peer, send_files
 from router.service import wait_for
 from testing.dicom_tools import make_ct_slices
 from testing.router_process import DCMTK_ENV, RouterUnderTest, StartRouter
@@ -93,7 +94,14 @@ def test_only_the_vendors_own_result_objects_are_taken(
     router = start_router(router_yaml(storescp, vendor), registry=REGISTRY)
     study_uid, paths = series(tmp_path / "ct", PatientName="Roe^Richard", PatientID="P-55")
     send(router, paths)
-    assert wait_for(lambda: request_of(router, study_uid).get("state") == "awaiting", 60, 0.2)
+
+    def sent_and_waiting() -> bool:
+        job = router.service.db.query_one(
+            "SELECT state FROM jobs WHERE study_uid = ?", (study_uid,)
+        )
+        return job is not None and job["state"] == "waiting"
+
+    assert wait_for(sent_and_waiting, 60, 0.2), request_of(router, study_uid)
     deid_study = str(request_of(router, study_uid)["deid_study_uid"])
     stages = {
         s["stage"]: s["count"]
@@ -188,3 +196,32 @@ def test_the_configuration_declares_an_external_algorithm_and_keeps_its_endpoint
     assert "has the name of an installed algorithm" in str(issue)
     with pytest.raises(ConfigError, match="must be printable text"):
         parse_config(CONFIG.replace("vendor: ACME", "vendor: '  '"), "t.yaml")
+
+
+def test_an_answer_that_comes_before_the_send_has_ended_is_taken(
+    start_router: StartRouter, storescp: ReceivingPacs, vendor: ReceivingPacs, tmp_path: Path
+) -> None:
+    router = start_router(router_yaml(storescp, vendor), registry=REGISTRY)
+
+    def fast_vendor(peer: Peer, files: list[FileToSend]) -> int:
+        """The vendor answers while radrouter's send has not returned yet."""
+        stored = send_files(peer, files)
+        report = tmp_path / "fast.dcm"
+        answer([pydicom.dcmread(f.path) for f in files], -600).save_as(
+            report, enforce_file_format=True
+        )
+        send(router, [report], calling="VENDOR")
+        time.sleep(2.5)  # the answer stage looks at it meanwhile (answer_idle_s: 1)
+        return stored
+
+    router.service.vendors._send = fast_vendor
+    study_uid, paths = series(tmp_path / "ct")
+    send(router, paths)
+    assert wait_for(lambda: len(reports_at(storescp, study_uid)) == 2, 60, 0.3), request_of(
+        router, study_uid
+    )
+    assert request_of(router, study_uid)["state"] == "answered"
+    db = router.service.db
+    assert db.query("SELECT study_uid FROM studies") == [] or {
+        row["study_uid"] for row in db.query("SELECT study_uid FROM studies")
+    } == {study_uid}
