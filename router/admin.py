@@ -322,7 +322,7 @@ def api_key_from_environment(environ: Mapping[str, str] = os.environ) -> str:
     return lines[0].strip() if lines else ""
 
 
-def router_answers(url: str, timeout_s: float = 1.0, *, trust_env: bool = True) -> bool:
+def router_answers(url: str, timeout_s: float = 3.0, *, trust_env: bool = True) -> bool:
     """Whether a radrouter answers ``GET /healthz`` at ``url``."""
     with requests.Session() as session:
         session.trust_env = trust_env
