@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import email.message
+import json
 import mmap
 import re
 import ssl
@@ -28,6 +29,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlencode
 
 import requests
+from pydicom.dataset import Dataset
 from requests.adapters import HTTPAdapter
 
 from config.schema import DicomWebBasicAuth, DicomWebEndpoint
@@ -261,6 +263,28 @@ class MultipartBody:
                 while chunk := handle.read(CHUNK):
                     yield chunk
         yield self._tail()
+
+
+def qido_datasets(response: requests.Response) -> list[Dataset]:
+    """A QIDO-RS answer (DICOM JSON array; 204 or an empty body when nothing matched), each
+    item as a data set; an item that cannot be read is left out. Raises ValueError naming
+    what is wrong when the answer is not a DICOM JSON array."""
+    if response.status_code == 204 or not response.content.strip():
+        return []
+    try:
+        items: Any = json.loads(response.content)
+    except ValueError:
+        raise ValueError("QIDO-RS answer is not DICOM JSON") from None
+    if not isinstance(items, list):
+        raise ValueError("QIDO-RS answer is not a JSON array")
+    found = []
+    for item in items:
+        if isinstance(item, dict):
+            try:
+                found.append(Dataset.from_json(item))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # an item we cannot read names nothing
+    return found
 
 
 def multipart_boundary(content_type: str) -> str | None:

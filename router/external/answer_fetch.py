@@ -8,12 +8,10 @@ answer as one stored back by C-STORE: the answer stage takes it once nothing mor
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -26,6 +24,7 @@ from router.dicomweb import (
     DicomWebError,
     multipart_boundary,
     multipart_parts,
+    qido_datasets,
     spooled,
 )
 from router.logs import log_safe
@@ -82,19 +81,10 @@ class AnswerFetcher:
         response = client.request(
             "GET", segments, headers={"Accept": DICOM_JSON}, ok=frozenset({200, 204})
         )
-        if response.status_code == 204 or not response.content.strip():
-            return []
         try:
-            items: Any = json.loads(response.content)
-        except ValueError:
-            raise DicomWebError("QIDO-RS answer is not DICOM JSON") from None
-        found = []
-        for item in items if isinstance(items, list) else []:
-            try:
-                found.append(Dataset.from_json(item))
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue  # an item we cannot read names nothing to fetch
-        return found
+            return qido_datasets(response)
+        except ValueError as exc:
+            raise DicomWebError(str(exc)) from None
 
     def _retrieve(self, client: DicomWebClient, segments: list[str]) -> int:
         response = client.request(

@@ -18,7 +18,6 @@ logged and skipped, as a C-FIND/C-MOVE source is.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from router.dicomweb import (
     DicomWebError,
     multipart_boundary,
     multipart_parts,
+    qido_datasets,
     spooled,
 )
 from router.logs import log_safe
@@ -93,23 +93,11 @@ def _tag(keyword: str) -> str | None:
 
 
 def _datasets(response: requests.Response) -> list[Dataset]:
-    """A QIDO-RS answer (DICOM JSON array; 204 or an empty body when nothing matched)."""
-    if response.status_code == 204 or not response.content.strip():
-        return []
+    """A QIDO-RS answer's data sets (an item we cannot read is not a candidate)."""
     try:
-        items: Any = json.loads(response.content)
-    except ValueError:
-        raise PriorRetrievalError("QIDO-RS answer is not DICOM JSON") from None
-    if not isinstance(items, list):
-        raise PriorRetrievalError("QIDO-RS answer is not a JSON array")
-    found = []
-    for item in items:
-        if isinstance(item, dict):
-            try:
-                found.append(Dataset.from_json(item))
-            except (ValueError, TypeError, KeyError):
-                continue  # an item we cannot read is not a candidate
-    return found
+        return qido_datasets(response)
+    except ValueError as exc:
+        raise PriorRetrievalError(str(exc)) from None
 
 
 class _Search:
