@@ -244,9 +244,43 @@ class HttpConfig(Strict):
     """``None``: no authentication, for loopback only (``/readyz`` says it is insecure)."""
 
 
+class DatabaseConfig(Strict):
+    """Where the router's state and queue live: ``sqlite`` (the default: one file in the data
+    folder, one host) or ``postgresql`` (shared by every process and host, docs/scaling.md)."""
+
+    engine: Literal["sqlite", "postgresql"] = "sqlite"
+    url: str | None = Field(default=None, max_length=1000)
+    """``postgresql://USER@HOST:PORT/DBNAME`` with libpq parameters after ``?`` (e.g.
+    ``sslmode=verify-full&sslrootcert=/etc/radrouter/db-ca.pem``); no password in it."""
+    password_env: str | None = Field(default=None, pattern=ENV_VAR_PATTERN)
+    """The environment variable holding the database password (or ``password_file``; neither
+    when the server trusts a client certificate or a local socket)."""
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _url_fits_engine(self) -> DatabaseConfig:
+        if self.engine == "sqlite":
+            if self.url or self.password_env or self.password_file:
+                raise ValueError("url and passwords are for engine: postgresql")
+            return self
+        if not self.url:
+            raise ValueError("engine postgresql needs url: postgresql://USER@HOST:PORT/DBNAME")
+        if not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("url must start with postgresql://")
+        authority = self.url.split("://", 1)[1].split("/", 1)[0]
+        if ":" in authority.split("@", 1)[0] and "@" in authority:
+            raise ValueError("url holds a password: give it by password_env or password_file")
+        if "password=" in self.url:
+            raise ValueError("url holds a password: give it by password_env or password_file")
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+
 class StorageConfig(Strict):
     data_dir: Path = Path("var")
-    """Spool files and the SQLite database live here."""
+    """Spool files (and the SQLite database) live here."""
+    database: DatabaseConfig = DatabaseConfig()
     min_free_mb: int = Field(default=256, ge=0)
     """Below this free space the node refuses new instances with an out-of-resources status."""
     keep_finished_days: float | None = Field(default=30.0, gt=0)

@@ -259,7 +259,7 @@ class DatabaseSource:
 
     @property
     def description(self) -> str:
-        return f"database {self.db.path}"
+        return f"database {self.db.describe()}"
 
     def usage(self, month: str | None) -> list[UsageRow]:
         try:

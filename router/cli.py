@@ -24,6 +24,7 @@ from config.loader import (
     read_default_config,
 )
 from config.schema import HttpConfig, RouterConfig
+from router.roles import ROLES
 
 if TYPE_CHECKING:
     from algorithms.registry import Registry
@@ -57,7 +58,9 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.live_config import config_problems
+    from router.secrets import SecretError
     from router.service import RouterService
+    from router.store.database import ENGINE_ERRORS
 
     config_path = _config_path(args)
     try:
@@ -67,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loaded, refused = None, str(exc)
     registry = _registry_for(loaded)
     problems: list[str] = []
-    if loaded is not None and args.role == "all":  # a receiver runs no algorithm
+    if loaded is not None and args.role != "receiver":  # a receiver runs no algorithm
         problems = [str(p) for p in config_problems(loaded, registry.parameter_names())]
     fallback = None
     if loaded is None or problems:
@@ -84,15 +87,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         registry = _registry_for(loaded)
     config = loaded.config
     LOGGER.info("config: %s", config_path or f"shipped default ({default_config_path()})")
-    service = RouterService(
-        config,
-        config_path,
-        data_dir=args.data_dir,
-        registry=registry,
-        running_last_good=fallback,
-        role=args.role,
-        receiver_index=args.receiver_index,
-    )
+    try:
+        service = RouterService(
+            config,
+            config_path,
+            data_dir=args.data_dir,
+            registry=registry,
+            running_last_good=fallback,
+            role=args.role,
+            receiver_index=args.receiver_index,
+        )
+    except (SecretError, *ENGINE_ERRORS) as exc:  # type: ignore[misc]
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"database: {first_line}", file=sys.stderr)
+        return 2
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
@@ -249,7 +257,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
     used on one line; None (with where it looked printed) when there is nothing there, since a
     command run from the wrong folder must not make an empty database."""
     from router.admin import ApiSource, DatabaseSource, router_answers
-    from router.store.database import Database
+    from router.store.database import SqliteDatabase
 
     if args.api is not None:
         if args.data_dir is not None:
@@ -288,7 +296,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
             looked += f" and {not_answering}"
         print(f"{looked}: give the router's --data-dir, its --config or --api URL", file=sys.stderr)
         return None
-    database = DatabaseSource(Database(path), sites)
+    database = DatabaseSource(SqliteDatabase(path), sites)
     because = f"; {not_answering}" if not_answering else ""
     print(f"source: {database.description} ({origin}{because})", file=sys.stderr)
     return database
@@ -378,7 +386,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None) -> int:
     from algorithms.registry import Registry
-    from router.store.database import Database
+    from router.store.database import SqliteDatabase
     from router.validate.from_feedback import validation_from_feedback
 
     registry = Registry.discover(manifest_dirs=config.model_dirs if config else ())
@@ -395,7 +403,7 @@ def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None)
         return 2
     settings = config.algorithms.get(args.algorithm) if config is not None else None
     run = validation_from_feedback(
-        Database(path),
+        SqliteDatabase(path),
         registry.info(args.algorithm),
         threshold=settings.threshold if settings is not None else None,
     )
@@ -498,11 +506,16 @@ def _audit_database_retry(
     from router.admin import DatabaseSource
     from router.audit.events import QueueKind
     from router.audit.wiring import record_command_line_retry
+    from router.store.database import SqliteDatabase
 
     if not isinstance(source, DatabaseSource):
         return
     config = _load(_config_path(args))
-    data_dir = source.db.path.parent
+    data_dir = (
+        source.db.path.parent
+        if isinstance(source.db, SqliteDatabase)
+        else config.storage.data_dir.resolve()
+    )
     try:
         record_command_line_retry(config, data_dir, source.db, QueueKind(table), item, requeued)
     except OSError as exc:
@@ -771,12 +784,22 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(serve, "spool and database folder")
     serve.add_argument(
         "--role",
-        choices=["all", "receiver"],
+        choices=list(ROLES),
         default="all",
-        help="all: the router (default); receiver: only take instances on the shared DICOM "
-        "port into the spool and database (the router starts these itself for node.receivers)",
+        help="all: the whole router (default); the parts, as processes of their own sharing "
+        "the database (storage.database: postgresql across hosts) and the spool: receiver "
+        "(the DICOM node; the router starts node.receivers-1 of these itself), worker (jobs "
+        "of the algorithms it loads), dispatcher (completion, planning, sending, "
+        "notifications, retention), api (HTTP API and pages); docs/scaling.md",
     )
-    serve.add_argument("--receiver-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--index",
+        "--receiver-index",
+        dest="receiver_index",
+        type=int,
+        default=1,
+        help="tells apart processes of one role on one host (default 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = command(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydicom.config
 import uvicorn
@@ -57,12 +57,21 @@ from router.receive.private_files import make_private_dir, narrow_to_owner
 from router.receive.quarantine import Quarantine
 from router.receive.spool import Spool
 from router.retention import RetentionStage
+from router.roles import PARTS, Role, process_name
 from router.route.planner import Planner
 from router.run.job_queue import Job, JobQueue
 from router.run.priors.dicomweb_retrieve import InstanceStore
 from router.run.priors.stage import PriorStage
 from router.run.worker import JobOutcome, JobRunner, WorkerPool
-from router.store.database import Database
+from router.store.database import (
+    ASSEMBLE_CHANNEL,
+    ENGINE_ERRORS,
+    JOBS_CHANNEL,
+    SqliteDatabase,
+)
+from router.store.nodes import NodeHeartbeat, host_name, live_nodes
+from router.store.open import open_configured
+from router.store.postgres import Listener, PostgresDatabase
 from router.store.pseudonyms import PatientKeys
 from router.store.queue import Claimer, LeaseKeeper
 from worklist.channels import channels_from_config
@@ -81,14 +90,18 @@ class RouterService:
         data_dir: Path | None = None,
         channels: ChannelFactory | None = None,
         running_last_good: Rejection | None = None,
-        role: Literal["all", "receiver"] = "all",
+        role: Role = "all",
         receiver_index: int = 0,
     ) -> None:
-        """``role``: ``all`` is the router; ``receiver`` only takes instances on the shared
-        DICOM port into the spool and database (one of ``node.receivers``, numbered from 1 by
-        ``receiver_index``): the router's own stages find them there."""
+        """``role``: ``all`` is the router; the others are its parts (``router.roles``), each
+        a process of its own sharing the database and the spool: ``receiver`` only takes
+        instances on the DICOM port (one of ``node.receivers``, numbered from 1 by
+        ``receiver_index``, or one on another host), ``worker`` runs jobs, ``dispatcher``
+        completes studies and sends results, ``api`` serves HTTP."""
         self.role = role
+        self.parts = PARTS[role]
         self.receiver_index = receiver_index
+        self.process_name = process_name(role, receiver_index, host_name())
         self._parent_pid = os.getppid()
         self._receivers: list[subprocess.Popen[bytes]] = []
         self.registry = registry or Registry.discover(manifest_dirs=config.model_dirs)
@@ -106,20 +119,21 @@ class RouterService:
         # and checks what it relies on itself, so they only leak (docs/security.md).
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-        self.db = Database(self.data_dir / "radrouter.sqlite3")
-        narrow_to_owner(self.db.path)  # SQLite gives its WAL and SHM files the same mode
-        if role == "receiver":  # the router forwards the shared log to syslog, once
+        self.db = open_configured(config.storage.database, self.data_dir)
+        if isinstance(self.db, SqliteDatabase):
+            narrow_to_owner(self.db.path)  # SQLite gives its WAL and SHM files the same mode
+        if not self.parts.coordinator:  # the coordinator forwards the shared log, once
             config = config.model_copy(
                 update={"audit": config.audit.model_copy(update={"syslog": None})}
             )
         self.audit_trail = build_trail(config, self.data_dir, self.db)
         self.audit: AuditRecorder = self.audit_trail or NO_AUDIT
-        if role == "all":  # a change is recorded once, by the router
+        if self.parts.coordinator:  # a change is recorded once
             self.holder.audit = ConfigChangeLog(self.db, self.audit)
         self.spool = Spool(
             self.data_dir / "spool",
             config.storage.min_free_mb * 2**20,
-            ".incoming" if role == "all" else f".incoming-r{receiver_index}",
+            f".incoming-{self.process_name}" if self.process_name else ".incoming",
         )
         self.drift = DriftMonitor(
             self.db,
@@ -135,7 +149,8 @@ class RouterService:
                 )
             ],
         )
-        self.claimer = Claimer.for_data_dir(self.data_dir)
+        self.claimer = Claimer.for_data_dir(self.data_dir, self.process_name)
+        self.heartbeat = NodeHeartbeat(self.db, self.claimer.node_id, role, self._loaded_algorithms)
         self.leases = LeaseKeeper()
         self.queue = JobQueue(
             self.db,
@@ -196,6 +211,7 @@ class RouterService:
             self.leases,
             on_job_done=self._job_done,
             on_results=self._results_written,
+            algorithms=None if role == "all" else lambda: self._loaded_algorithms()[0],
         )
         self.answers = AnswerStage(
             self.db,
@@ -230,8 +246,18 @@ class RouterService:
         )
         self.tracker = AssociationTracker(
             self.db,
-            lambda _id: self.assembler.wake(),
-            "" if role == "all" else f"r{receiver_index}-",
+            self._association_closed,
+            f"{self.process_name}-" if self.process_name else "",
+        )
+        wakes = {}
+        if self.parts.workers:
+            wakes[JOBS_CHANNEL] = self.workers.wake
+        if self.parts.coordinator:
+            wakes[ASSEMBLE_CHANNEL] = self.assembler.wake
+        self._listener = (
+            Listener(self.db.settings, wakes)
+            if isinstance(self.db, PostgresDatabase) and wakes
+            else None
         )
         self.node = DicomNode(
             config.node,
@@ -240,7 +266,7 @@ class RouterService:
             lambda: self.holder.current().node.allowed_callers,
             self._received,
             audit=self.audit,
-            shared_port=config.node.receivers > 1,
+            shared_port=config.node.receivers > 1 or role == "receiver",
         )
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -263,35 +289,50 @@ class RouterService:
             self.audit_trail.start()
         if self.role == "receiver":
             self._start_receiver()
+            self.heartbeat.start()
             return
+        parts = self.parts
         self.recover()
-        if warm:
+        if warm and parts.workers:
             wanted = sorted(self.holder.current().algorithm_names() & set(self.registry.names()))
             self.runtime.warm(wanted)
         self.leases.start()
-        self.assembler.start()
-        self.priors.start()
-        self.workers.start()
-        self.answers.start()
-        self.dispatcher.start()
-        self.probe.start()
-        self.retention.start()
-        self.notifier.start()
-        self.node.start()
-        self._start_receivers()
-        self._start_http()
+        if self._listener is not None:
+            self._listener.start()
+        if parts.coordinator:
+            self.assembler.start()
+        if parts.workers:
+            self.priors.start()
+            self.workers.start()
+        if parts.coordinator:
+            self.answers.start()
+            self.dispatcher.start()
+            self.probe.start()
+            self.retention.start()
+            self.notifier.start()
+        if parts.node:
+            self.node.start()
+        if self.role == "all":
+            self._start_receivers()
+        if parts.http:
+            self._start_http()
         self._reload_thread = threading.Thread(
             target=self._watch_config, name="config", daemon=True
         )
         self._reload_thread.start()
         self._started = True
-        self.db.record_event("router_started", detail=f"algorithms {self.runtime.loaded()}")
+        self.heartbeat.start()
+        started = "router_started" if self.role == "all" else f"{self.role}_started"
+        self.db.record_event(
+            started, detail=f"{self.process_name or 'router'} algorithms {self.runtime.loaded()}"
+        )
         self.audit.record(ApplicationStarted())
 
     def stop(self) -> None:
         self._stop.set()
         self.node.stop()
         self._stop_receivers()
+        self.heartbeat.stop()
         if self.role == "receiver":
             if self.audit_trail is not None:
                 self.audit_trail.stop()
@@ -309,14 +350,26 @@ class RouterService:
         self.probe.stop()
         self.retention.stop()
         self.notifier.stop()
+        if self._listener is not None:
+            self._listener.stop()
         given_back = self.leases.release_all()
         self.leases.stop()
-        self.db.record_event("router_stopped", detail=f"{given_back} unfinished item(s) given back")
+        stopped = "router_stopped" if self.role == "all" else f"{self.role}_stopped"
+        self.db.record_event(stopped, detail=f"{given_back} unfinished item(s) given back")
         self._started = False
         self.audit.record(ApplicationStopped())
         if self.audit_trail is not None:
             self.audit_trail.stop()
         self.db.close_all()
+
+    def _loaded_algorithms(self) -> tuple[list[str], dict[str, str]]:
+        """What this process can run now (the node registry lists it): the models it loaded,
+        with their devices, and the external algorithms (any worker sends to the vendor)."""
+        if not self.parts.workers:
+            return [], {}
+        devices = {name: st.device for name, st in self.runtime.status().items()}
+        external = set(self.holder.current().external_algorithms)
+        return sorted(set(devices) | external), devices
 
     # --- receivers sharing the DICOM port ---------------------------------------------------
 
@@ -393,32 +446,44 @@ class RouterService:
         self._receivers = []
 
     def recover(self) -> None:
-        """Resume after a crash: partial writes dropped, spool re-indexed, work requeued."""
+        """Resume after a crash: partial writes dropped, spool re-indexed, work requeued —
+        each by the role that owns it (the coordinator the spool and the sends, a worker its
+        own interrupted jobs)."""
+        parts = self.parts
         removed = self.spool.clean_incoming()
-        # De-identified copies of a send that a crash cut short (the job runs again).
-        shutil.rmtree(self.data_dir / "external-outbox", ignore_errors=True)
-        indexed = {row["path"] for row in self.db.query("SELECT path FROM instances")}
-        indexed |= {row["path"] for row in self.db.query("SELECT path FROM external_answers")}
-        recovered = 0
-        for path in self.spool.iter_files():
-            if str(path) in indexed:
-                continue
-            recovered += self.ingestor.recover_file(path)
-        interrupted = (
-            self.db.connection()
-            .execute(
-                "UPDATE associations SET state = 'interrupted', closed_at = ? WHERE state = 'open'",
-                (time.time(),),
+        recovered = interrupted = jobs = dispatches = 0
+        if self.role == "all":
+            # De-identified copies of a send that a crash cut short (the job runs again).
+            shutil.rmtree(self.data_dir / "external-outbox", ignore_errors=True)
+            # Open associations: every receiver ended with the router (receivers of other
+            # hosts are run on their own, with a role of their own, never with ``all``).
+            interrupted = (
+                self.db.connection()
+                .execute(
+                    "UPDATE associations SET state = 'interrupted', closed_at = ? "
+                    "WHERE state = 'open'",
+                    (time.time(),),
+                )
+                .rowcount
             )
-            .rowcount
-        )
-        jobs = self.queue.items.reclaim_previous_boot() + self.priors.reclaim_previous_boot()
-        dispatches = self.dispatcher.reclaim_previous_boot()
-        dispatches += self.notifier.reclaim_previous_boot()
-        for row in self.db.query(
-            "SELECT study_uid, revision FROM studies WHERE state = 'complete'"
-        ):
-            self.planner.plan(row["study_uid"], int(row["revision"]), CompletionReason.STUDY_IDLE)
+        if parts.coordinator:
+            indexed = {row["path"] for row in self.db.query("SELECT path FROM instances")}
+            indexed |= {row["path"] for row in self.db.query("SELECT path FROM external_answers")}
+            for path in self.spool.iter_files():
+                if str(path) in indexed:
+                    continue
+                recovered += self.ingestor.recover_file(path)
+        if parts.workers:
+            jobs = self.queue.items.reclaim_previous_boot() + self.priors.reclaim_previous_boot()
+        if parts.coordinator:
+            dispatches = self.dispatcher.reclaim_previous_boot()
+            dispatches += self.notifier.reclaim_previous_boot()
+            for row in self.db.query(
+                "SELECT study_uid, revision FROM studies WHERE state = 'complete'"
+            ):
+                self.planner.plan(
+                    row["study_uid"], int(row["revision"]), CompletionReason.STUDY_IDLE
+                )
         if removed or recovered or interrupted or jobs or dispatches:
             LOGGER.info(
                 "recovered: %d partial writes removed, %d spool files re-indexed, "
@@ -508,18 +573,20 @@ class RouterService:
         loaded = self.runtime.loaded()
         config = self.holder.current()
         wanted = config.algorithm_names() - set(config.external_algorithms)  # vendors' run there
-        missing = sorted(wanted - set(loaded))
+        missing = sorted(wanted - set(loaded)) if self.parts.workers else []
         try:
             self.db.query_one("SELECT 1")
             database = "ok"
-        except Exception as exc:
-            database = f"error: {exc}"
+        except Exception as exc:  # the probe reports any failure
+            database = f"error: {type(exc).__name__}: {str(exc).strip()[:200]}"
         ready = self._started and database == "ok" and not missing
         ports = self.node.listening_ports() if self._started else {}
         return Readiness(
             ready,
             {
                 "database": database,
+                "database_engine": self.db.engine,
+                "database_at": self.db.describe(),
                 "config": self._config_state(),
                 "http_security": self._http_security(),
                 "dicom_port": ports.get("dicom"),
@@ -535,6 +602,7 @@ class RouterService:
                     for name, st in self.runtime.status().items()
                 },
                 "models_not_loaded": missing,
+                "nodes": [node.to_json(time.time()) for node in live_nodes(self.db)],
                 "receivers": {
                     "configured": config.node.receivers,
                     "running": 1 + sum(p.poll() is None for p in self._receivers),
@@ -623,6 +691,15 @@ class RouterService:
         and the planner leaves it alone as a retrieved prior)."""
         origin = Origin(None, "", self.holder.current().node.ae_title)
         return self.ingestor.ingest(data, origin, None).path
+
+    def _association_closed(self, _association_id: str) -> None:
+        if self.role == "all":
+            self.assembler.wake()
+        else:  # the router's assembler, in another process (or, later, on another host)
+            try:
+                self.db.notify(ASSEMBLE_CHANNEL)
+            except ENGINE_ERRORS:  # a wake-up only: the assembler also looks on its own
+                LOGGER.warning("could not notify the assembler of a closed association")
 
     def _stored(self, outcome: IngestOutcome) -> None:
         if outcome.external_answer:

@@ -29,13 +29,13 @@ SELECT month, algorithm, source_ae, kind, outcome,
        COUNT(DISTINCT series_uid) AS series,
        COUNT(*) AS runs
 FROM (
-    SELECT strftime('%Y-%m', j.finished_at, 'unixepoch', 'localtime') AS month,
+    SELECT {month} AS month,
            j.algorithm AS algorithm,
            COALESCE((SELECT i.calling_ae FROM instances i WHERE i.series_uid = j.series_uid
                      ORDER BY i.received_at LIMIT 1), '') AS source_ae,
            CASE WHEN s.qa_sign IS NULL THEN 'clinical' ELSE 'qa' END AS kind,
            CASE WHEN j.state = 'failed' THEN 'failed'
-                WHEN COALESCE(json_extract(r.summary, '$.shadow'), 0) THEN 'shadow'
+                WHEN {shadow} THEN 'shadow'
                 ELSE j.verdict END AS outcome,
            j.study_uid AS study_uid,
            j.series_uid AS series_uid
@@ -43,8 +43,8 @@ FROM (
     LEFT JOIN results r ON r.job_id = j.id
     LEFT JOIN series s ON s.series_uid = j.series_uid
     WHERE j.state IN ('done', 'failed') AND j.finished_at IS NOT NULL
-)
-WHERE ? IS NULL OR month = ?
+) AS finished
+WHERE CAST(? AS TEXT) IS NULL OR month = ?
 GROUP BY month, algorithm, source_ae, kind, outcome
 ORDER BY month, algorithm, source_ae, kind, outcome
 """
@@ -83,7 +83,13 @@ def read_usage(db: Database, sites: Mapping[str, str], month: str | None = None)
             series=int(row["series"]),
             runs=int(row["runs"]),
         )
-        for row in db.query(_QUERY, (month, month))
+        for row in db.query(
+            _QUERY.format(
+                month=db.sql_local_month("j.finished_at"),
+                shadow=db.sql_json_true("r.summary", "shadow"),
+            ),
+            (month, month),
+        )
     ]
 
 

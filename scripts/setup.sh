@@ -8,7 +8,8 @@
 #           chromium + chromium-driver (the headless browser the worklist page test drives),
 #           libpixelmed-java (PixelMed's DicomSRValidator: TID 1500 / TID 2010 templates),
 #           rsyslog + rsyslog-gnutls + openssl (a throwaway audit collector, TCP and TLS).
-#           prometheus (its promtool checks the shipped alert rules, deploy/prometheus).
+#           prometheus (its promtool checks the shipped alert rules, deploy/prometheus),
+#           postgresql (the tests start throwaway clusters with initdb/pg_ctl: testing/postgres.py).
 #   Python: radrouter's dev extras (pytest, ruff, mypy, selenium, ... and the train extra),
 #           with torch==2.13.0 installed first, so nothing pulls a CUDA build.
 #   npm registry: OHIF's prebuilt viewer (@ohif/app, pinned, integrity-checked) under .cache/,
@@ -30,6 +31,7 @@ need_apt=()
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need_apt+=(rsyslog-gnutls)  # its TLS
 [ -x /usr/bin/openssl ] || need_apt+=(openssl)  # the collector's test certificates
 [ -x /usr/bin/promtool ] || need_apt+=(prometheus)  # promtool check rules (deploy/prometheus)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)  # tests' own cluster
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

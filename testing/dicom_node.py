@@ -22,7 +22,7 @@ from router.receive.ingest import Ingestor
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.quarantine import Quarantine
 from router.receive.spool import Spool
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.orthanc import free_port
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -64,7 +64,7 @@ def running_node(root: Path, **node_settings: Any) -> Iterator[NodeUnderTest]:
     """A node on 127.0.0.1 with its database, spool and quarantine under ``root``;
     ``node_settings`` are ``NodeConfig`` fields (``limits=InputLimits(...)``, ...)."""
     root.mkdir(parents=True, exist_ok=True)
-    db = Database(root / "db.sqlite3")
+    db = SqliteDatabase(root / "db.sqlite3")
     port = free_port()
     config = NodeConfig(ae_title="RADROUTER", bind="127.0.0.1", port=port, **node_settings)
     node = DicomNode(

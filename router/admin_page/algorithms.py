@@ -28,11 +28,12 @@ def algorithm_rows(
         row["algorithm"]: row
         for row in db.query(
             "SELECT algorithm, MAX(finished_at) AS last_run, "
-            "  SUM(state = 'done' AND finished_at >= ?) AS done, "
-            "  SUM(state = 'failed' AND finished_at >= ?) AS failed, "
-            "  SUM(state = 'done' AND verdict = 'present' AND finished_at >= ?) AS present, "
-            "  SUM(state = 'done' AND verdict = 'not_assessed' AND finished_at >= ?) "
-            "    AS not_assessed "
+            "  COUNT(CASE WHEN state = 'done' AND finished_at >= ? THEN 1 END) AS done, "
+            "  COUNT(CASE WHEN state = 'failed' AND finished_at >= ? THEN 1 END) AS failed, "
+            "  COUNT(CASE WHEN state = 'done' AND verdict = 'present' AND finished_at >= ? "
+            "    THEN 1 END) AS present, "
+            "  COUNT(CASE WHEN state = 'done' AND verdict = 'not_assessed' AND finished_at >= ? "
+            "    THEN 1 END) AS not_assessed "
             "FROM jobs WHERE state IN ('done', 'failed') GROUP BY algorithm",
             (since, since, since, since),
         )

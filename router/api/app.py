@@ -6,7 +6,6 @@ The pages for people (the index, the API docs and the worklist) come from their 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from router.drift.api import create_drift_router
 from router.drift.monitor import DriftMonitor
 from router.metrics import Metrics
 from router.qa_trend import read_trend
-from router.store.database import Database
+from router.store.database import Database, Row
 from router.usage import UsageRow, read_usage, usage_csv
 from router.worklist_page.api import create_worklist_router
 
@@ -69,8 +68,8 @@ class ApiDependencies:
     """What the admin page needs (the live config, the registry); None: no admin page."""
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
-    return {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row needs keys()
+def _row(row: Row) -> dict[str, Any]:
+    return {key: row[key] for key in row.keys()}  # noqa: SIM118 - Row needs keys()
 
 
 def study_view(db: Database, study_uid: str) -> dict[str, Any] | None:
@@ -154,7 +153,7 @@ def _timings(view: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def _work_item(row: sqlite3.Row) -> dict[str, Any]:
+def _work_item(row: Row) -> dict[str, Any]:
     """A dispatch or delivery with when its next attempt is due (None unless it waits)."""
     return _work_item_dict(_row(row))
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 
 TERMINAL_STUDY_STATES = ("done", "attention", "unrouted", "prior")
 
@@ -52,7 +51,7 @@ def settle_study(db: Database, study_uid: str) -> str | None:
     return state
 
 
-def reopen_study(conn: sqlite3.Connection, item: sqlite3.Row) -> None:
+def reopen_study(conn: Connection, item: Row) -> None:
     """A requeued dead letter or failed job reopens its finished study (in the requeue's
     transaction): it is work in progress again until the item ends."""
     conn.execute(

@@ -8,7 +8,6 @@ retried by command. Nothing is dropped.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,8 +20,8 @@ from router.deliver.dicomweb_send import stow_files
 from router.deliver.result_writer import result_object_paths
 from router.logs import log_safe
 from router.polling_stage import PollingStage
-from router.store.database import Database
-from router.store.queue import Claim, Claimer, FailOutcome, LeaseKeeper, QueueTable, SqliteWorkQueue
+from router.store.database import Database, Row
+from router.store.queue import Claim, Claimer, FailOutcome, LeaseKeeper, QueueTable, SqlWorkQueue
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class Dispatcher(PollingStage):
         db: Database,
         config: Callable[[], RouterConfig],
         send: SendFunction = send_files,
-        on_delivered: Callable[[sqlite3.Row], None] | None = None,
+        on_delivered: Callable[[Row], None] | None = None,
         *,
         claimer: Claimer | None = None,
         leases: LeaseKeeper | None = None,
@@ -58,7 +57,7 @@ class Dispatcher(PollingStage):
         self._send_web = send_web
         self._on_delivered = on_delivered
         self._leases = leases or LeaseKeeper()
-        self.items = SqliteWorkQueue(
+        self.items = SqlWorkQueue(
             db,
             DISPATCHES,
             claimer or Claimer.ephemeral(),
@@ -141,7 +140,7 @@ class Dispatcher(PollingStage):
         settle_study(self.db, row["study_uid"])
         return True
 
-    def _files(self, row: sqlite3.Row, kinds: Sequence[str]) -> list[FileToSend]:
+    def _files(self, row: Row, kinds: Sequence[str]) -> list[FileToSend]:
         """What a dispatch sends: the result's objects of ``kinds`` (the destination's
         ``results``; SEG before the SR that references it, then KOS, GSPS, summary image, then
         an external algorithm's own objects), or
@@ -180,7 +179,7 @@ class Dispatcher(PollingStage):
                 log_safe(error, 300),
             )
 
-    def _dead(self, row: sqlite3.Row, error: str) -> None:
+    def _dead(self, row: Row, error: str) -> None:
         """After the retry budget (or an interruption on the last attempt): kept, visible."""
         self.db.record_event(
             "dispatch_dead_letter", row["study_uid"], detail=f"dispatch {row['id']}: {error}"

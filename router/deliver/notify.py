@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from router.deliver.outcome_codec import key_images_from_json, result_from_json
 from router.logs import log_safe
 from router.patient_values import PatientValues
 from router.polling_stage import PollingStage
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 from router.store.queue import (
     Claim,
     Claimer,
@@ -40,7 +39,7 @@ from router.store.queue import (
     LeaseKeeper,
     QueueTable,
     RetryBudget,
-    SqliteWorkQueue,
+    SqlWorkQueue,
 )
 from router.worklist_page.store import record_flag
 from worklist.channel import Channel, DeliveryError
@@ -69,7 +68,7 @@ ChannelFactory = Callable[[RouterConfig], Mapping[str, Channel]]
 DELIVERIES = QueueTable("deliveries", ready="pending", claimed="sending", done="done", dead="dead")
 
 
-def queue_result(conn: sqlite3.Connection, study_uid: str, job_id: int, result_id: int) -> None:
+def queue_result(conn: Connection, study_uid: str, job_id: int, result_id: int) -> None:
     """Queue a result for the notify stage, inside the caller's transaction."""
     conn.execute(
         "INSERT OR IGNORE INTO notify_queue (study_uid, job_id, result_id, state, created_at) "
@@ -122,7 +121,7 @@ class Notifier(PollingStage):
         self._on_delivered = on_delivered
         self._channel_cache: tuple[object, Mapping[str, Channel]] | None = None
         self._leases = leases or LeaseKeeper()
-        self.items = SqliteWorkQueue(
+        self.items = SqlWorkQueue(
             db, DELIVERIES, claimer or Claimer.ephemeral(), self._budget, on_dead=self._dead
         )
 
@@ -137,7 +136,7 @@ class Notifier(PollingStage):
         self.wake()
         return count
 
-    def _budget(self, row: sqlite3.Row) -> RetryBudget:
+    def _budget(self, row: Row) -> RetryBudget:
         channel = self.channels().get(row["channel"])
         return channel.retry if channel is not None else NO_RETRY
 
@@ -168,7 +167,7 @@ class Notifier(PollingStage):
         settle_study(self.db, row["study_uid"])
         return True
 
-    def _decide(self, row: sqlite3.Row) -> None:
+    def _decide(self, row: Row) -> None:
         notification, job = self._notification(row)
         if notification is None or job is None:
             self._finish_queue_row(row, [])
@@ -204,7 +203,7 @@ class Notifier(PollingStage):
             self._on_flag(job["algorithm"], flagged_at - last_image_at)
         self._finish_queue_row(row, sorted(self.channels()))
 
-    def _finish_queue_row(self, row: sqlite3.Row, channels: list[str]) -> None:
+    def _finish_queue_row(self, row: Row, channels: list[str]) -> None:
         now = time.time()
         with self.db.transaction() as conn:
             for channel in channels:
@@ -218,7 +217,7 @@ class Notifier(PollingStage):
                 (now, row["id"]),
             )
 
-    def _notification(self, row: sqlite3.Row) -> tuple[Notification | None, sqlite3.Row | None]:
+    def _notification(self, row: Row) -> tuple[Notification | None, Row | None]:
         """Rebuild the notification of a queue row from the database and the spool."""
         job = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (row["job_id"],))
         if job is None or job["algorithm"] not in self.registry:
@@ -366,7 +365,7 @@ class Notifier(PollingStage):
                 log_safe(error, 120),
             )
 
-    def _dead(self, row: sqlite3.Row, error: str) -> None:
+    def _dead(self, row: Row, error: str) -> None:
         """After the channel's budget, a permanent rejection or an interrupted last attempt."""
         self.db.record_event(
             "delivery_dead_letter", row["study_uid"], detail=f"delivery {row['id']}: {error}"

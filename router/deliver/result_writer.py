@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from router.deliver.presentation_objects import summary_picture
 from router.receive.private_files import make_private_dir
 from router.run.job_queue import Job
 from router.run.series_loader import LoadedSeries, read_source_header
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class ResultWriter:
         *,
         shadow: bool,
         prior: PriorEvidence | None = None,
-        within: Callable[[sqlite3.Connection], None] | None = None,
+        within: Callable[[Connection], None] | None = None,
         presentation_kinds: frozenset[ObjectKind] = frozenset(),
         vendor_objects: Sequence[VendorObject] = (),
     ) -> WrittenResult:
@@ -203,7 +202,7 @@ class ResultWriter:
 
     def _record(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         job: Job,
         info: AlgorithmInfo,
         result: AlgorithmResult,
@@ -238,7 +237,7 @@ class ResultWriter:
             "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, "
             "version_number, series_instance_uid, sop_instance_uid, sop_class_uid, path, "
             "verdict, finding_count, summary, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 job.id,
                 job.study_uid,
@@ -255,7 +254,7 @@ class ResultWriter:
                 time.time(),
             ),
         )
-        result_id = int(cursor.lastrowid or 0)
+        result_id = int(cursor.fetchone()[0])
         for obj in objects.all():
             conn.execute(
                 "INSERT INTO result_objects (result_id, kind, sop_class_uid, "
@@ -280,7 +279,7 @@ class ResultWriter:
         return sources, header
 
 
-def source_instances(db: Database, series_uid: str) -> list[sqlite3.Row]:
+def source_instances(db: Database, series_uid: str) -> list[Row]:
     """A series' instances in the order a result written without a volume references them
     (a finding's ``slice_index`` is a position in it): instance number, then UID."""
     return db.query(

@@ -52,7 +52,7 @@ def record_baseline(
     with db.transaction() as conn:
         cursor = conn.execute(
             "INSERT INTO drift_baselines (algorithm, period_start, period_end, result_count, "
-            "snapshot, recorded_by, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "snapshot, recorded_by, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 algorithm,
                 since,
@@ -63,7 +63,7 @@ def record_baseline(
                 now,
             ),
         )
-        baseline_id = int(cursor.lastrowid or 0)
+        baseline_id = int(cursor.fetchone()[0])
     db.record_event(
         "drift_baseline_recorded",
         detail=f"{algorithm}: {sample.results} results, {_day(since)} to {_day(until)}",

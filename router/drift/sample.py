@@ -10,6 +10,7 @@ Header values are hostile: text is cut to ``MAX_TEXT`` characters, numbers must 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -32,25 +33,18 @@ CATEGORICAL_FEATURES = ("scanner_model", "kernel", "not_assessed_reason")
 NUMERIC_FEATURES = ("kvp", "slice_thickness_mm", "pixel_spacing_mm", "probability")
 
 _QUERY = """
-SELECT r.id, r.verdict, r.created_at,
-       json_extract(s, '$.probability') AS probability,
-       (SELECT MAX(json_extract(f.value, '$.probability'))
-        FROM json_each(s, '$.findings') f) AS finding_probability,
-       json_extract(s, '$.reason') AS reason,
-       json_extract(s, '$.scanner.model') AS model,
-       json_extract(s, '$.acquisition.kernel') AS kernel,
-       json_extract(s, '$.acquisition.kvp') AS kvp,
-       json_extract(s, '$.acquisition.slice_thickness_mm') AS slice_thickness_mm,
-       json_extract(s, '$.acquisition.pixel_spacing_mm') AS pixel_spacing_mm,
+SELECT r.id, r.verdict, r.created_at, r.summary,
        (SELECT fb.agree FROM feedback fb WHERE fb.result_id = r.id
         ORDER BY fb.id DESC LIMIT 1) AS agree
-FROM (SELECT *, CASE WHEN json_valid(summary) THEN summary ELSE '{}' END AS s
-      FROM results WHERE algorithm = ? AND created_at >= ? AND created_at < ?) r
-WHERE r.version_number = (SELECT MAX(x.version_number) FROM results x
+FROM results r
+WHERE r.algorithm = ? AND r.created_at >= ? AND r.created_at < ?
+  AND r.version_number = (SELECT MAX(x.version_number) FROM results x
                           WHERE x.study_uid = r.study_uid AND x.algorithm = r.algorithm)
 ORDER BY r.created_at DESC
 LIMIT ?
 """
+"""The summaries are read here, not by the database's JSON functions: the same on either
+engine, and a summary that is not JSON counts as empty."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +119,12 @@ def read_observations(
     observations = []
     for row in rows:
         verdict = str(row["verdict"])
-        probability = _number(row["probability"], upper=1.0, allow_zero=True)
+        summary = _summary(row["summary"])
+        scanner = _object(summary.get("scanner"))
+        acquisition = _object(summary.get("acquisition"))
+        probability = _number(summary.get("probability"), upper=1.0, allow_zero=True)
         if probability is None:
-            probability = _number(row["finding_probability"], upper=1.0, allow_zero=True)
+            probability = _number(_finding_probability(summary), upper=1.0, allow_zero=True)
         if probability is None and verdict == "absent":
             probability = 0.0
         if verdict == "not_assessed":
@@ -138,16 +135,45 @@ def read_observations(
                 verdict=verdict,
                 created_at=float(row["created_at"]),
                 probability=probability,
-                reason=_reason(row["reason"]) if verdict == "not_assessed" else "",
-                model=_text(row["model"]),
-                kernel=_text(row["kernel"]),
-                kvp=_number(row["kvp"]),
-                slice_thickness_mm=_number(row["slice_thickness_mm"]),
-                pixel_spacing_mm=_number(row["pixel_spacing_mm"]),
+                reason=_reason(summary.get("reason")) if verdict == "not_assessed" else "",
+                model=_text(scanner.get("model")),
+                kernel=_text(acquisition.get("kernel")),
+                kvp=_number(acquisition.get("kvp")),
+                slice_thickness_mm=_number(acquisition.get("slice_thickness_mm")),
+                pixel_spacing_mm=_number(acquisition.get("pixel_spacing_mm")),
                 agree=None if agree is None else bool(agree),
             )
         )
     return observations
+
+
+def _summary(text: object) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _finding_probability(summary: dict[str, Any]) -> object:
+    """The highest numeric probability among the findings (None without one)."""
+    findings = summary.get("findings")
+    numbers = (
+        [
+            f["probability"]
+            for f in findings or ()
+            if isinstance(f, dict)
+            and isinstance(f.get("probability"), int | float)
+            and not isinstance(f.get("probability"), bool)
+        ]
+        if isinstance(findings, list)
+        else []
+    )
+    return max(numbers) if numbers else None
 
 
 def sample_of(observations: list[Observation]) -> Sample:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from router.logs import log_safe
 from router.polling_stage import PollingStage
 from router.receive.private_files import make_private_dir
 from router.run.job_queue import Job, JobQueue
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 
 LOGGER = logging.getLogger(__name__)
 
@@ -162,9 +161,7 @@ class AnswerStage(PollingStage):
 
     # --- an answer ------------------------------------------------------------------------
 
-    def _take_answer(
-        self, request: sqlite3.Row, declared: ExternalAlgorithm | None, now: float
-    ) -> bool:
+    def _take_answer(self, request: Row, declared: ExternalAlgorithm | None, now: float) -> bool:
         """Take the answer of ``request``; False when its job is still sending (a vendor that
         answered before the send ended): taken on a later turn."""
         job_row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (request["job_id"],))
@@ -237,7 +234,7 @@ class AnswerStage(PollingStage):
 
     def _reidentified(
         self,
-        answer: sqlite3.Row,
+        answer: Row,
         store: MappingStore,
         name: str,
         job: Job,
@@ -290,7 +287,7 @@ class AnswerStage(PollingStage):
 
     # --- no answer ------------------------------------------------------------------------
 
-    def _expire(self, request: sqlite3.Row, declared: ExternalAlgorithm | None, now: float) -> bool:
+    def _expire(self, request: Row, declared: ExternalAlgorithm | None, now: float) -> bool:
         """The result "no answer"; False when the job is still sending (its time is over
         once it waits)."""
         job_row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (request["job_id"],))
@@ -318,7 +315,7 @@ class AnswerStage(PollingStage):
     def _write(
         self,
         job: Job,
-        request: sqlite3.Row,
+        request: Row,
         result: AlgorithmResult,
         vendor_objects: list[VendorObject],
         state: str,
@@ -329,7 +326,7 @@ class AnswerStage(PollingStage):
         config = self._config()
         settings = config.algorithms.get(job.algorithm)
 
-        def within(conn: sqlite3.Connection) -> None:
+        def within(conn: Connection) -> None:
             if not JobQueue.finish_waiting(conn, job.id, result.verdict.value, EXTERNAL_DEVICE):
                 raise _NoLongerWaitingError
             conn.execute(
@@ -356,7 +353,7 @@ class AnswerStage(PollingStage):
         settle_study(self.db, job.study_uid)
         return True
 
-    def _fail_job(self, request: sqlite3.Row, answers: list[sqlite3.Row], error: str) -> None:
+    def _fail_job(self, request: Row, answers: list[Row], error: str) -> None:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? "
@@ -367,9 +364,7 @@ class AnswerStage(PollingStage):
         self.db.record_event("job_failed", request["study_uid"], request["job_id"], error)
         settle_study(self.db, request["study_uid"])
 
-    def _close(
-        self, request: sqlite3.Row, state: str, outcome: str, answers: list[sqlite3.Row]
-    ) -> None:
+    def _close(self, request: Row, state: str, outcome: str, answers: list[Row]) -> None:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE external_requests SET state = ?, finished_at = ?, outcome = ? "
@@ -403,7 +398,7 @@ class AnswerStage(PollingStage):
         self.db.record_event("external_answer_dropped", detail=f"{len(rows)} object(s)")
         return True
 
-    def _delete_files(self, answers: list[sqlite3.Row]) -> None:
+    def _delete_files(self, answers: list[Row]) -> None:
         for answer in answers:
             path = Path(answer["path"])
             path.unlink(missing_ok=True)

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import math
 import os
-import sqlite3
 import struct
 import threading
 import time
@@ -29,7 +28,7 @@ from router.receive.quarantine import Quarantine
 from router.receive.spool import InvalidUidError, Spool, SpoolFullError
 from router.receive.status import IngestError, StoreStatus
 from router.receive.structure import PixelDataLayout, Structure, read_structure
-from router.store.database import Database
+from router.store.database import Connection, Database
 
 __all__ = [
     "IngestError",
@@ -634,7 +633,7 @@ class Ingestor:
 
     @staticmethod
     def _index_new_bytes(
-        conn: sqlite3.Connection, header: InstanceHeader, now: float, new_instance: bool
+        conn: Connection, header: InstanceHeader, now: float, new_instance: bool
     ) -> bool | None:
         """The study and series rows of an instance whose bytes are new; whether the study
         was reopened (it had left the receiving state). None, and nothing written, for a
@@ -671,7 +670,7 @@ class Ingestor:
             "INSERT INTO series (series_uid, study_uid, modality, series_description, "
             "first_received_at, last_received_at, instance_count) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (series_uid) DO UPDATE SET last_received_at = "
-            "excluded.last_received_at, instance_count = instance_count + excluded.instance_count",
+            "excluded.last_received_at, instance_count = series.instance_count + excluded.instance_count",
             (
                 header.series_uid,
                 header.study_uid,
@@ -698,7 +697,7 @@ class Ingestor:
                 self._association_studies.popitem(last=False)
 
 
-def _is_deidentified_study(conn: sqlite3.Connection, study_uid: str) -> bool:
+def _is_deidentified_study(conn: Connection, study_uid: str) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM external_requests WHERE deid_study_uid = ? LIMIT 1", (study_uid,)
@@ -708,7 +707,7 @@ def _is_deidentified_study(conn: sqlite3.Connection, study_uid: str) -> bool:
 
 
 def _hold_external_answer(
-    conn: sqlite3.Connection, header: InstanceHeader, path: Path, origin: Origin, now: float
+    conn: Connection, header: InstanceHeader, path: Path, origin: Origin, now: float
 ) -> None:
     """Keep a vendor's answer for the answer stage, with the request still awaiting one in its
     study (the oldest), or none: an answer after the time limit, which the stage drops."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -34,7 +33,7 @@ from router.receive.connections import ConnectionGuard
 from router.receive.first_bytes import non_dicom_kind, peek_first_bytes
 from router.receive.ingest import IngestError, Ingestor, Origin, StoreStatus
 from router.socket_ready import poll_pynetdicom_sockets, readable_within
-from router.store.database import Database
+from router.store.database import ENGINE_ERRORS, Database
 
 LOGGER = logging.getLogger(__name__)
 poll_pynetdicom_sockets()  # before any association: see router.socket_ready
@@ -473,7 +472,7 @@ class DicomNode:
         except Exception as exc:  # boundary: any other failure is a refusal, never a crash
             # A database or file system failure is a shortage the sender may retry through;
             # anything else would fail again the same way.
-            transient = isinstance(exc, OSError | sqlite3.Error)
+            transient = isinstance(exc, (OSError, *ENGINE_ERRORS))
             status = StoreStatus.OUT_OF_RESOURCES if transient else StoreStatus.CANNOT_UNDERSTAND
             LOGGER.exception(
                 "C-STORE of instance %s from %s failed unexpectedly",

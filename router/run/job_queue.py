@@ -8,13 +8,12 @@ looked for its prior exam (``release_waiting``), so no worker ever waits on a PA
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from config.schema import Priority, RetryPolicy
-from router.store.database import Database
+from router.store.database import JOBS_CHANNEL, Connection, Database, Row
 from router.store.queue import (
     DEFAULT_LEASE_S,
     Claim,
@@ -24,7 +23,7 @@ from router.store.queue import (
     InTransaction,
     QueueTable,
     RetryBudget,
-    SqliteWorkQueue,
+    SqlWorkQueue,
 )
 
 JOBS = QueueTable(
@@ -61,7 +60,7 @@ class Job:
     """The prior exam the prior stage chose ("" when none was found or none is needed)."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         return cls(
             id=int(row["id"]),
             study_uid=row["study_uid"],
@@ -110,17 +109,17 @@ class JobQueue:
     ) -> None:
         self.db = db
         self._retry = retry
-        self.items = SqliteWorkQueue(
+        self.items = SqlWorkQueue(
             db, JOBS, claimer or Claimer.ephemeral(), self._budget, lease_s=lease_s, on_dead=on_dead
         )
 
-    def _budget(self, row: sqlite3.Row) -> RetryBudget:
+    def _budget(self, row: Row) -> RetryBudget:
         policy = self._retry()
         return _CappedBudget(policy, min(int(row["max_attempts"]), policy.max_attempts))
 
     def enqueue(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         *,
         study_uid: str,
         series_uid: str,
@@ -142,7 +141,7 @@ class JobQueue:
         cursor = conn.execute(
             "INSERT INTO jobs (study_uid, series_uid, study_revision, algorithm, rule_name, "
             "priority, priority_rank, send_to, state, max_attempts, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 study_uid,
                 series_uid,
@@ -157,11 +156,14 @@ class JobQueue:
                 time.time(),
             ),
         )
-        return int(cursor.lastrowid or 0)
+        job_id = int(cursor.fetchone()[0])
+        if not waiting:
+            self.db.notify(JOBS_CHANNEL, conn)
+        return job_id
 
     @staticmethod
     def release_waiting(
-        conn: sqlite3.Connection, job_id: int, prior_study_uid: str, prior_series_uid: str
+        conn: Connection, job_id: int, prior_study_uid: str, prior_series_uid: str
     ) -> bool:
         """Make a waiting job ready, with the prior found for it (or none: "")."""
         return bool(
@@ -183,7 +185,7 @@ class JobQueue:
 
     def finish(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         claimed: ClaimedJob,
         verdict: str,
         model_seconds: float | None,
@@ -197,7 +199,7 @@ class JobQueue:
             {"verdict": verdict, "model_seconds": model_seconds, "device": device},
         )
 
-    def park(self, conn: sqlite3.Connection, claimed: ClaimedJob) -> bool:
+    def park(self, conn: Connection, claimed: ClaimedJob) -> bool:
         """Set a claimed job waiting (an external algorithm has its series), releasing the
         claim, inside the caller's transaction; False when the claim was lost."""
         return bool(
@@ -209,7 +211,7 @@ class JobQueue:
         )
 
     @staticmethod
-    def finish_waiting(conn: sqlite3.Connection, job_id: int, verdict: str, device: str) -> bool:
+    def finish_waiting(conn: Connection, job_id: int, verdict: str, device: str) -> bool:
         """Mark a waiting job done (its external answer came, or its time ran out) inside the
         transaction that records its result; False when it no longer waits (superseded)."""
         return bool(

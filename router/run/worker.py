@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from router.run.job_queue import ClaimedJob, Job, JobQueue
 from router.run.priors.loading import load_prior_study
 from router.run.priors.local_index import held_prior
 from router.run.series_loader import LoadedSeries, VolumeError, load_series
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 from router.store.queue import FailOutcome, LeaseKeeper
 
 LOGGER = logging.getLogger(__name__)
@@ -42,9 +41,9 @@ class JobOutcome:
     device: str
 
 
-CompleteJob = Callable[[sqlite3.Connection, Verdict, float | None, str], None]
+CompleteJob = Callable[[Connection, Verdict, float | None, str], None]
 """Marks the job done inside the transaction that records its result (raises to roll back)."""
-ParkJob = Callable[[sqlite3.Connection], None]
+ParkJob = Callable[[Connection], None]
 """Sets the job waiting (for an external algorithm's answer), releasing its claim, inside the
 transaction that records why (raises to roll back)."""
 
@@ -277,7 +276,7 @@ class JobRunner:
         return config.jobs.timeout_s or info.max_runtime_s
 
 
-def _geometry(row: sqlite3.Row) -> InstanceGeometry:
+def _geometry(row: Row) -> InstanceGeometry:
     return InstanceGeometry(
         orientation=row["orientation"],
         slice_position=row["slice_position"],
@@ -301,9 +300,13 @@ class WorkerPool:
         leases: LeaseKeeper,
         on_job_done: Callable[[Job, JobOutcome], None] | None = None,
         on_results: Callable[[], None] | None = None,
+        algorithms: Callable[[], Collection[str]] | None = None,
     ) -> None:
+        """``algorithms``: claim only jobs of these (what this process loaded, on a host of
+        its own); None claims every job, and one whose model is missing fails visibly."""
         self.queue = queue
         self.runner = runner
+        self._algorithms = algorithms
         self._config = config
         self._leases = leases
         self._on_job_done = on_job_done
@@ -339,7 +342,9 @@ class WorkerPool:
                 self._wake.clear()
 
     def run_once(self) -> bool:
-        claimed = self.queue.claim()
+        claimed = self.queue.claim(
+            algorithms=None if self._algorithms is None else self._algorithms()
+        )
         if claimed is None:
             return False
         job = claimed.job
@@ -401,7 +406,7 @@ class WorkerPool:
 
     def _completer(self, claimed: ClaimedJob) -> CompleteJob:
         def complete(
-            conn: sqlite3.Connection, verdict: Verdict, seconds: float | None, device: str
+            conn: Connection, verdict: Verdict, seconds: float | None, device: str
         ) -> None:
             if not self.queue.finish(conn, claimed, verdict.value, seconds, device):
                 raise ClaimLostError(f"job {claimed.job.id}")
@@ -409,7 +414,7 @@ class WorkerPool:
         return complete
 
     def _parker(self, claimed: ClaimedJob) -> ParkJob:
-        def park(conn: sqlite3.Connection) -> None:
+        def park(conn: Connection) -> None:
             if not self.queue.park(conn, claimed):
                 raise ClaimLostError(f"job {claimed.job.id}")
 

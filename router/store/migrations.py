@@ -23,6 +23,9 @@ class Migration:
     version: int
     summary: str
     sql: str
+    postgresql: str | None = None
+    """The same step for PostgreSQL; every migration after the PostgreSQL baseline
+    (``router.store.postgres_schema.BASELINE_VERSION``) has one."""
 
 
 class SchemaError(RuntimeError):
@@ -449,6 +452,23 @@ ALTER TABLE result_objects_v8 RENAME TO result_objects;
 CREATE INDEX IF NOT EXISTS result_objects_result ON result_objects (result_id);
 """
 
+V9_NODES = """
+-- Every process of a deployment (one host or several, one role or all) says who it is and
+-- that it lives: the role, the host, what it has loaded; /readyz and `radrouter status` list
+-- those seen lately (router/store/nodes.py).
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    algorithms TEXT NOT NULL DEFAULT '[]',
+    devices TEXT NOT NULL DEFAULT '{}',
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    stopped_at REAL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: the schema of radrouter 0.1", V1_BASELINE),
     Migration(2, "leases on work items; prior retrieval as its own stage", V2_LEASES_AND_PRIORS),
@@ -458,6 +478,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "series record the QA sign that marked them", V6_QA_SERIES),
     Migration(7, "drift baselines per algorithm", V7_DRIFT_BASELINES),
     Migration(8, "external algorithms: requests, answers, vendor objects", V8_EXTERNAL_ALGORITHMS),
+    Migration(
+        9,
+        "the nodes of a deployment",
+        V9_NODES,
+        postgresql=V9_NODES.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION"),
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

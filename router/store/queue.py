@@ -17,15 +17,13 @@ attempt. A node finds its own interrupted items when it starts again (they carry
 and an older boot id); any node finds anyone's once their lease has expired. A claimer that
 stops on purpose gives its items back, and then the attempt does not count.
 
-``SqliteWorkQueue`` is the embedded implementation; the methods of ``WorkQueue`` are the
-contract a PostgreSQL implementation (``FOR UPDATE SKIP LOCKED``) fills.
+``SqlWorkQueue`` implements ``WorkQueue`` on either engine (SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -35,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 
 LOGGER = logging.getLogger(__name__)
 
@@ -79,8 +77,10 @@ class Claimer:
     boot_id: str
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Claimer:
-        """This node's id, kept in ``data_dir/node-id`` (made on first start), and a new boot."""
+    def for_data_dir(cls, data_dir: Path, process: str = "") -> Claimer:
+        """This node's id, kept in ``data_dir/node-id`` (made on first start), and a new boot.
+        ``process`` names one process of several sharing the data folder (``roles``): it
+        becomes part of the id, so one process never takes another's claims for its own."""
         path = data_dir / "node-id"
         try:
             node_id = path.read_text(encoding="ascii").strip()
@@ -90,7 +90,7 @@ class Claimer:
             node_id = uuid.uuid4().hex[:16]
             data_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(node_id + "\n", encoding="ascii")
-        return cls(node_id, uuid.uuid4().hex[:12])
+        return cls(f"{node_id}.{process}" if process else node_id, uuid.uuid4().hex[:12])
 
     @classmethod
     def ephemeral(cls) -> Claimer:
@@ -104,7 +104,7 @@ class Claimer:
 class Claim:
     """An item held by a claimer: its row as claimed and the token that fences it."""
 
-    row: sqlite3.Row
+    row: Row
     token: str
 
     @property
@@ -123,9 +123,9 @@ class FailOutcome(enum.Enum):
     """The claim was no longer held (taken over after its lease): nothing was changed."""
 
 
-DeadHandler = Callable[[sqlite3.Row, str], None]
+DeadHandler = Callable[[Row, str], None]
 """Called after an item was dead-lettered (by a failure or an interruption), with its row."""
-InTransaction = Callable[[sqlite3.Connection, sqlite3.Row], None]
+InTransaction = Callable[[Connection, Row], None]
 
 
 class WorkQueue(Protocol):
@@ -140,7 +140,7 @@ class WorkQueue(Protocol):
     def heartbeat(self, claims: Collection[Claim], now: float | None = None) -> set[int]: ...
 
     def complete(
-        self, conn: sqlite3.Connection, claim: Claim, columns: Mapping[str, object] | None = None
+        self, conn: Connection, claim: Claim, columns: Mapping[str, object] | None = None
     ) -> bool: ...
 
     def fail(
@@ -155,22 +155,24 @@ class WorkQueue(Protocol):
 
     def requeue_dead(
         self, item_id: int | None = None, also: InTransaction | None = None
-    ) -> list[sqlite3.Row]: ...
+    ) -> list[Row]: ...
 
     def hurry(self, item_ids: Collection[int]) -> int: ...
 
     def counts(self) -> dict[str, int]: ...
 
 
-class SqliteWorkQueue:
-    """``WorkQueue`` on one SQLite table (one claim at a time: ``UPDATE ... RETURNING``)."""
+class SqlWorkQueue:
+    """``WorkQueue`` on one table of either engine: a claim is one ``UPDATE ... RETURNING``
+    statement; on PostgreSQL its row is locked and rows other claimers hold are skipped
+    (``FOR UPDATE SKIP LOCKED``), so claimers on several hosts do not wait for each other."""
 
     def __init__(
         self,
         db: Database,
         table: QueueTable,
         claimer: Claimer,
-        budget: Callable[[sqlite3.Row], RetryBudget],
+        budget: Callable[[Row], RetryBudget],
         *,
         lease_s: float = DEFAULT_LEASE_S,
         on_dead: DeadHandler | None = None,
@@ -203,15 +205,17 @@ class SqliteWorkQueue:
             filters += f" AND {column} IN ({', '.join('?' * len(values))})"
             params.extend(values)
         started = f", {t.started_column} = ?" if t.started_column else ""
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.engine == "postgresql" else ""
         sql = (
             f"UPDATE {t.name} SET state = ?, attempts = attempts + 1, claimed_by = ?, "
             f"lease_until = ?{started} WHERE id = (SELECT id FROM {t.name} WHERE state = ? "
-            f"AND not_before <= ?{filters} ORDER BY {t.order_by} LIMIT 1) RETURNING *"
+            f"AND not_before <= ?{filters} ORDER BY {t.order_by} LIMIT 1{skip_locked}) "
+            "RETURNING *"
         )
         head: list[object] = [t.claimed, token, now + self.lease_s]
         if t.started_column:
             head.append(now)
-        with self.db.transaction() as conn:
+        with self.db.transaction(serialized=False) as conn:
             row = conn.execute(sql, (*head, *params)).fetchone()
         return None if row is None else Claim(row, token)
 
@@ -219,7 +223,7 @@ class SqliteWorkQueue:
         """Extend the leases of ``claims``; returns the ids of those no longer held."""
         now = time.time() if now is None else now
         lost: set[int] = set()
-        with self.db.transaction() as conn:
+        with self.db.transaction(serialized=False) as conn:  # fenced by claimed_by
             for claim in claims:
                 updated = conn.execute(
                     f"UPDATE {self.table.name} SET lease_until = ? "
@@ -233,7 +237,7 @@ class SqliteWorkQueue:
     # --- ending a claim ---------------------------------------------------------------------
 
     def complete(
-        self, conn: sqlite3.Connection, claim: Claim, columns: Mapping[str, object] | None = None
+        self, conn: Connection, claim: Claim, columns: Mapping[str, object] | None = None
     ) -> bool:
         """Mark the item done inside the caller's transaction, setting ``columns`` too.
         False (and nothing changed) when the claim is no longer held: the caller must then
@@ -265,7 +269,7 @@ class SqliteWorkQueue:
         t = self.table
         with self.db.transaction() as conn:
             updated = conn.execute(
-                f"UPDATE {t.name} SET state = ?, attempts = MAX(attempts - 1, 0), "
+                f"UPDATE {t.name} SET state = ?, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
                 "claimed_by = '', lease_until = NULL WHERE id = ? AND state = ? AND claimed_by = ?",
                 (t.ready, claim.id, t.claimed, claim.token),
             ).rowcount
@@ -296,9 +300,7 @@ class SqliteWorkQueue:
         )
         return self._interrupted(rows, time.time())
 
-    def _interrupted(
-        self, rows: list[sqlite3.Row], now: float, expired_before: float | None = None
-    ) -> int:
+    def _interrupted(self, rows: list[Row], now: float, expired_before: float | None = None) -> int:
         count = 0
         for row in rows:
             with self.db.transaction() as conn:
@@ -329,7 +331,7 @@ class SqliteWorkQueue:
 
     def _fail(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         item_id: int,
         token: str,
         error: str,
@@ -338,7 +340,7 @@ class SqliteWorkQueue:
         expired_before: float | None = None,
         *,
         backoff: bool = True,
-    ) -> tuple[FailOutcome, sqlite3.Row | None]:
+    ) -> tuple[FailOutcome, Row | None]:
         """One failed attempt, fenced by the claim (and, for a reclaim after expiry, by the
         lease still being expired: a heartbeat that came in between wins). An interrupted
         attempt is retried without back-off: nothing says the item is at fault."""
@@ -366,7 +368,7 @@ class SqliteWorkQueue:
         ).fetchone()
         return FailOutcome.DEAD, dead
 
-    def _dead(self, row: sqlite3.Row, error: str) -> None:
+    def _dead(self, row: Row, error: str) -> None:
         if self._on_dead is None:
             return
         try:
@@ -383,7 +385,7 @@ class SqliteWorkQueue:
 
     def requeue_dead(
         self, item_id: int | None = None, also: InTransaction | None = None
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         return requeue_dead(self.db, self.table, item_id, also)
 
     def hurry(self, item_ids: Collection[int]) -> int:
@@ -409,7 +411,7 @@ class SqliteWorkQueue:
 
 def requeue_dead(
     db: Database, table: QueueTable, item_id: int | None = None, also: InTransaction | None = None
-) -> list[sqlite3.Row]:
+) -> list[Row]:
     """Give one dead-lettered item (or all, when ``item_id`` is None) a fresh budget; ``also``
     runs for each in the same transaction. Returns the rows requeued."""
     sql = (

@@ -25,7 +25,7 @@ JOIN feedback f ON f.id = (
     SELECT id FROM feedback WHERE result_id = r.id ORDER BY at DESC, id DESC LIMIT 1
 )
 WHERE r.algorithm = ? AND r.created_at >= ?
-  AND COALESCE(json_extract(r.summary, '$.shadow'), 0)
+  AND {shadow}
 ORDER BY r.created_at
 """
 
@@ -36,7 +36,8 @@ def validation_from_feedback(
     """The shadow-mode results of ``info.name`` made at or after ``since`` that a reader gave
     feedback on, as validation cases."""
     cases = []
-    for row in db.query(_QUERY, (info.name, since)):
+    query = _QUERY.format(shadow=db.sql_json_true("r.summary", "shadow"))
+    for row in db.query(query, (info.name, since)):
         summary: dict[str, Any] = json.loads(row["summary"] or "{}")
         verdict = Verdict(str(row["verdict"]))
         agree = bool(row["agree"])
@@ -70,13 +71,13 @@ def validation_from_feedback(
         )
     without = db.query_one(
         "SELECT COUNT(*) AS n FROM results r WHERE r.algorithm = ? AND r.created_at >= ? "
-        "AND COALESCE(json_extract(r.summary, '$.shadow'), 0) "
+        f"AND {db.sql_json_true('r.summary', 'shadow')} "
         "AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.result_id = r.id)",
         (info.name, since),
     )
     return ValidationRun(
         info=info,
-        source=f"shadow-mode results with readers' feedback in {db.path}",
+        source=f"shadow-mode results with readers' feedback in {db.describe()}",
         cases=tuple(cases),
         truth_without_study=(),
         studies_without_truth=int(without["n"]) if without is not None else 0,

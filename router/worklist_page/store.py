@@ -16,14 +16,13 @@ import datetime
 import enum
 import io
 import logging
-import sqlite3
 import time
 from collections import defaultdict
 
 from algorithms.contract import Verdict
 from config.schema import Priority
 from router.logs import log_safe
-from router.store.database import Database
+from router.store.database import Database, Row
 
 LOGGER = logging.getLogger(__name__)
 
@@ -319,7 +318,7 @@ def record_feedback(
         feedback_id = conn.execute(
             "INSERT INTO feedback (result_id, study_uid, algorithm, algorithm_version, verdict, "
             "priority, reason, agree, comment, reader, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 values.result_id,
                 values.study_uid,
@@ -333,8 +332,7 @@ def record_feedback(
                 values.reader,
                 values.at,
             ),
-        ).lastrowid
-    assert feedback_id is not None
+        ).fetchone()[0]
     # Comments and reader names stay out of the log: they may name the patient or the reader.
     LOGGER.info(
         "feedback %d on result %d (study %s): %s",
@@ -384,7 +382,7 @@ def export_feedback_csv(db: Database) -> str:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _flag_entry(row: sqlite3.Row, feedback: dict[int, FeedbackSummary]) -> WorklistResult:
+def _flag_entry(row: Row, feedback: dict[int, FeedbackSummary]) -> WorklistResult:
     result_id = None if row["result_id"] is None else int(row["result_id"])
     return WorklistResult(
         result_id=result_id,
@@ -402,7 +400,7 @@ def _flag_entry(row: sqlite3.Row, feedback: dict[int, FeedbackSummary]) -> Workl
     )
 
 
-def _failed_job_entry(row: sqlite3.Row, last_image_at: float) -> WorklistResult:
+def _failed_job_entry(row: Row, last_image_at: float) -> WorklistResult:
     finished_at = float(row["finished_at"] or row["created_at"])
     error = str(row["error"] or "no reason recorded")
     reason = f"AI: {row['algorithm']} failed after {row['attempts']} attempt(s): {error}"
@@ -440,7 +438,7 @@ def _deciding_order(entry: WorklistResult) -> tuple[int, int, float]:
 
 
 def _study_entry(
-    study: sqlite3.Row, results: list[WorklistResult], modalities: tuple[str, ...]
+    study: Row, results: list[WorklistResult], modalities: tuple[str, ...]
 ) -> WorklistStudy:
     deciding = results[0]
     return WorklistStudy(
@@ -483,7 +481,7 @@ def _feedback_summaries(db: Database, since: float) -> dict[int, FeedbackSummary
     }
 
 
-def _feedback(row: sqlite3.Row) -> Feedback:
+def _feedback(row: Row) -> Feedback:
     return Feedback(
         id=int(row["id"]),
         result_id=int(row["result_id"]),

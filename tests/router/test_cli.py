@@ -20,7 +20,7 @@ import pytest
 
 from router.admin import READY_STATES, SECTIONS
 from router.cli import build_parser, installed_version
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
 from testing.router_process import RouterUnderTest, StartRouter
@@ -120,7 +120,7 @@ def test_send_to_a_node_that_is_down_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_status_lists_dead_letters_and_retry_requeues_them(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     db.connection().execute(
         "INSERT INTO studies (study_uid, state, first_received_at, last_received_at) "
         "VALUES ('1.2.3', 'attention', 0, 0)"
@@ -147,7 +147,7 @@ def test_status_in_a_folder_without_a_router_says_so_and_creates_nothing(tmp_pat
 
 
 def test_retry_says_why_nothing_was_requeued(tmp_path: Path) -> None:
-    Database(tmp_path / "radrouter.sqlite3")
+    SqliteDatabase(tmp_path / "radrouter.sqlite3")
     bare = radrouter("retry", "--data-dir", str(tmp_path))
     assert bare.returncode == 2 and "say what to retry" in bare.stderr
     missing = radrouter("retry", "--data-dir", str(tmp_path), "--dispatch", "99")
@@ -157,7 +157,7 @@ def test_retry_says_why_nothing_was_requeued(tmp_path: Path) -> None:
 
 def test_status_finds_the_database_through_radrouter_config(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    Database(data / "radrouter.sqlite3")
+    SqliteDatabase(data / "radrouter.sqlite3")
     config = tmp_path / "radrouter.yaml"
     # No router answers at this http address (port 0: none to ask), so the database is read.
     config.write_text(f"http: {{port: 0}}\nstorage: {{data_dir: {data}}}\nrules: []\n")
@@ -510,7 +510,7 @@ def test_status_sections_use_the_states_of_the_work_queues() -> None:
 
 
 def test_status_shows_when_a_waiting_dispatch_is_tried_next(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     db.connection().execute(
         "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, not_before, "
         "created_at, last_error) VALUES ('1.2.3', 1, 'pacs', 'pending', 3, 4102444800, 0, "
@@ -524,7 +524,7 @@ def test_status_shows_when_a_waiting_dispatch_is_tried_next(tmp_path: Path) -> N
 
 
 def test_a_retry_made_on_the_database_file_is_in_the_audit_trail(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     db.connection().execute(
         "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, created_at, "
         "last_error) VALUES ('1.2.3', 1, 'pacs', 'dead', 6, 0, 'association failed')"

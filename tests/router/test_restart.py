@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from router.service import wait_for
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
 from testing.storescp import running_storescp
@@ -62,7 +62,7 @@ def test_a_send_interrupted_by_sigkill_is_resumed_at_restart_and_delivered_once(
         for ds in slices:
             assert assoc.send_c_store(ds).Status == 0
         assoc.release()
-        db = Database(data / "radrouter.sqlite3")
+        db = SqliteDatabase(data / "radrouter.sqlite3")
         assert wait_for(lambda: dispatch_state(db) == ("sending", 1), 60), dispatch_state(db)
     finally:
         router.kill()

@@ -64,8 +64,10 @@ class PriorIndex:
                 continue
             with self.db.transaction() as conn:
                 conn.execute(
-                    "INSERT OR REPLACE INTO prior_index (study_uid, patient_key, study_date, "
-                    "study_time) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO prior_index (study_uid, patient_key, study_date, study_time) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (study_uid) DO UPDATE SET "
+                    "patient_key = excluded.patient_key, study_date = excluded.study_date, "
+                    "study_time = excluded.study_time",
                     (
                         row["study_uid"],
                         self.keys.key(str(ds.get("PatientID", "") or "")),

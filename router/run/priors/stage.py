@@ -14,7 +14,6 @@ alone, and the study is never blocked.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from router.run.job_queue import JobQueue
 from router.run.priors.dicomweb_retrieve import InstanceStore
 from router.run.priors.finder import find_prior
 from router.run.priors.selection import CurrentStudy, FoundPrior
-from router.store.database import Database
+from router.store.database import Connection, Database, Row
 from router.store.pseudonyms import PatientKeys
-from router.store.queue import Claim, Claimer, LeaseKeeper, QueueTable, SqliteWorkQueue
+from router.store.queue import Claim, Claimer, LeaseKeeper, QueueTable, SqlWorkQueue
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ REQUEST_RETRY = RetryPolicy(max_attempts=2, backoff_initial_s=5.0, backoff_max_s
 """An unexpected error in the search (a PACS that is down is not one: the finder skips it)."""
 
 
-def request_prior(conn: sqlite3.Connection, job_id: int, study_uid: str) -> None:
+def request_prior(conn: Connection, job_id: int, study_uid: str) -> None:
     """Ask for the prior of a waiting job, inside the planner's transaction."""
     conn.execute(
         "INSERT INTO prior_requests (job_id, study_uid, state, created_at) "
@@ -84,7 +83,7 @@ class PriorStage(PollingStage):
         self._config = config
         self._leases = leases
         self._on_released = on_released
-        self.items = SqliteWorkQueue(
+        self.items = SqlWorkQueue(
             db, PRIOR_REQUESTS, claimer, lambda _row: REQUEST_RETRY, on_dead=self._gave_up
         )
 
@@ -176,7 +175,7 @@ class PriorStage(PollingStage):
         if self._on_released is not None:
             self._on_released()
 
-    def _gave_up(self, row: sqlite3.Row, error: str) -> None:
+    def _gave_up(self, row: Row, error: str) -> None:
         """A request that failed for good releases its job without a prior."""
         with self.db.transaction() as conn:
             JobQueue.release_waiting(conn, int(row["job_id"]), "", "")

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from router.api.app import ApiDependencies, Readiness, create_app
 from router.metrics import Metrics
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from tests.router.admin_page.support import bare_admin
 
 REPO = Path(__file__).resolve().parents[3]
@@ -93,7 +93,7 @@ def inline_scripts(html: str) -> list[str]:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     deps = ApiDependencies(
         db=db,
         metrics=Metrics(lambda: {}),
@@ -169,7 +169,7 @@ def test_page_policy_lets_the_browser_load_from_this_server_only(
 
 def test_docs_pages_follow_the_proxy_prefix(tmp_path: Path) -> None:
     deps = ApiDependencies(
-        db=Database(tmp_path / "radrouter.sqlite3"),
+        db=SqliteDatabase(tmp_path / "radrouter.sqlite3"),
         metrics=Metrics(lambda: {}),
         readiness=lambda: Readiness(True, {}),
         retry_dispatch=lambda _id: 0,

@@ -24,7 +24,7 @@ from router.api.auth import AuthFailure, HttpSecurity, RefusalEvents, RefusalRea
 from router.api.tokens import IdentityProviderUnavailableError
 from router.metrics import Metrics
 from router.service import RouterService
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.identity_provider import IdentityProvider, running_identity_provider
 from testing.orthanc import free_port
 from tests.router.admin_page.support import bare_admin
@@ -80,7 +80,7 @@ EXPECTED: dict[tuple[str, str], ApiRole | Access] = {
 
 
 def app_with(tmp_path: Path, security: HttpSecurity | None) -> FastAPI:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     return create_app(
         ApiDependencies(
             db=db,
@@ -299,7 +299,7 @@ def test_without_authentication_another_host_is_still_refused(
 
 
 def test_refusals_go_to_the_events_table_at_most_so_many_a_minute(tmp_path: Path) -> None:
-    db = Database(tmp_path / "events.sqlite3")
+    db = SqliteDatabase(tmp_path / "events.sqlite3")
     now = [1000.0]
     record = RefusalEvents(
         lambda kind, detail: db.record_event(kind, detail=detail),

@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 
 from router.api.app import ApiDependencies, Readiness, create_app
 from router.metrics import Metrics
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     deps = ApiDependencies(
-        db=Database(tmp_path / "radrouter.sqlite3"),
+        db=SqliteDatabase(tmp_path / "radrouter.sqlite3"),
         metrics=Metrics(lambda: {}),
         readiness=lambda: Readiness(True, {"database": "ok"}),
         retry_dispatch=lambda _id: 0,

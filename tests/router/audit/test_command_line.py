@@ -16,7 +16,7 @@ from router.audit.messages import EventId
 from router.audit.trail import AuditTrail
 from router.audit.wiring import audit_folder, command_line_log, record_command_line_retry
 from router.cli import main
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from tests.router.audit.schema import schema_errors
 from tests.router.audit.test_messages import STUDY, composer
 
@@ -48,7 +48,7 @@ def test_since_and_until_select_a_time_range(
 
 
 def test_a_retry_on_the_database_file_is_recorded_by_the_command(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     log, _composer = command_line_log(CONFIG, audit_folder(CONFIG.audit, tmp_path))
     log.append([b"<AuditMessage/>"])  # the router's log exists
     record_command_line_retry(CONFIG, tmp_path, db, QueueKind.DISPATCH, None, 2)

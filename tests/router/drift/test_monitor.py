@@ -32,7 +32,7 @@ from router.drift.sample import Sample
 from router.metrics import Metrics
 from router.run.job_queue import Job, JobQueue
 from router.run.series_loader import load_series
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.drift_streams import SHARP, STABLE, NoiseSensitive, Scanner, write_study
 
 ALGORITHM = NoiseSensitive.info.name
@@ -95,7 +95,7 @@ def scrape(monitor: DriftMonitor) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 @pytest.mark.slow
 def test_a_scanner_that_changes_kernel_and_noise_raises_the_alert(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     go_live_baseline(db, tmp_path, seed=1)
     write_results(db, tmp_path, SHARP, 40, seed=2, short=3)
 
@@ -141,7 +141,7 @@ def test_a_scanner_that_changes_kernel_and_noise_raises_the_alert(tmp_path: Path
 
 @pytest.mark.slow
 def test_a_stable_stream_raises_no_alert(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     go_live_baseline(db, tmp_path, seed=3)
     write_results(db, tmp_path, STABLE, 40, seed=4, short=3)
 
@@ -163,7 +163,7 @@ def test_a_stable_stream_raises_no_alert(tmp_path: Path) -> None:
 
 
 def test_without_a_baseline_the_state_says_how_to_record_one(tmp_path: Path) -> None:
-    db = Database(tmp_path / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
     write_results(db, tmp_path, STABLE, 3, seed=5)
     drift = algorithm_drift(db, ALGORITHM, CONFIG)
     assert drift.state is State.NO_BASELINE and drift.features == []
@@ -216,7 +216,7 @@ def test_the_command_line_records_a_baseline_and_reports_from_the_database(
 ) -> None:
     from router.cli import main
 
-    db = Database(tmp_path / "data" / "radrouter.sqlite3")
+    db = SqliteDatabase(tmp_path / "data" / "radrouter.sqlite3")
     write_results(db, tmp_path, STABLE, 4, seed=6)
     config = tmp_path / "radrouter.yaml"
     config.write_text("drift: {min_results: 3}\n")

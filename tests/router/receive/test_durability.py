@@ -15,7 +15,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
 
@@ -98,7 +98,7 @@ def test_sigkill_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path
     restarted = start_router(config, data_dir, log)
     try:
         wait_for_port(port)
-        db = Database(data_dir / "radrouter.sqlite3")
+        db = SqliteDatabase(data_dir / "radrouter.sqlite3")
         stored = {r["sop_instance_uid"]: r for r in db.query("SELECT * FROM instances")}
         missing = [uid for uid in acknowledged if uid not in stored]
         assert missing == [], (

@@ -18,7 +18,7 @@ from config.schema import AllowedCaller, NodeConfig
 from router.receive.ingest import StoreStatus
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.spool import Spool
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
@@ -37,7 +37,7 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     ingestor = make_ingestor(db, tmp_path)
     holder = Node(None, db, ingestor.spool, free_port(), None)  # type: ignore[arg-type]
     config = NodeConfig(ae_title="RADROUTER", bind="127.0.0.1", port=holder.port)

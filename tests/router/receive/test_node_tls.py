@@ -21,7 +21,7 @@ from router.dicom_tls import TlsSetupError
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.spool import Spool
 from router.service import wait_for
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
@@ -87,7 +87,7 @@ def start_node(tmp_path: Path, pki: Pki) -> Iterator[StartNode]:
     started: list[DicomNode] = []
 
     def start(**tls: object) -> TlsNode:
-        db = Database(tmp_path / "db.sqlite3")
+        db = SqliteDatabase(tmp_path / "db.sqlite3")
         ingestor = make_ingestor(db, tmp_path)
         config = NodeConfig(
             ae_title="RADROUTER",
@@ -312,7 +312,7 @@ def test_tls_only_node_has_no_plain_listener(tmp_path: Path, pki: Pki) -> None:
         port=None,
         tls=NodeTlsConfig(port=free_port(), cert_file=pki.server.cert, key_file=pki.server.key),
     )
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     node = DicomNode(config, make_ingestor(db, tmp_path), AssociationTracker(db), lambda: None)
     node.start()
     try:
@@ -329,7 +329,7 @@ def test_node_with_a_key_that_is_not_its_certificates_does_not_start(
         port=free_port(),
         tls=NodeTlsConfig(port=free_port(), cert_file=pki.server.cert, key_file=pki.ct1.key),
     )
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     node = DicomNode(config, make_ingestor(db, tmp_path), AssociationTracker(db), lambda: None)
     with pytest.raises(TlsSetupError, match="not the certificate's"):
         node.start()

@@ -36,7 +36,7 @@ from router.receive.ingest import HEADER_TAGS, Origin
 from router.receive.spool import Spool
 from router.receive.status import IngestError, StoreStatus
 from router.receive.structure import read_structure
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.dicom_node import make_ingestor, running_node
 from testing.dicom_tools import make_ct_slices
 
@@ -177,7 +177,7 @@ def test_sink_keeps_a_small_data_set_in_memory_and_starts_its_fsync(tmp_path: Pa
 def test_index_rows_as_before(tmp_path: Path) -> None:
     """New instance, the same bytes again, new bytes for it, a second association, a late
     instance after completion: counts, association rows, reopening as they always were."""
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     ingestor = make_ingestor(db, tmp_path)
     slices = make_ct_slices(2, rows=8, cols=8)
     study = str(slices[0].StudyInstanceUID)

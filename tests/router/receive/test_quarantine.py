@@ -12,7 +12,7 @@ import pytest
 
 from config.schema import QuarantineConfig
 from router.receive.quarantine import Quarantine
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 
 DAY_S = 86400.0
 
@@ -40,7 +40,7 @@ def removals(db: Database) -> list[str]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "db.sqlite3")
+    return SqliteDatabase(tmp_path / "db.sqlite3")
 
 
 def test_a_refusal_keeps_the_bytes_and_the_reason_readable_by_the_owner_only(

@@ -17,7 +17,7 @@ from pynetdicom.presentation import build_context
 from config.schema import NodeConfig
 from router.receive.ingest import StoreStatus
 from router.receive.node import AssociationTracker, DicomNode
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from testing.corpus import CorpusFile, real_corpus
 from testing.dicom_node import make_ingestor
 from testing.orthanc import free_port
@@ -29,7 +29,7 @@ STORABLE = [item for item in CORPUS if item.has_study_and_series_uids]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DicomNode, Database]]:
     root = tmp_path_factory.mktemp("node")
-    db = Database(root / "db.sqlite3")
+    db = SqliteDatabase(root / "db.sqlite3")
     dicom_node = DicomNode(
         NodeConfig(bind="127.0.0.1", port=free_port()),
         make_ingestor(db, root),

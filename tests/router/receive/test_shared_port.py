@@ -52,6 +52,7 @@ def send(router: RouterUnderTest, paths: list[Path]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.both_engines
 def test_one_study_over_associations_at_two_receivers_completes_once(
     start_router: StartRouter, storescp: ReceivingPacs, tmp_path: Path
 ) -> None:
@@ -82,7 +83,7 @@ def test_one_study_over_associations_at_two_receivers_completes_once(
 
     storescp.wait_for("SR", {study_uid}, 120)
     rows = db.query("SELECT id FROM associations")
-    takers = {"receiver 1" if row["id"].startswith("r1-") else "router" for row in rows}
+    takers = {"receiver 1" if "-receiver1-" in row["id"] else "router" for row in rows}
     assert len(rows) == ASSOCIATIONS and takers == {"router", "receiver 1"}, rows
     count = db.query_one("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))
     assert count is not None and count["n"] == SLICES
@@ -162,6 +163,7 @@ def test_a_receiver_never_outlives_the_router(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.both_engines
 def test_a_receiver_killed_mid_association_loses_nothing_it_acknowledged(
     start_router: StartRouter, storescp: ReceivingPacs, tmp_path: Path
 ) -> None:
@@ -213,7 +215,9 @@ def test_a_receiver_killed_mid_association_loses_nothing_it_acknowledged(
         assert len(found[study_uid]) == 1
     restarts = db.query("SELECT id FROM events WHERE kind = 'receiver_restarted'")
     # Associations the killed process held open (never closed: it died holding them).
-    cut = len(db.query("SELECT id FROM associations WHERE id LIKE 'r1-%' AND state = 'open'"))
+    cut = len(
+        db.query("SELECT id FROM associations WHERE id LIKE '%-receiver1-%' AND state = 'open'")
+    )
     assert kills == 10 and len(restarts) >= 10
     assert cut >= 3, f"only {cut} association(s) were cut by the kills"
     print(f"\n10 kills of the receiver, {cut} of 40 associations cut; every study whole, once")

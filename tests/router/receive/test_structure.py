@@ -23,7 +23,7 @@ from pydicom.uid import (
 from router.receive.ingest import HEADER_TAGS, Origin
 from router.receive.status import IngestError, StoreStatus
 from router.receive.structure import Structure, read_structure
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
 
@@ -129,7 +129,7 @@ def test_real_files_in_every_encoding_are_walked_and_ingested(tmp_path: Path, na
     path = Path(str(get_testdata_file(name)))
     structure = walk(tmp_path, path.read_bytes())
     assert structure.pixel_data is not None
-    ingestor = make_ingestor(Database(tmp_path / "db.sqlite3"), tmp_path)
+    ingestor = make_ingestor(SqliteDatabase(tmp_path / "db.sqlite3"), tmp_path)
     outcome = ingestor.ingest(path.read_bytes(), Origin(None, "", ""), None)
     assert outcome.path.read_bytes() == path.read_bytes()
 
@@ -138,7 +138,7 @@ def test_a_spool_file_that_fails_the_checks_is_quarantined_at_recovery_not_a_cra
     tmp_path: Path,
 ) -> None:
     """Before the checks, the node accepted such files; a restart must not fail on them."""
-    ingestor = make_ingestor(Database(tmp_path / "db.sqlite3"), tmp_path)
+    ingestor = make_ingestor(SqliteDatabase(tmp_path / "db.sqlite3"), tmp_path)
     ds = make_ct_slices(1, rows=16, cols=16)[0]
     ds.PixelData = ds.PixelData[:10]
     folder = tmp_path / "spool" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from config.schema import JobRetryPolicy, Priority
 from router.run.job_queue import JobQueue
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from router.store.queue import Claimer, FailOutcome
 
 
@@ -33,7 +33,7 @@ def enqueue(
 
 
 def test_stat_before_urgent_before_routine_then_oldest_first(tmp_path: Path) -> None:
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"))
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"))
     routine = enqueue(queue, "1.1", Priority.ROUTINE)
     urgent = enqueue(queue, "1.2", Priority.URGENT)
     stat = enqueue(queue, "1.3", Priority.STAT)
@@ -45,7 +45,7 @@ def test_stat_before_urgent_before_routine_then_oldest_first(tmp_path: Path) -> 
 
 def test_failure_retries_after_backoff_then_fails_for_good(tmp_path: Path) -> None:
     policy = JobRetryPolicy(max_attempts=2, backoff_initial_s=30)
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"), retry=lambda: policy)
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"), retry=lambda: policy)
     enqueue(queue, "1.1", Priority.ROUTINE, max_attempts=2)
     claimed = queue.claim(now=1000.0)
     assert claimed is not None
@@ -65,12 +65,12 @@ def test_a_restarted_node_requeues_its_interrupted_job_and_the_attempt_counts(
 ) -> None:
     db_path = tmp_path / "db.sqlite3"
     node = Claimer.for_data_dir(tmp_path)
-    queue = JobQueue(Database(db_path), claimer=node)
+    queue = JobQueue(SqliteDatabase(db_path), claimer=node)
     enqueue(queue, "1.1", Priority.ROUTINE)
     claimed = queue.claim()
     assert claimed is not None and claimed.job.attempts == 1
     # The same node starts again (same node id, new boot): no need to wait for the lease.
-    restarted = JobQueue(Database(db_path), claimer=Claimer.for_data_dir(tmp_path))
+    restarted = JobQueue(SqliteDatabase(db_path), claimer=Claimer.for_data_dir(tmp_path))
     assert restarted.items.reclaim_previous_boot() == 1
     resumed = restarted.claim()
     assert resumed is not None and resumed.job.id == claimed.job.id
@@ -86,11 +86,11 @@ def test_an_interruption_on_the_last_attempt_fails_the_job_with_the_reason(
 ) -> None:
     failed: list[int] = []
     db_path = tmp_path / "db.sqlite3"
-    queue = JobQueue(Database(db_path), claimer=Claimer.for_data_dir(tmp_path))
+    queue = JobQueue(SqliteDatabase(db_path), claimer=Claimer.for_data_dir(tmp_path))
     enqueue(queue, "1.1", Priority.ROUTINE, max_attempts=1)
     assert queue.claim() is not None
     restarted = JobQueue(
-        Database(db_path),
+        SqliteDatabase(db_path),
         claimer=Claimer.for_data_dir(tmp_path),
         on_dead=lambda row, _error: failed.append(int(row["id"])),
     )
@@ -103,7 +103,7 @@ def test_an_interruption_on_the_last_attempt_fails_the_job_with_the_reason(
 def test_a_job_stopped_on_purpose_is_given_back_without_spending_an_attempt(
     tmp_path: Path,
 ) -> None:
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"))
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"))
     enqueue(queue, "1.1", Priority.ROUTINE)
     claimed = queue.claim()
     assert claimed is not None
@@ -113,7 +113,7 @@ def test_a_job_stopped_on_purpose_is_given_back_without_spending_an_attempt(
 
 
 def test_a_waiting_job_is_not_claimed_until_released_with_its_prior(tmp_path: Path) -> None:
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"))
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"))
     job_id = enqueue(queue, "1.1", Priority.ROUTINE, waiting=True)
     assert queue.claim() is None
     with queue.db.transaction() as conn:
@@ -124,7 +124,7 @@ def test_a_waiting_job_is_not_claimed_until_released_with_its_prior(tmp_path: Pa
 
 
 def test_a_worker_claims_only_the_algorithms_it_has(tmp_path: Path) -> None:
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"))
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"))
     enqueue(queue, "1.1", Priority.STAT)
     assert queue.claim(algorithms={"pe"}) is None
     claimed = queue.claim(algorithms={"pe", "lung_nodule"})
@@ -132,7 +132,7 @@ def test_a_worker_claims_only_the_algorithms_it_has(tmp_path: Path) -> None:
 
 
 def test_a_newer_revision_supersedes_a_queued_run(tmp_path: Path) -> None:
-    queue = JobQueue(Database(tmp_path / "db.sqlite3"))
+    queue = JobQueue(SqliteDatabase(tmp_path / "db.sqlite3"))
     first = enqueue(queue, "1.1", Priority.ROUTINE)
     second = enqueue(queue, "1.1", Priority.ROUTINE)
     states = {r["id"]: r["state"] for r in queue.db.query("SELECT id, state FROM jobs")}

@@ -27,7 +27,7 @@ from router.run.priors.loading import load_prior_study, prior_findings
 from router.run.priors.local_index import find_local_prior
 from router.run.priors.selection import CurrentStudy, PriorCandidate, select_priors
 from router.run.series_loader import load_series
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.mr_dicom import T1_SEQUENCE, write_mr_series
 from testing.orthanc import Orthanc
 from testing.router_process import RouterUnderTest, StartRouter
@@ -284,7 +284,7 @@ def test_prior_findings_come_from_the_earlier_sr_with_centres_in_lps(tmp_path: P
     )
     sr_path = tmp_path / "sr.dcm"
     write_dataset(sr, sr_path)
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     with db.transaction() as conn:
         job_id = conn.execute(
             "INSERT INTO jobs (study_uid, series_uid, study_revision, algorithm, rule_name, priority, "

@@ -13,9 +13,9 @@ from config.schema import DispatchRetryPolicy
 from router.deliver.dispatch import DISPATCHES
 from router.deliver.notify import DELIVERIES
 from router.run.job_queue import JobQueue
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from router.store.migrations import LATEST_VERSION, SchemaError
-from router.store.queue import Claimer, SqliteWorkQueue
+from router.store.queue import Claimer, SqlWorkQueue
 
 V1_DUMP = Path(__file__).resolve().parents[2] / "data" / "radrouter-schema-v1.sql"
 
@@ -65,9 +65,9 @@ def schema_of(path: Path) -> dict[str, object]:
 def test_a_version_1_database_is_upgraded_keeping_every_row(tmp_path: Path) -> None:
     path = v1_database(tmp_path / "radrouter.sqlite3")
     before = row_counts(path)
-    db = Database(path)
+    db = SqliteDatabase(path)
     version = db.query_one("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version is not None and int(version["value"]) == LATEST_VERSION == 8
+    assert version is not None and int(version["value"]) == LATEST_VERSION == 9
     after = row_counts(path)
     kept = {t: n for t, n in after.items() if t in before and t != "prior_index"}
     assert kept == {t: n for t, n in before.items() if t != "prior_index"}
@@ -81,11 +81,11 @@ def test_a_version_1_database_is_upgraded_keeping_every_row(tmp_path: Path) -> N
 
 
 def test_work_interrupted_under_version_1_is_resumed_after_the_upgrade(tmp_path: Path) -> None:
-    db = Database(v1_database(tmp_path / "radrouter.sqlite3"))
+    db = SqliteDatabase(v1_database(tmp_path / "radrouter.sqlite3"))
     node = Claimer.for_data_dir(tmp_path)
     jobs = JobQueue(db, claimer=node)
-    dispatches = SqliteWorkQueue(db, DISPATCHES, node, lambda _row: DispatchRetryPolicy())
-    deliveries = SqliteWorkQueue(db, DELIVERIES, node, lambda _row: DispatchRetryPolicy())
+    dispatches = SqlWorkQueue(db, DISPATCHES, node, lambda _row: DispatchRetryPolicy())
+    deliveries = SqlWorkQueue(db, DELIVERIES, node, lambda _row: DispatchRetryPolicy())
     assert jobs.items.reclaim_previous_boot() == 1
     assert dispatches.reclaim_previous_boot() == 1
     assert deliveries.reclaim_previous_boot() == 1
@@ -101,29 +101,29 @@ def test_work_interrupted_under_version_1_is_resumed_after_the_upgrade(tmp_path:
 
 
 def test_a_fresh_database_and_an_upgraded_one_have_the_same_schema(tmp_path: Path) -> None:
-    Database(tmp_path / "fresh.sqlite3")
-    Database(v1_database(tmp_path / "upgraded.sqlite3"))
+    SqliteDatabase(tmp_path / "fresh.sqlite3")
+    SqliteDatabase(v1_database(tmp_path / "upgraded.sqlite3"))
     assert schema_of(tmp_path / "fresh.sqlite3") == schema_of(tmp_path / "upgraded.sqlite3")
 
 
 def test_opening_an_up_to_date_database_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "radrouter.sqlite3"
-    Database(path)
+    SqliteDatabase(path)
     shape = schema_of(path)
-    Database(path)
+    SqliteDatabase(path)
     assert schema_of(path) == shape
     assert not list(tmp_path.glob("*.bak")), "no backup when there is nothing to migrate"
 
 
 def test_a_database_newer_than_this_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "radrouter.sqlite3"
-    Database(path)
+    SqliteDatabase(path)
     conn = sqlite3.connect(path)
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     with pytest.raises(SchemaError, match="schema version 99 is newer"):
-        Database(path)
+        SqliteDatabase(path)
 
 
 def test_a_database_of_something_else_is_refused(tmp_path: Path) -> None:
@@ -132,4 +132,4 @@ def test_a_database_of_something_else_is_refused(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE patients (id INTEGER)")
     conn.close()
     with pytest.raises(SchemaError, match="not radrouter's"):
-        Database(path)
+        SqliteDatabase(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from config.loader import parse_config
 from router.service import RouterService
-from router.store.database import Database
+from router.store.database import SqliteDatabase
 from testing.orthanc import free_port
 
 
@@ -45,7 +45,7 @@ def test_a_stopped_router_leaves_no_database_file_open(tmp_path: Path) -> None:
 def test_close_all_closes_every_threads_connection_and_a_later_ask_reconnects(
     tmp_path: Path,
 ) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     db.query("SELECT 1")
     ready, release = threading.Event(), threading.Event()
 

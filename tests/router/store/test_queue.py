@@ -1,7 +1,8 @@
 """The durable work queue under jobs, dispatches and deliveries: leases, interrupted work,
 fencing, retries and dead letters — the same rules for every table.
 
-The interrupted-work tests kill (or freeze) a real process that holds a claim: the item is
+Every test runs on both engines (SQLite and a real PostgreSQL, ``database`` in
+tests/conftest.py). The interrupted-work tests kill (or freeze) a real process that holds a claim: the item is
 taken over only after its lease, the interrupted attempt counts, and the item is finished
 exactly once.
 """
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from router.store.queue import (
     FailOutcome,
     LeaseKeeper,
     QueueTable,
-    SqliteWorkQueue,
+    SqlWorkQueue,
 )
 
 LEASE_S = 1.0
@@ -39,14 +41,15 @@ TABLES = {"jobs": JOBS, "dispatches": DISPATCHES, "deliveries": DELIVERIES}
 STUDY = "1.2.826.0.1.3680043.8.498.7"
 
 
-def add_item(db: Database, table: QueueTable) -> int:
-    """One ready item in ``table``, as the stage that queues it would write it."""
+def add_item(db: Database, table: QueueTable, series: int = 1) -> int:
+    """One ready item in ``table``, as the stage that queues it would write it (a job of a
+    new series does not replace the others)."""
     with db.transaction() as conn:
         if table is JOBS:
             return JobQueue(db).enqueue(
                 conn,
                 study_uid=STUDY,
-                series_uid=f"{STUDY}.1",
+                series_uid=f"{STUDY}.{series}",
                 study_revision=1,
                 algorithm="lung_nodule",
                 rule_name="chest",
@@ -57,28 +60,26 @@ def add_item(db: Database, table: QueueTable) -> int:
         if table is DISPATCHES:
             cursor = conn.execute(
                 "INSERT INTO dispatches (study_uid, series_uid, destination, state, created_at) "
-                "VALUES (?, ?, 'pacs', 'pending', ?)",
+                "VALUES (?, ?, 'pacs', 'pending', ?) RETURNING id",
                 (STUDY, f"{STUDY}.1", time.time()),
             )
-            return int(cursor.lastrowid or 0)
+            return int(cursor.fetchone()[0])
         notify_id = conn.execute(
             "INSERT INTO notify_queue (study_uid, job_id, state, created_at) "
-            "VALUES (?, 1, 'done', ?)",
+            "VALUES (?, 1, 'done', ?) RETURNING id",
             (STUDY, time.time()),
-        ).lastrowid
+        ).fetchone()[0]
         cursor = conn.execute(
             "INSERT INTO deliveries (notify_id, study_uid, channel, state, created_at) "
-            "VALUES (?, ?, 'hl7', 'pending', ?)",
+            "VALUES (?, ?, 'hl7', 'pending', ?) RETURNING id",
             (notify_id, STUDY, time.time()),
         )
-        return int(cursor.lastrowid or 0)
+        return int(cursor.fetchone()[0])
 
 
-def queue_of(
-    db: Database, table: QueueTable, on_dead: DeadHandler | None = None
-) -> SqliteWorkQueue:
+def queue_of(db: Database, table: QueueTable, on_dead: DeadHandler | None = None) -> SqlWorkQueue:
     budget = RetryPolicy(max_attempts=3, backoff_initial_s=0.0)
-    return SqliteWorkQueue(
+    return SqlWorkQueue(
         db, table, Claimer.ephemeral(), lambda _row: budget, lease_s=LEASE_S, on_dead=on_dead
     )
 
@@ -88,11 +89,11 @@ import sys
 from pathlib import Path
 from typing import Protocol
 from config.schema import RetryPolicy
-from router.store.database import Database
-from router.store.queue import Claimer, SqliteWorkQueue
+from router.store.open import database_at
+from router.store.queue import Claimer, SqlWorkQueue
 from tests.router.store.test_queue import TABLES
-db = Database(Path(sys.argv[1]))
-queue = SqliteWorkQueue(
+db = database_at(sys.argv[1])
+queue = SqlWorkQueue(
     db, TABLES[sys.argv[2]], Claimer.ephemeral(), lambda _row: RetryPolicy(), lease_s=float(sys.argv[3])
 )
 claim = queue.claim()
@@ -112,16 +113,16 @@ class Holder:
 
 
 class StartHolder(Protocol):
-    def __call__(self, db_path: Path, table: str) -> Holder: ...
+    def __call__(self, locator: str, table: str) -> Holder: ...
 
 
 @pytest.fixture
 def holder() -> Iterator[StartHolder]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(db_path: Path, table: str) -> Holder:
+    def start(locator: str, table: str) -> Holder:
         process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(db_path), table, str(LEASE_S)],
+            [sys.executable, "-c", HOLDER, locator, table, str(LEASE_S)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -143,11 +144,11 @@ def holder() -> Iterator[StartHolder]:
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_a_killed_claimer_item_is_taken_over_after_its_lease_and_finished_once(
-    tmp_path: Path, table: str, holder: StartHolder
+    database: Database, database_locator: str, table: str, holder: StartHolder
 ) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = database
     item = add_item(db, TABLES[table])
-    held = holder(tmp_path / "db.sqlite3", table)
+    held = holder(database_locator, table)
     assert held.item_id == item
     held.process.kill()
     held.process.wait(timeout=10)
@@ -167,11 +168,11 @@ def test_a_killed_claimer_item_is_taken_over_after_its_lease_and_finished_once(
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_a_claimer_frozen_past_its_lease_cannot_finish_what_was_taken_over(
-    tmp_path: Path, table: str, holder: StartHolder
+    database: Database, database_locator: str, table: str, holder: StartHolder
 ) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = database
     add_item(db, TABLES[table])
-    held = holder(tmp_path / "db.sqlite3", table)
+    held = holder(database_locator, table)
     os.kill(held.process.pid, signal.SIGSTOP)
     time.sleep(LEASE_S + 0.2)
     queue = queue_of(db, TABLES[table])
@@ -189,8 +190,8 @@ def test_a_claimer_frozen_past_its_lease_cannot_finish_what_was_taken_over(
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_heartbeats_keep_a_long_item_claimed(tmp_path: Path, table: str) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+def test_heartbeats_keep_a_long_item_claimed(database: Database, table: str) -> None:
+    db = database
     add_item(db, TABLES[table])
     worker = queue_of(db, TABLES[table])
     other = queue_of(db, TABLES[table])
@@ -210,9 +211,9 @@ def test_heartbeats_keep_a_long_item_claimed(tmp_path: Path, table: str) -> None
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_failures_retry_then_dead_letter_then_requeue_with_a_fresh_budget(
-    tmp_path: Path, table: str
+    database: Database, table: str
 ) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = database
     item = add_item(db, TABLES[table])
     dead: list[tuple[int, str]] = []
     queue = queue_of(db, TABLES[table], on_dead=lambda row, error: dead.append((row["id"], error)))
@@ -230,10 +231,36 @@ def test_failures_retry_then_dead_letter_then_requeue_with_a_fresh_budget(
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_a_permanent_refusal_is_dead_lettered_at_once(tmp_path: Path, table: str) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+def test_a_permanent_refusal_is_dead_lettered_at_once(database: Database, table: str) -> None:
+    db = database
     add_item(db, TABLES[table])
     queue = queue_of(db, TABLES[table])
     claim = queue.claim()
     assert claim is not None
     assert queue.fail(claim, "rejected for good", retryable=False) is FailOutcome.DEAD
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_claimers_in_parallel_take_each_item_once(database: Database, table: str) -> None:
+    """Eight threads (eight connections) claim 40 items at once: every item is claimed
+    exactly once; on PostgreSQL the claims skip rows others hold rather than wait."""
+    items = {add_item(database, TABLES[table], n) for n in range(40)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim_all() -> None:
+        queue = queue_of(database, TABLES[table])
+        while (claim := queue.claim()) is not None:
+            with database.transaction() as conn:
+                assert queue.complete(conn, claim) is True
+            with lock:
+                claimed.append(claim.id)
+        database.close()
+
+    threads = [threading.Thread(target=claim_all) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(claimed) == sorted(items)
+    assert queue_of(database, TABLES[table]).counts() == {TABLES[table].done: 40}

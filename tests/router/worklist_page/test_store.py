@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from config.schema import Priority
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from router.worklist_page.store import (
     FEEDBACK_CSV_COLUMNS,
     FlagVerdict,
@@ -27,7 +27,7 @@ from router.worklist_page.store import (
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "radrouter.sqlite3")
+    return SqliteDatabase(tmp_path / "radrouter.sqlite3")
 
 
 @dataclass(frozen=True)

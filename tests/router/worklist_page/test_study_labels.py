@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config.schema import Priority
-from router.store.database import Database
+from router.store.database import Database, SqliteDatabase
 from router.worklist_page.api import create_worklist_router
 from router.worklist_page.study_labels import StudyLabels
 from testing.dicom_tools import make_ct_slices
@@ -48,7 +48,7 @@ def spooled_study(db: Database, folder: Path, accession_vr: bytes) -> str:
 
 
 def test_an_accession_number_with_an_unknown_vr_is_shown_empty(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     study_uid = spooled_study(db, tmp_path / "spool", b"ZZ")
     label = StudyLabels(db).get(study_uid)
     assert label.accession_number == ""
@@ -56,7 +56,7 @@ def test_an_accession_number_with_an_unknown_vr_is_shown_empty(tmp_path: Path) -
 
 
 def test_the_worklist_api_answers_with_such_a_study_on_it(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     study_uid = spooled_study(db, tmp_path / "spool", b"ZZ")
     flag(db, add_result(db, study_uid), Priority.URGENT)
     app = FastAPI()
@@ -71,6 +71,6 @@ def test_the_worklist_api_answers_with_such_a_study_on_it(tmp_path: Path) -> Non
 
 
 def test_a_readable_accession_number_is_shown(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite3")
+    db = SqliteDatabase(tmp_path / "db.sqlite3")
     study_uid = spooled_study(db, tmp_path / "spool", b"SH")
     assert StudyLabels(db).get(study_uid).accession_number == "ACC-4711"
