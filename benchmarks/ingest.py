@@ -10,7 +10,8 @@ same files to a receiver started afresh for each measurement:
   pynetdicom's network layer sets for anything built on it, radrouter included).
 
 radrouter is measured with one receiver process and with two sharing the port
-(``node.receivers: 2``, SO_REUSEPORT).
+(``node.receivers: 2``, SO_REUSEPORT), the latter on SQLite and on PostgreSQL (a throwaway
+cluster on loopback, ``testing.postgres``, fsync on, as in production).
 
 Run: ``.venv/bin/python -m benchmarks.ingest [--slices 200] [--repeat 3] [--associations 1 4]``
 """
@@ -21,7 +22,6 @@ import argparse
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from router.store.open import database_at
 from testing.orthanc import free_port, running_orthanc
+from testing.postgres import PostgresServer, running_postgres
 from testing.synthetic_dicom import new_patient_study, write_ct_series
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -86,14 +88,20 @@ def time_storescu(port: int, aet: str, files: list[Path], associations: int = 1)
 
 
 @contextmanager
-def radrouter(workdir: Path, receivers: int = 1) -> Iterator[int]:
+def radrouter(workdir: Path, receivers: int = 1, database_url: str | None = None) -> Iterator[int]:
     """``radrouter serve``; with ``receivers`` > 1, that many processes on the port
-    (``node.receivers``), each started before the measurement begins."""
+    (``node.receivers``), each started before the measurement begins; on PostgreSQL at
+    ``database_url`` when given."""
     port = free_port()
     config = workdir / "router.yaml"
+    database = (
+        f"storage: {{database: {{engine: postgresql, url: '{database_url}'}}}}\n"
+        if database_url
+        else ""
+    )
     config.write_text(
         f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}, receivers: {receivers}}}\n"
-        "http: {host: 127.0.0.1, port: 0}\n"
+        "http: {host: 127.0.0.1, port: 0}\n" + database
     )
     process = subprocess.Popen(
         [
@@ -112,23 +120,24 @@ def radrouter(workdir: Path, receivers: int = 1) -> Iterator[int]:
     )
     try:
         wait_echo(port, "RADROUTER")
-        wait_receivers(workdir / "data" / "radrouter.sqlite3", receivers - 1)
+        wait_receivers(database_url or str(workdir / "data" / "radrouter.sqlite3"), receivers - 1)
         yield port
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
 
 
-def wait_receivers(database: Path, count: int, timeout_s: float = 60) -> None:
+def wait_receivers(database: str, count: int, timeout_s: float = 60) -> None:
     deadline = time.time() + timeout_s
-    while count > 0 and time.time() < deadline:
-        with sqlite3.connect(database) as conn:
-            started = conn.execute(
-                "SELECT COUNT(*) FROM events WHERE kind = 'receiver_started'"
-            ).fetchone()[0]
-        if started >= count:
-            return
-        time.sleep(0.2)
+    db = database_at(database)
+    try:
+        while count > 0 and time.time() < deadline:
+            row = db.query_one("SELECT COUNT(*) FROM events WHERE kind = 'receiver_started'")
+            if row is not None and row[0] >= count:
+                return
+            time.sleep(0.2)
+    finally:
+        db.close_all()
     if count > 0:
         raise TimeoutError(f"{count} receiver process(es) did not start")
 
@@ -175,13 +184,17 @@ def bare_pynetdicom() -> Iterator[int]:
 
 
 SHARED = "radrouter, 2 receivers"
-RECEIVERS = ("radrouter", SHARED, "dcmtk storescp", "Orthanc", "bare pynetdicom")
+SHARED_PG = "radrouter, 2 rec., PG"
+RECEIVERS = ("radrouter", SHARED, SHARED_PG, "dcmtk storescp", "Orthanc", "bare pynetdicom")
 
 
-def measure(work: Path, name: str, files: list[Path], associations: int) -> float:
+def measure(
+    work: Path, name: str, files: list[Path], associations: int, postgres: PostgresServer
+) -> float:
     """Start ``name`` afresh in ``work``, send ``files``, stop it; the seconds the send took."""
-    if name in ("radrouter", SHARED):
-        with radrouter(work, 2 if name == SHARED else 1) as port:
+    if name in ("radrouter", SHARED, SHARED_PG):
+        url = postgres.create_database() if name == SHARED_PG else None
+        with radrouter(work, 1 if name == "radrouter" else 2, url) as port:
             return time_storescu(port, "RADROUTER", files, associations)
     if name == "dcmtk storescp":
         with storescp(work) as port:
@@ -207,7 +220,7 @@ def main() -> None:
     args = parser.parse_args()
     counts: list[int] = sorted(set(args.associations))
     results: dict[int, dict[str, list[float]]] = {n: {r: [] for r in RECEIVERS} for n in counts}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, running_postgres(fsync=True) as postgres:
         root = Path(tmp)
         files = make_series(root / "series", args.slices)
         megabytes = sum(f.stat().st_size for f in files) / 2**20
@@ -217,7 +230,7 @@ def main() -> None:
                     work = root / f"run{run}-{count}"
                     work.mkdir()
                     try:
-                        results[count][name].append(measure(work, name, files, count))
+                        results[count][name].append(measure(work, name, files, count, postgres))
                     finally:
                         shutil.rmtree(work)
     best = {n: {name: min(times) for name, times in results[n].items()} for n in counts}
@@ -248,7 +261,9 @@ def main() -> None:
         shared = best[count][SHARED]
         print(
             f"{SHARED} = {best[count]['Orthanc'] / shared:.2f}x Orthanc, "
-            f"{mine / shared:.2f}x radrouter with one receiver"
+            f"{mine / shared:.2f}x radrouter with one receiver; on PostgreSQL "
+            f"{best[count]['Orthanc'] / best[count][SHARED_PG]:.2f}x Orthanc, "
+            f"{shared / best[count][SHARED_PG]:.2f}x the same on SQLite"
         )
         if count != 1 and 1 in best:
             print(

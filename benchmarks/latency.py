@@ -1,6 +1,6 @@
 """Hot-path latency: Orthanc pushes a chest CT; time from last image to the SR stored in Orthanc.
 
-Measured per run, from radrouter's own timestamps (SQLite) and Orthanc's push:
+Measured per run, from radrouter's own timestamps (its database) and Orthanc's push:
 - completion: association released -> study judged complete (target <= 1 s),
 - release -> job started,
 - last image received -> SR stored in Orthanc (C-STORE response), with and without the
@@ -17,7 +17,11 @@ the model <= 2 s at p95. "Without model" subtracts the time the job spent inside
 algorithm's ``run`` (``jobs.model_seconds``), so the shipped lung nodule model runs and
 produces the usual SEG + SR + KOS while its own time is taken out.
 
-Run: ``.venv/bin/python -m benchmarks.latency [--slices 300] [--size 512] [--runs 12]``
+``--database sqlite postgresql`` measures the router on each engine in turn (PostgreSQL: a
+throwaway cluster on loopback, ``testing.postgres``).
+
+Run: ``.venv/bin/python -m benchmarks.latency [--slices 300] [--size 512] [--runs 12]
+[--database sqlite postgresql]``
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.databases import ENGINES, database_yaml
 from config.loader import parse_config
 from router.service import RouterService, wait_for
 from testing.listeners import running_hl7_listener
@@ -39,10 +44,11 @@ from testing.synthetic_dicom import new_patient_study, write_ct_series
 from training.lung_nodule.synth import NoduleSpec, generate_chest_ct, right_lung_centre_mm
 
 
-def config_text(port: int, orthanc: Orthanc, hl7_port: int) -> str:
+def config_text(port: int, orthanc: Orthanc, hl7_port: int, database: str) -> str:
     return (
         f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
+        f"storage: {{database: {database}}}\n"
         f"destinations: {{pacs: {{ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc.dicom_port}}}}}\n"
         "rules:\n"
         "  - name: chest\n"
@@ -161,32 +167,43 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument(
+        "--database",
+        nargs="+",
+        choices=ENGINES,
+        default=["sqlite"],
+        help="the router's database engine(s), measured one after the other",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     shape = (args.slices, args.size, args.size)
-    results: list[dict[str, float]] = []
+    results: dict[str, list[dict[str, float]]] = {engine: [] for engine in args.database}
     load_before = load_average()
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_orthanc(Path(tmp) / "orthanc") as orthanc,
         running_hl7_listener() as ris,
+        database_yaml(args.database) as database_for,
     ):
-        port = free_port()
-        config = parse_config(config_text(port, orthanc, ris.port))
-        service = RouterService(config, data_dir=Path(tmp) / "router")
-        service.start()
-        try:
-            orthanc.add_modality("radrouter", "RADROUTER", port)
-            for run in range(args.runs):
-                results.append(one_run(orthanc, service, Path(tmp), 1000 + run, shape))
-        finally:
-            service.stop()
+        for engine in args.database:
+            port = free_port()
+            config = parse_config(config_text(port, orthanc, ris.port, database_for(engine)))
+            service = RouterService(config, data_dir=Path(tmp) / f"router-{engine}")
+            service.start()
+            try:
+                orthanc.add_modality("radrouter", "RADROUTER", port)
+                for run in range(args.runs):
+                    results[engine].append(one_run(orthanc, service, Path(tmp), 1000 + run, shape))
+            finally:
+                service.stop()
     print(
         f"latency: chest CT {args.slices} slices {args.size}x{args.size}, pushed by Orthanc, "
         f"{args.runs} run(s), settle_after_release_s={config.completion.settle_after_release_s}, "
         f"load average before {load_before}, after {load_average()}"
     )
-    print("\n".join(summarise(results)))
+    for engine, engine_results in results.items():
+        print(f"\ndatabase: {engine}")
+        print("\n".join(summarise(engine_results)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ the median is printed with every run.
 
 Run: ``.venv/bin/python -m benchmarks.throughput [--studies 12] [--workers 1 2 4] [--repeat 3]
 [--associations 4] [--slices 64] [--size 256] [--algorithm lung_nodule]
-[--no-model-reference]``
+[--no-model-reference] [--database sqlite postgresql]``
+
+``--database sqlite postgresql`` runs every worker count on each engine (PostgreSQL: a
+throwaway cluster on loopback, one fresh database per batch).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import Any, TypeVar
 from algorithms.lung_nodule.plugin import LungNoduleDetector
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
+from benchmarks.databases import ENGINES, database_yaml
 from benchmarks.ingest import ENV, storescp
 from config.loader import parse_config
 from router.service import RouterService, wait_for
@@ -67,10 +71,13 @@ T = TypeVar("T")
 REGISTRY = Registry({"lung_nodule": LungNoduleDetector, "always_negative": AlwaysNegative})
 
 
-def config_text(port: int, destination_port: int, workers: int, algorithm: str) -> str:
+def config_text(
+    port: int, destination_port: int, workers: int, algorithm: str, database: str
+) -> str:
     return (
         f"node: {{ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}}\n"
         "http: {host: 127.0.0.1, port: 0}\n"
+        f"storage: {{database: {database}}}\n"
         f"destinations: {{pacs: {{ae_title: STORESCP, host: 127.0.0.1, port: {destination_port}}}}}\n"
         f"jobs: {{workers: {workers}}}\n"
         f"algorithms: {{{algorithm}: {{max_concurrent: {workers}}}}}\n"
@@ -115,7 +122,12 @@ def in_child(function: Callable[..., T], *args: Any) -> T:
 
 
 def run_batch(
-    work: Path, studies: list[list[Path]], workers: int, algorithm: str, lanes: int
+    work: Path,
+    studies: list[list[Path]],
+    workers: int,
+    algorithm: str,
+    lanes: int,
+    database: str = "{engine: sqlite}",
 ) -> dict[str, float]:
     """One router with ``workers`` workers; the batch sent at once; the seconds from the first
     image sent to the last result stored, the mean model time per study, and this process's
@@ -123,7 +135,7 @@ def run_batch(
     logging.basicConfig(level=logging.ERROR)
     with storescp(work) as destination_port:
         port = free_port()
-        config = parse_config(config_text(port, destination_port, workers, algorithm))
+        config = parse_config(config_text(port, destination_port, workers, algorithm, database))
         service = RouterService(config, registry=REGISTRY, data_dir=work / "router")
         service.start()  # loads (warms) the model before anything is sent
         try:
@@ -194,6 +206,13 @@ def main() -> None:
         "--algorithm", choices=["lung_nodule", "always_negative"], default="lung_nodule"
     )
     parser.add_argument(
+        "--database",
+        nargs="+",
+        choices=ENGINES,
+        default=["sqlite"],
+        help="the router's database engine(s); each worker count is measured on each",
+    )
+    parser.add_argument(
         "--no-model-reference",
         dest="model_reference",
         action="store_false",
@@ -205,7 +224,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     shape = (args.slices, args.size, args.size)
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, database_yaml(args.database) as database_for:
         root = Path(tmp)
         studies: list[list[Path]] = []
         cts = [chest_ct(seed, shape) for seed in range(args.studies)]
@@ -218,15 +237,26 @@ def main() -> None:
                     root / "in" / f"s{seed}",
                 )
             )
-        runs: dict[int, list[dict[str, float]]] = {w: [] for w in args.workers}
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {
+            (engine, w): [] for engine in args.database for w in args.workers
+        }
         transfers: list[float] = []
         for round_ in range(args.repeat):  # worker counts interleaved, so drift hits each alike
-            for workers in args.workers:
-                work = root / f"w{workers}-{round_}"
-                work.mkdir()
-                runs[workers].append(
-                    in_child(run_batch, work, studies, workers, args.algorithm, args.associations)
-                )
+            for engine in args.database:
+                for workers in args.workers:
+                    work = root / f"{engine}-w{workers}-{round_}"
+                    work.mkdir()
+                    runs[engine, workers].append(
+                        in_child(
+                            run_batch,
+                            work,
+                            studies,
+                            workers,
+                            args.algorithm,
+                            args.associations,
+                            database_for(engine),
+                        )
+                    )
             ref_work = root / f"reference-{round_}"
             ref_work.mkdir()
             with storescp(ref_work) as port:
@@ -243,20 +273,20 @@ def main() -> None:
         f"load average before {load_before}, after {load_after}"
     )
     print(
-        f"{'workers':<8}{'seconds':>9}{'studies/h':>11}{'x 1 worker':>12}"
+        f"{'database':<11}{'workers':<8}{'seconds':>9}{'studies/h':>11}{'x 1 worker':>12}"
         f"{'model s/study':>15}{'model share':>13}{'peak MiB':>10}   all runs (s)"
     )
-    medians = {w: statistics.median(r["seconds"] for r in rows) for w, rows in runs.items()}
-    base = medians.get(1)
-    for workers, rows in runs.items():
-        seconds = medians[workers]
+    medians = {key: statistics.median(r["seconds"] for r in rows) for key, rows in runs.items()}
+    for (engine, workers), rows in runs.items():
+        base = medians.get((engine, 1))
+        seconds = medians[engine, workers]
         speedup = f"{base / seconds:.2f}x" if base is not None else "-"
         model = statistics.median(r["model_mean"] for r in rows)
         share = statistics.median(r["model_total"] / (r["seconds"] * workers) for r in rows)
         every = " ".join(f"{r['seconds']:.1f}" for r in rows)
         peak = max(r["peak_mib"] for r in rows)
         print(
-            f"{workers:<8}{seconds:>9.1f}{3600 * n / seconds:>11.0f}{speedup:>12}"
+            f"{engine:<11}{workers:<8}{seconds:>9.1f}{3600 * n / seconds:>11.0f}{speedup:>12}"
             f"{model:>15.2f}{share:>13.0%}{peak:>10.0f}   {every}"
         )
     transfer = statistics.median(transfers)

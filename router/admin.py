@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import requests
 
 from router.store.database import Database
+from router.store.nodes import live_nodes
 from router.usage import UsageRow, read_usage, usage_from_dicts
 
 __all__ = [
@@ -149,6 +151,7 @@ class RouterStatus:
     dead: Mapping[str, tuple[QueueItem, ...]]
     pending: Mapping[str, tuple[QueueItem, ...]]
     recent: tuple[StudyLine, ...]
+    nodes: tuple[dict[str, Any], ...] = ()
 
 
 class Source(Protocol):
@@ -180,6 +183,10 @@ class Source(Protocol):
         """Finished runs per month, algorithm, source, kind and outcome (``router.usage``)."""
         ...
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes of the deployment (``router.store.nodes``), as ``/readyz`` lists them."""
+        ...
+
 
 def read_status(source: Source, limit: int) -> RouterStatus:
     counts = source.counts()
@@ -193,11 +200,15 @@ def read_status(source: Source, limit: int) -> RouterStatus:
         StudyLine(str(r["study_uid"]), str(r["state"]), str(r["completion_reason"] or "-"))
         for r in source.recent_studies(RECENT_STUDIES)
     )
-    return RouterStatus(counts, dead, pending, recent)
+    return RouterStatus(counts, dead, pending, recent, tuple(source.nodes()))
 
 
 def format_status(status: RouterStatus) -> str:
     lines: list[str] = []
+    if status.nodes:
+        lines.append("nodes:")
+        lines.extend(_node_line(node) for node in status.nodes)
+        lines.append("")
     for table in COUNTED_TABLES:
         by_state = status.counts.get(table, {})
         summary = ", ".join(f"{state} {n}" for state, n in sorted(by_state.items()) if n)
@@ -221,6 +232,25 @@ def format_status(status: RouterStatus) -> str:
         lines.append("recent studies:")
         lines.extend(f"  {s.study_uid}  {s.state}  ({s.completion_reason})" for s in status.recent)
     return "\n".join(lines) + "\n"
+
+
+def _node_line(node: Mapping[str, Any]) -> str:
+    """``  worker    gpu-01  pid 4242  lung_nodule (cuda), pe (cuda)  seen 2 s ago``."""
+    devices = node.get("devices") or {}
+    algorithms = ", ".join(
+        f"{name} ({devices[name]})" if name in devices else str(name)
+        for name in node.get("algorithms") or ()
+    )
+    idle = [
+        f"{n} ({d}, not claimed)"
+        for n, d in devices.items()
+        if n not in (node.get("algorithms") or ())
+    ]
+    loaded = ", ".join(x for x in (algorithms, ", ".join(idle)) if x) or "-"
+    return (
+        f"  {node.get('role', '?'):<10} {node.get('host', '?'):<20} pid {node.get('pid', '?'):<7} "
+        f"{loaded}  seen {node.get('seen_s_ago', '?')} s ago"
+    )
 
 
 def _by_id(item: QueueItem) -> int:
@@ -284,6 +314,10 @@ class DatabaseSource:
     def recent_studies(self, limit: int) -> list[dict[str, Any]]:
         sql = "SELECT * FROM studies ORDER BY last_received_at DESC LIMIT ?"
         return [dict(row) for row in self.db.query(sql, (limit,))]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [node.to_json(now) for node in live_nodes(self.db, now)]
 
     def requeue(self, table: str, item_id: int | None) -> int:
         from router.assemble.study_state import reopen_study
@@ -412,6 +446,12 @@ class ApiSource:
             count += requeued
             if len(dead) < API_PAGE or not requeued:
                 return count
+
+    def nodes(self) -> list[dict[str, Any]]:
+        body = self._call("GET", "/readyz", accept=(200, 503)).json()
+        detail = body.get("detail", body) if isinstance(body, dict) else {}
+        nodes = detail.get("nodes", []) if isinstance(detail, dict) else []
+        return [node for node in nodes if isinstance(node, dict)]
 
     def _retry(self, table: str, item_id: int) -> bool:
         response = self._call("POST", f"/{table}/{item_id}/retry", accept=(200, 404, 409))

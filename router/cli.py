@@ -289,6 +289,8 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
             return source
         if url is not None:
             not_answering = f"no router answers at {url}"
+        if config.storage.database.engine == "postgresql":
+            return _postgres_source(config, sites, not_answering)
     path = data_dir.resolve() / "radrouter.sqlite3"
     if not path.is_file():
         looked = f"no radrouter database at {path} ({origin})"
@@ -300,6 +302,26 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
     because = f"; {not_answering}" if not_answering else ""
     print(f"source: {database.description} ({origin}{because})", file=sys.stderr)
     return database
+
+
+def _postgres_source(
+    config: RouterConfig, sites: dict[str, str], not_answering: str
+) -> Source | None:
+    """The deployment's PostgreSQL database (``storage.database``), when no router answers."""
+    from router.admin import DatabaseSource
+    from router.secrets import SecretError
+    from router.store.database import ENGINE_ERRORS
+    from router.store.open import open_configured
+
+    try:
+        db = open_configured(config.storage.database, config.storage.data_dir.resolve())
+    except (SecretError, *ENGINE_ERRORS) as exc:  # type: ignore[misc]
+        print(f"database: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return None
+    source = DatabaseSource(db, sites)
+    because = f"; {not_answering}" if not_answering else ""
+    print(f"source: {source.description} (storage.database{because})", file=sys.stderr)
+    return source
 
 
 def _named(args: argparse.Namespace) -> str:

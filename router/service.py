@@ -367,9 +367,17 @@ class RouterService:
         with their devices, and the external algorithms (any worker sends to the vendor)."""
         if not self.parts.workers:
             return [], {}
-        devices = {name: st.device for name, st in self.runtime.status().items()}
+        status = self.runtime.status()
+        devices = {
+            name: "cuda" if "cuda" in st.provider.lower() else "cpu" for name, st in status.items()
+        }
+        # A model configured for a GPU that this host lacks runs on its CPU when the router is
+        # one process; a worker of a deployment leaves its jobs to a host that has one.
+        claimable = {
+            name for name, st in status.items() if st.device != "cuda" or devices[name] == "cuda"
+        }
         external = set(self.holder.current().external_algorithms)
-        return sorted(set(devices) | external), devices
+        return sorted(claimable | external), devices
 
     # --- receivers sharing the DICOM port ---------------------------------------------------
 

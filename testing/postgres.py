@@ -44,6 +44,8 @@ class PostgresServer:
     socket_dir: Path
     port: int
     run_as: list[str]
+    fsync: bool = False
+    """Off for tests (nothing survives them); on for benchmarks, as in production."""
 
     def conninfo(self, dbname: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{dbname}"
@@ -68,7 +70,7 @@ class PostgresServer:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c max_connections=200"
+            f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200"
         )
         self.pg_ctl("-w", "-o", options, "-l", str(self.data_dir / "server.log"), "start")
 
@@ -85,7 +87,7 @@ class PostgresServer:
 
 
 @contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
+def running_postgres(*, fsync: bool = False) -> Iterator[PostgresServer]:
     bin_dir = postgres_bin()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (scripts/setup.sh installs it)")
@@ -97,7 +99,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         os.chown(root, account.pw_uid, account.pw_gid)
     root.chmod(0o700)
     data_dir, socket_dir = root / "data", root / "socket"
-    server = PostgresServer(bin_dir, data_dir, socket_dir, free_port(), run_as)
+    server = PostgresServer(bin_dir, data_dir, socket_dir, free_port(), run_as, fsync)
     try:
         subprocess.run(
             [*run_as, "mkdir", str(socket_dir)], check=True, capture_output=True, timeout=30

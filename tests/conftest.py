@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,9 @@ ENGINES = ("sqlite", "postgresql")
 def with_database(yaml_text: str, url: str) -> str:
     """The routing YAML with ``storage.database`` set to PostgreSQL at ``url`` (unless it
     names a database itself), so receiver processes reading the file use it too."""
+    if not re.search(r"^storage\s*:", yaml_text, re.MULTILINE):  # text kept as written
+        separator = "" if yaml_text.endswith("\n") or not yaml_text else "\n"
+        return f"{yaml_text}{separator}storage:\n  database: {{engine: postgresql, url: '{url}'}}\n"
     yaml = YAML()
     document = yaml.load(yaml_text) or {}
     storage = document.setdefault("storage", {})

@@ -135,18 +135,22 @@ def dry_run_recent(
     studies = max(1, min(studies, MAX_DRY_RUN_STUDIES))
     rows = db.query(
         "SELECT se.study_uid, se.series_uid, se.modality, se.series_description, "
-        "  (SELECT path || char(0) || calling_ae || char(0) || called_ae FROM instances i "
-        "   WHERE i.series_uid = se.series_uid "
-        "   ORDER BY instance_number, sop_instance_uid LIMIT 1) AS first "
+        "  i.path, i.calling_ae, i.called_ae "
         "FROM series se JOIN (SELECT study_uid, last_received_at FROM studies "
         "  ORDER BY last_received_at DESC LIMIT ?) st ON st.study_uid = se.study_uid "
+        "LEFT JOIN instances i ON i.sop_instance_uid = (SELECT x.sop_instance_uid "
+        "  FROM instances x WHERE x.series_uid = se.series_uid "
+        "  ORDER BY x.instance_number NULLS FIRST, x.sop_instance_uid LIMIT 1) "
         "ORDER BY st.last_received_at DESC, se.first_received_at, se.series_uid",
         (studies,),
     )
     series: list[SeriesRouting] = []
     unreadable = 0
     for row in rows:
-        decisions = _route_both(row["first"], running, candidate, purposes)
+        first = (
+            None if row["path"] is None else (row["path"], row["calling_ae"], row["called_ae"])
+        )
+        decisions = _route_both(first, running, candidate, purposes)
         if decisions is None:
             unreadable += 1
             continue
@@ -167,14 +171,14 @@ def dry_run_recent(
 
 
 def _route_both(
-    first: str | None,
+    first: tuple[str, str, str] | None,
     running: RouterConfig,
     candidate: RouterConfig,
     purposes: Mapping[str, Purpose],
 ) -> tuple[RoutingDecision, RoutingDecision] | None:
-    if not first:
+    if first is None:
         return None
-    path, calling_ae, called_ae = first.split("\0")
+    path, calling_ae, called_ae = first
     try:
         header = dcmread(Path(path), stop_before_pixels=True)
         facts = SeriesFacts.from_dataset(header, calling_ae, called_ae)

@@ -34,7 +34,9 @@ ACCESSION = "ACC-SECRET-0815"
 PATIENT_DATA = (PATIENT_NAME, "Secret", PATIENT_ID, BIRTH_DATE, ACCESSION)
 
 # Lines about the process as a whole (start-up, schema, models), not about one study.
-_PROCESS_LOGGERS = frozenset({"router.service", "router.store.migrations", "algorithms.runtime"})
+_PROCESS_LOGGERS = frozenset(
+    {"router.service", "router.store.migrations", "router.store.postgres", "algorithms.runtime"}
+)
 _PROCESS_LINES = re.compile(r"^DICOM node \S+ listening on ")
 
 

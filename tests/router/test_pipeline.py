@@ -27,7 +27,7 @@ from testing.router_process import (
     write_series,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
 TEST_REGISTRY = Registry(
     {"crashing": CrashingAlgorithm, "hanging": HangingAlgorithm, "always_negative": AlwaysNegative}

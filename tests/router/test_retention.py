@@ -107,7 +107,7 @@ def test_a_file_outside_the_data_folder_is_never_deleted(
     outside = tmp_path / "not-ours.dcm"
     outside.write_bytes(b"precious")
     db.connection().execute(
-        "UPDATE instances SET path = ? WHERE rowid = (SELECT MIN(rowid) FROM instances)",
+        "UPDATE instances SET path = ? WHERE sop_instance_uid = (SELECT MIN(sop_instance_uid) FROM instances)",
         (str(outside),),
     )
     router.service.retention.purge(study)

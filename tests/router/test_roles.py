@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Deployment:
     """Role processes started from one config file, each logging to a file of its own."""
 
-    def __init__(self, root: Path, url: str, pacs: ReceivingPacs, workers: int = 1) -> None:
+    def __init__(self, root: Path, url: str, pacs: ReceivingPacs, extra: str = "") -> None:
         self.root = root
         self.dicom_port, self.http_port = free_port(), free_port()
         self.config = root / "radrouter.yaml"
@@ -48,7 +48,7 @@ class Deployment:
             f"storage: {{data_dir: {root / 'data'}, database: {{engine: postgresql, "
             f"url: '{url}'}}}}\n"
             f"destinations:\n  pacs: {pacs.destination_yaml()}\n"
-            f"jobs: {{workers: {workers}}}\n"
+            f"{extra}"
             "completion: {settle_after_release_s: 0.2, series_idle_s: 2, study_idle_s: 20}\n"
             "rules:\n"
             "  - {name: ct, when: {Modality: CT}, run: lung_nodule, send_to: [pacs]}\n",
@@ -97,9 +97,15 @@ class Deployment:
 
 @pytest.fixture
 def deployment(
-    postgres: PostgresServer, storescp: ReceivingPacs, tmp_path: Path
+    postgres: PostgresServer,
+    storescp: ReceivingPacs,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Deployment]:
-    running = Deployment(tmp_path, postgres.create_database(), storescp)
+    extra = request.node.get_closest_marker("deployment_yaml")
+    running = Deployment(
+        tmp_path, postgres.create_database(), storescp, extra.args[0] if extra else ""
+    )
     yield running
     running.stop()
 
@@ -149,6 +155,20 @@ def test_a_study_passes_through_four_role_processes(
         assert len(storescp.received("SR")[study_uid]) == 1
     finally:
         db.close_all()
+    for through in ([], ["--no-api"]):  # the api process, then the database itself
+        status = subprocess.run(
+            [sys.executable, "-m", "router.cli", "status", "--config", str(deployment.config),
+             *through],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        nodes = status.stdout.split("\n\n")[0].splitlines()
+        assert nodes[0] == "nodes:" and sorted(line.split()[0] for line in nodes[1:]) == [
+            "api", "dispatcher", "receiver", "worker",
+        ], status.stdout  # fmt: skip
+        assert "lung_nodule (cpu)" in status.stdout
+        expected = "router API" if not through else "postgresql 127.0.0.1"
+        assert expected in status.stderr, status.stderr
 
 
 def worker_host(node: dict[str, object]) -> str:
@@ -263,5 +283,28 @@ def test_postgresql_restarted_under_load_loses_nothing(
         refused = sum(outcome is None for outcome in outcomes)
         print(f"\nPostgreSQL restarted under 3 sends: {refused} of 3 had instances refused; "
               "every study whole, one result, sent once")  # fmt: skip
+    finally:
+        db.close_all()
+
+
+@pytest.mark.deployment_yaml("algorithms: {lung_nodule: {device: cuda}}\n")
+def test_a_cpu_worker_leaves_a_gpu_job_queued(deployment: Deployment, tmp_path: Path) -> None:
+    """lung_nodule configured for a GPU; this host has none: the worker loads it (on its CPU,
+    as a one-process router would run it) but claims none of its jobs, and says so."""
+    for role in ("dispatcher", "receiver", "worker", "api"):
+        deployment.start(role)  # type: ignore[arg-type]
+    assert wait_for(lambda: len(deployment.nodes()) == 4, 120), deployment.logs()
+    [worker] = [node for node in deployment.nodes() if node["role"] == "worker"]
+    assert worker["algorithms"] == [] and worker["devices"] == {"lung_nodule": "cpu"}
+    study_uid = send_study(deployment.dicom_port, tmp_path / "ct")
+    url = deployment.config.read_text().split("url: '")[1].split("'")[0]
+    db = database_at(url)
+    try:
+        assert wait_for(
+            lambda: db.query_one("SELECT 1 FROM jobs WHERE study_uid = ?", (study_uid,)), 60
+        )
+        time.sleep(5)
+        [job] = db.query("SELECT state, attempts FROM jobs WHERE study_uid = ?", (study_uid,))
+        assert (job["state"], job["attempts"]) == ("queued", 0)
     finally:
         db.close_all()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from router.admin_page.config_edit import restore_secrets, secret_problems
 from router.audit.config_change import REDACTED, redact
@@ -16,6 +17,7 @@ from testing.router_process import StartRouter
 from tests.router.admin_page.support import get, post, send_ct, start_admin_router
 
 
+@pytest.mark.both_engines
 def test_the_overview_studies_algorithms_and_dead_letters(
     start_router: StartRouter, tmp_path: Path
 ) -> None:
