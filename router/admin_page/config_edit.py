@@ -147,9 +147,7 @@ def dry_run_recent(
     series: list[SeriesRouting] = []
     unreadable = 0
     for row in rows:
-        first = (
-            None if row["path"] is None else (row["path"], row["calling_ae"], row["called_ae"])
-        )
+        first = None if row["path"] is None else (row["path"], row["calling_ae"], row["called_ae"])
         decisions = _route_both(first, running, candidate, purposes)
         if decisions is None:
             unreadable += 1
