@@ -240,7 +240,7 @@ def test_postgresql_restarted_under_load_loses_nothing(
     failure status are resent (as a PACS retries); every node reconnects, every study is
     whole and gets one result, sent once."""
     for role in ("dispatcher", "receiver", "worker", "api"):
-        deployment.start(role)  # type: ignore[arg-type]
+        deployment.start(role)
     assert wait_for(lambda: len(deployment.nodes()) == 4, 120), deployment.logs()
     folders = [tmp_path / f"s{n}" for n in range(3)]
     outcomes: list[str | None] = [None] * 3
@@ -292,7 +292,7 @@ def test_a_cpu_worker_leaves_a_gpu_job_queued(deployment: Deployment, tmp_path: 
     """lung_nodule configured for a GPU; this host has none: the worker loads it (on its CPU,
     as a one-process router would run it) but claims none of its jobs, and says so."""
     for role in ("dispatcher", "receiver", "worker", "api"):
-        deployment.start(role)  # type: ignore[arg-type]
+        deployment.start(role)
     assert wait_for(lambda: len(deployment.nodes()) == 4, 120), deployment.logs()
     [worker] = [node for node in deployment.nodes() if node["role"] == "worker"]
     assert worker["algorithms"] == [] and worker["devices"] == {"lung_nodule": "cpu"}
@@ -301,7 +301,10 @@ def test_a_cpu_worker_leaves_a_gpu_job_queued(deployment: Deployment, tmp_path: 
     db = database_at(url)
     try:
         assert wait_for(
-            lambda: db.query_one("SELECT 1 FROM jobs WHERE study_uid = ?", (study_uid,)), 60
+            lambda: (
+                db.query_one("SELECT 1 FROM jobs WHERE study_uid = ?", (study_uid,)) is not None
+            ),
+            60,
         )
         time.sleep(5)
         [job] = db.query("SELECT state, attempts FROM jobs WHERE study_uid = ?", (study_uid,))

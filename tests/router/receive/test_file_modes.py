@@ -16,6 +16,7 @@ from config.loader import parse_config
 from dicom_sr.io import write_dataset
 from router.receive.status import StoreStatus
 from router.service import RouterService
+from router.store.database import SqliteDatabase
 from testing.dicom_node import running_node, send_payload, store_association
 from testing.dicom_tools import make_ct_slices
 from testing.fuzz import encode
@@ -77,5 +78,6 @@ def test_the_data_folder_and_the_database_are_owner_only(tmp_path: Path) -> None
     config = parse_config("node: {port: 11112}\n", "test.yaml")
     service = RouterService(config, data_dir=tmp_path / "data", registry=Registry({}))
     assert mode(tmp_path / "data") == 0o700
+    assert isinstance(service.db, SqliteDatabase)
     assert mode(service.db.path) == 0o600
     assert mode(service.spool.root) == 0o700

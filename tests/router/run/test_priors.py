@@ -289,9 +289,9 @@ def test_prior_findings_come_from_the_earlier_sr_with_centres_in_lps(tmp_path: P
         job_id = conn.execute(
             "INSERT INTO jobs (study_uid, series_uid, study_revision, algorithm, rule_name, priority, "
             "priority_rank, state, max_attempts, created_at) VALUES (?, ?, 1, 'ms_lesion', 'r', "
-            "'routine', 2, 'done', 1, 0)",
+            "'routine', 2, 'done', 1, 0) RETURNING id",
             (study.study_instance_uid, loaded.series.series_instance_uid),
-        ).lastrowid
+        ).fetchone()[0]
         conn.execute(
             "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, version_number, "
             "series_instance_uid, sop_instance_uid, sop_class_uid, path, verdict, finding_count, "

@@ -67,7 +67,7 @@ def add_job(
         job_id = conn.execute(
             "INSERT INTO jobs (study_uid, series_uid, study_revision, algorithm, rule_name, "
             "priority, priority_rank, state, attempts, max_attempts, created_at, finished_at, "
-            "error) VALUES (?, ?, 1, ?, 'rule', ?, ?, ?, 2, 2, ?, ?, ?)",
+            "error) VALUES (?, ?, 1, ?, 'rule', ?, ?, ?, 2, 2, ?, ?, ?) RETURNING id",
             (
                 study_uid,
                 f"{study_uid}.1",
@@ -79,9 +79,8 @@ def add_job(
                 finished_at,
                 error,
             ),
-        ).lastrowid
-    assert job_id is not None
-    return job_id
+        ).fetchone()[0]
+    return int(job_id)
 
 
 def add_result(
@@ -96,7 +95,7 @@ def add_result(
             "INSERT INTO results (job_id, study_uid, algorithm, algorithm_version, "
             "version_number, series_instance_uid, sop_instance_uid, sop_class_uid, path, "
             "verdict, finding_count, created_at) VALUES (?, ?, ?, '1.2.0', ?, ?, ?, "
-            "'1.2.840.10008.5.1.4.1.1.88.34', '/nonexistent.dcm', ?, ?, ?)",
+            "'1.2.840.10008.5.1.4.1.1.88.34', '/nonexistent.dcm', ?, ?, ?) RETURNING id",
             (
                 job_id,
                 study_uid,
@@ -108,9 +107,10 @@ def add_result(
                 1 if verdict == "present" else 0,
                 float(study["last_received_at"]) + 5.0,
             ),
-        ).lastrowid
-    assert result_id is not None
-    return StoredResult(study_uid, algorithm, result_id, job_id, float(study["last_received_at"]))
+        ).fetchone()[0]
+    return StoredResult(
+        study_uid, algorithm, int(result_id), job_id, float(study["last_received_at"])
+    )
 
 
 def flag(
