@@ -185,7 +185,7 @@ def main() -> None:
         running_hl7_listener() as ris,
         database_yaml(args.database) as database_for,
     ):
-        for engine in args.database:
+        for number, engine in enumerate(args.database):
             port = free_port()
             config = parse_config(config_text(port, orthanc, ris.port, database_for(engine)))
             service = RouterService(config, data_dir=Path(tmp) / f"router-{engine}")
@@ -193,7 +193,10 @@ def main() -> None:
             try:
                 orthanc.add_modality("radrouter", "RADROUTER", port)
                 for run in range(args.runs):
-                    results[engine].append(one_run(orthanc, service, Path(tmp), 1000 + run, shape))
+                    # New studies for each engine: Orthanc keeps the earlier ones, with the
+                    # results stored into them, and would push those too.
+                    seed = 1000 + 100 * number + run
+                    results[engine].append(one_run(orthanc, service, Path(tmp), seed, shape))
             finally:
                 service.stop()
     print(

@@ -79,6 +79,10 @@ from worklist.channels import channels_from_config
 LOGGER = logging.getLogger(__name__)
 
 
+WORKER_IDLE_LISTENING_S = 2.0
+"""How often an idle worker looks for jobs when the database announces them."""
+
+
 class RouterService:
     def __init__(
         self,
@@ -212,6 +216,9 @@ class RouterService:
             on_job_done=self._job_done,
             on_results=self._results_written,
             algorithms=None if role == "all" else lambda: self._loaded_algorithms()[0],
+            # On PostgreSQL queued jobs are announced (LISTEN/NOTIFY): looking now and then
+            # only catches what no notification announces (a lease that expired).
+            idle_s=WORKER_IDLE_LISTENING_S if isinstance(self.db, PostgresDatabase) else 0.2,
         )
         self.answers = AnswerStage(
             self.db,

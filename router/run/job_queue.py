@@ -227,7 +227,10 @@ class JobQueue:
 
     def retry(self, job_id: int, also: InTransaction | None = None) -> bool:
         """Put a failed job back in its lane, with a fresh retry budget."""
-        return bool(self.items.requeue_dead(job_id, also))
+        requeued = bool(self.items.requeue_dead(job_id, also))
+        if requeued:
+            self.db.notify(JOBS_CHANNEL)
+        return requeued
 
     def counts(self) -> dict[str, int]:
         return self.items.counts()

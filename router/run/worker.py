@@ -301,12 +301,16 @@ class WorkerPool:
         on_job_done: Callable[[Job, JobOutcome], None] | None = None,
         on_results: Callable[[], None] | None = None,
         algorithms: Callable[[], Collection[str]] | None = None,
+        idle_s: float = 0.2,
     ) -> None:
         """``algorithms``: claim only jobs of these (what this process loaded, on a host of
         its own); None claims every job, and one whose model is missing fails visibly."""
         self.queue = queue
         self.runner = runner
         self._algorithms = algorithms
+        self._idle_s = idle_s
+        """How long an idle worker waits before looking again, unless woken (in-process, or
+        by the database's notification of queued jobs)."""
         self._config = config
         self._leases = leases
         self._on_job_done = on_job_done
@@ -338,7 +342,7 @@ class WorkerPool:
                 LOGGER.exception("worker step failed")
                 worked = False
             if not worked:
-                self._wake.wait(0.2)
+                self._wake.wait(self._idle_s)
                 self._wake.clear()
 
     def run_once(self) -> bool:

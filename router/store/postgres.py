@@ -7,7 +7,9 @@ by name, like ``sqlite3.Row``.
 
 Transactions keep the semantics the stages were written to: a *serialized* transaction (the
 default) first takes one transaction-level advisory lock, so writing transactions follow one
-another as SQLite's ``BEGIN IMMEDIATE`` makes them, whichever process or host runs them. Queue
+another as SQLite's ``BEGIN IMMEDIATE`` makes them, whichever process or host runs them; a
+write statement outside a transaction takes it too (as SQLite's autocommit writes wait for
+the write lock). Queue
 claims do not: they are single statements that lock the row they take and skip rows others
 hold (``FOR UPDATE SKIP LOCKED``), so workers on several hosts claim in parallel. ``notify``
 sends a PostgreSQL ``NOTIFY`` at commit; ``Listener`` wakes the stages of every other process
@@ -31,6 +33,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg.adapt import Dumper
+from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 
 from router.store.database import Connection, Cursor, Database, Params, ThreadConnections
@@ -147,6 +150,7 @@ def _pg_row(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     return make
 
 
+_WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 
@@ -188,6 +192,13 @@ class PgConnection:
 
     def execute(self, sql: str, parameters: Params = (), /) -> Cursor:
         cursor = self.raw.cursor(row_factory=_pg_row)
+        if _WRITE.match(sql) and self.raw.info.transaction_status == TransactionStatus.IDLE:
+            # A write outside a transaction waits its turn like a serialized transaction, as
+            # SQLite's autocommit writes do: it never lands between another's read and write.
+            with self.raw.transaction():
+                self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+                cursor.execute(to_postgres(sql), tuple(parameters))
+            return cursor
         cursor.execute(to_postgres(sql), tuple(parameters))
         return cursor
 

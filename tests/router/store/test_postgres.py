@@ -195,6 +195,35 @@ def test_serialized_transactions_lose_no_update(postgres: PostgresServer) -> Non
     db.close_all()
 
 
+def test_a_write_outside_a_transaction_waits_for_a_serialized_one(
+    postgres: PostgresServer,
+) -> None:
+    """A serialized transaction reads, then writes; a single UPDATE sent meanwhile from
+    another connection lands after it commits, not between its read and its write."""
+    db = database_at(postgres.create_database())
+    db.connection().execute("INSERT INTO meta (key, value) VALUES ('counter', '0')")
+    read = threading.Event()
+
+    def read_then_write() -> None:
+        with db.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'counter'").fetchone()
+            read.set()
+            time.sleep(0.5)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'counter'", (str(int(row[0]) + 1),))
+        db.close()
+
+    thread = threading.Thread(target=read_then_write)
+    thread.start()
+    assert read.wait(10)
+    db.connection().execute(
+        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'counter'"
+    )
+    thread.join(timeout=30)
+    row = db.query_one("SELECT value FROM meta WHERE key = 'counter'")
+    assert row is not None and row[0] == "2"
+    db.close_all()
+
+
 def test_a_failed_transaction_is_rolled_back(postgres: PostgresServer) -> None:
     db = database_at(postgres.create_database())
     with pytest.raises(RuntimeError), db.transaction() as conn:
