@@ -20,7 +20,7 @@ import uvicorn
 
 from algorithms.contract import Purpose
 from algorithms.registry import Registry
-from algorithms.runtime import ModelRuntime
+from algorithms.runtime import ModelRuntime, cuda_available
 from config.schema import RouterConfig, http_is_loopback, http_is_secure
 from router.admin_page.api import AdminDependencies
 from router.admin_page.history import ConfigChangeLog
@@ -370,21 +370,35 @@ class RouterService:
         self.db.close_all()
 
     def _loaded_algorithms(self) -> tuple[list[str], dict[str, str]]:
-        """What this process can run now (the node registry lists it): the models it loaded,
-        with their devices, and the external algorithms (any worker sends to the vendor)."""
+        """What this process claims jobs of (the node registry lists it): the configured
+        algorithms installed here (loaded at start, or on their first job after a change of
+        configuration) and the external ones (any worker sends to the vendor); and the device
+        each loaded model runs on."""
         if not self.parts.workers:
             return [], {}
+        config = self.holder.current()
         status = self.runtime.status()
         devices = {
             name: "cuda" if "cuda" in st.provider.lower() else "cpu" for name, st in status.items()
         }
-        # A model configured for a GPU that this host lacks runs on its CPU when the router is
-        # one process; a worker of a deployment leaves its jobs to a host that has one.
-        claimable = {
-            name for name, st in status.items() if st.device != "cuda" or devices[name] == "cuda"
-        }
-        external = set(self.holder.current().external_algorithms)
-        return sorted(claimable | external), devices
+        gpu_here: bool | None = None
+        claimable = set()
+        for name in config.algorithm_names() & set(self.registry.names()):
+            settings = config.algorithms.get(name)
+            if settings is None or settings.device != "cuda":
+                claimable.add(name)
+                continue
+            # A model configured for a GPU that this host lacks runs on its CPU when the
+            # router is one process; a worker of a deployment leaves its jobs to a host
+            # that has one.
+            if name in devices:
+                has_gpu = devices[name] == "cuda"
+            else:
+                gpu_here = cuda_available() if gpu_here is None else gpu_here
+                has_gpu = gpu_here
+            if has_gpu:
+                claimable.add(name)
+        return sorted(claimable | set(config.external_algorithms)), devices
 
     # --- receivers sharing the DICOM port ---------------------------------------------------
 

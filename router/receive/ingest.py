@@ -574,7 +574,7 @@ class Ingestor:
         record_association = association_study is not None and not self._association_known(
             association_study
         )
-        with self.db.transaction() as conn:
+        with self.db.transaction(study=header.study_uid) as conn:
             previous = conn.execute(
                 "SELECT sha256 FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),

@@ -93,12 +93,17 @@ class Database(abc.ABC):
 
     @contextmanager
     @abc.abstractmethod
-    def transaction(self, *, serialized: bool = True) -> Iterator[Connection]:
+    def transaction(
+        self, *, serialized: bool = True, study: str | None = None
+    ) -> Iterator[Connection]:
         """A transaction, committed at the end and rolled back on error.
 
         ``serialized`` (the default) makes it the only writing transaction at a time, as
         SQLite's ``BEGIN IMMEDIATE`` does: the read-then-write steps of the stages rely on it.
-        A single claim statement (``FOR UPDATE SKIP LOCKED``) passes False."""
+        A single claim statement (``FOR UPDATE SKIP LOCKED``) passes False. ``study``: a
+        transaction that reads and writes the rows of that one study only (indexing a
+        received instance) follows the other transactions of the study and every serialized
+        one, but runs beside those of other studies (on PostgreSQL; SQLite has one writer)."""
         yield self.connection()  # pragma: no cover - abstract
 
     def notify(self, channel: str, conn: Connection | None = None) -> None:  # noqa: B027
@@ -220,7 +225,9 @@ class SqliteDatabase(Database):
         return conn
 
     @contextmanager
-    def transaction(self, *, serialized: bool = True) -> Iterator[Connection]:
+    def transaction(
+        self, *, serialized: bool = True, study: str | None = None
+    ) -> Iterator[Connection]:
         """BEGIN IMMEDIATE ... COMMIT (SQLite has one writer at a time either way)."""
         conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")

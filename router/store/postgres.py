@@ -9,11 +9,12 @@ Transactions keep the semantics the stages were written to: a *serialized* trans
 default) first takes one transaction-level advisory lock, so writing transactions follow one
 another as SQLite's ``BEGIN IMMEDIATE`` makes them, whichever process or host runs them; a
 write statement outside a transaction takes it too (as SQLite's autocommit writes wait for
-the write lock). Queue
-claims do not: they are single statements that lock the row they take and skip rows others
-hold (``FOR UPDATE SKIP LOCKED``), so workers on several hosts claim in parallel. ``notify``
-sends a PostgreSQL ``NOTIFY`` at commit; ``Listener`` wakes the stages of every other process
-that ``LISTEN``.
+the write lock). The transaction that indexes a received instance takes that lock shared
+and its study's lock exclusive, so receivers index different studies at once and still
+follow every other writer. Queue claims take neither: they are single statements that lock
+the row they take and skip rows others hold (``FOR UPDATE SKIP LOCKED``), so workers on
+several hosts claim in parallel. ``notify`` sends a PostgreSQL ``NOTIFY`` at commit;
+``Listener`` wakes the stages of every other process that ``LISTEN``.
 
 A lost connection (PostgreSQL restarted, a network cut) fails the statement under way; the
 thread's next statement opens a new connection. The stages already retry a failed step.
@@ -21,6 +22,7 @@ thread's next statement opens a new connection. The stages already retry a faile
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -45,6 +47,15 @@ LOGGER = logging.getLogger(__name__)
 WRITER_LOCK = 0x7261_6472_6F75_7401
 """The advisory lock key of serialized transactions (``radrout`` + 1)."""
 MIGRATION_LOCK = WRITER_LOCK + 1
+
+
+def study_lock_key(study_uid: str) -> int:
+    """The advisory lock key of one study's transactions: 64 bits of its hash, kept clear of
+    the two fixed keys."""
+    key = int.from_bytes(hashlib.sha256(study_uid.encode()).digest()[:8], "big", signed=True)
+    return key if key not in (WRITER_LOCK, MIGRATION_LOCK) else key ^ 1
+
+
 CONNECT_TIMEOUT_S = 10
 
 
@@ -192,20 +203,26 @@ class PgConnection:
 
     def execute(self, sql: str, parameters: Params = (), /) -> Cursor:
         cursor = self.raw.cursor(row_factory=_pg_row)
-        if _WRITE.match(sql) and self.raw.info.transaction_status == TransactionStatus.IDLE:
-            # A write outside a transaction waits its turn like a serialized transaction, as
-            # SQLite's autocommit writes do: it never lands between another's read and write.
-            with self.raw.transaction():
-                self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
-                cursor.execute(to_postgres(sql), tuple(parameters))
-            return cursor
-        cursor.execute(to_postgres(sql), tuple(parameters))
+        with self._writer_turn(sql):
+            cursor.execute(to_postgres(sql), tuple(parameters))
         return cursor
 
     def executemany(self, sql: str, parameters: Iterable[Params], /) -> Cursor:
         cursor = self.raw.cursor(row_factory=_pg_row)
-        cursor.executemany(to_postgres(sql), [tuple(p) for p in parameters])
+        with self._writer_turn(sql):
+            cursor.executemany(to_postgres(sql), [tuple(p) for p in parameters])
         return cursor
+
+    @contextmanager
+    def _writer_turn(self, sql: str) -> Iterator[None]:
+        """A write outside a transaction waits its turn like a serialized transaction, as
+        SQLite's autocommit writes do: it never lands between another's read and write."""
+        if not _WRITE.match(sql) or self.raw.info.transaction_status != TransactionStatus.IDLE:
+            yield
+            return
+        with self.raw.transaction():
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            yield
 
     def close(self) -> None:
         self.raw.close()
@@ -235,10 +252,19 @@ class PostgresDatabase(Database):
         return conn
 
     @contextmanager
-    def transaction(self, *, serialized: bool = True) -> Iterator[Connection]:
+    def transaction(
+        self, *, serialized: bool = True, study: str | None = None
+    ) -> Iterator[Connection]:
         conn = self.connection()
         with conn.raw.transaction():
-            if serialized:
+            if study is not None:
+                # Shared with other studies' transactions, exclusive against every
+                # serialized one; then the study's own lock.
+                conn.raw.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)",
+                    (WRITER_LOCK, study_lock_key(study)),
+                )
+            elif serialized:
                 conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             yield conn
 

@@ -350,3 +350,48 @@ def test_serve_names_an_unreachable_database_and_stops(tmp_path: Path) -> None:
     )
     assert run.returncode == 2, run.stderr
     assert "database:" in run.stderr and "s3cret-value" not in run.stderr + run.stdout
+
+
+def test_instances_of_other_studies_are_indexed_at_once_and_of_one_study_in_turn(
+    postgres: PostgresServer,
+) -> None:
+    """A study's transaction holds: another study's goes ahead; the same study's and any
+    serialized transaction wait for it."""
+    db = database_at(postgres.create_database())
+    holding = threading.Event()
+    release = threading.Event()
+    finished: dict[str, float] = {}
+
+    def hold() -> None:
+        with db.transaction(study="1.1"):
+            holding.set()
+            release.wait(10)
+        finished["holder"] = time.monotonic()
+        db.close()
+
+    def other(name: str, **kwargs: object) -> None:
+        with db.transaction(**kwargs) as conn:  # type: ignore[arg-type]
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, '1')", (name,))
+        finished[name] = time.monotonic()
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    beside = threading.Thread(target=other, args=("other study",), kwargs={"study": "1.2"})
+    beside.start()
+    beside.join(timeout=10)
+    assert set(finished) == {"other study"}, "another study's transaction waited"
+    others = [
+        threading.Thread(target=other, args=("same study",), kwargs={"study": "1.1"}),
+        threading.Thread(target=other, args=("serialized",)),
+    ]
+    for thread in others:
+        thread.start()
+    time.sleep(1.0)
+    assert set(finished) == {"other study"}, finished
+    release.set()
+    for thread in [holder, *others]:
+        thread.join(timeout=30)
+    assert finished["same study"] > finished["holder"] < finished["serialized"]
+    db.close_all()
