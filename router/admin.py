@@ -235,7 +235,8 @@ def format_status(status: RouterStatus) -> str:
 
 
 def _node_line(node: Mapping[str, Any]) -> str:
-    """``  worker    gpu-01  pid 4242  lung_nodule (cuda), pe (cuda)  seen 2 s ago``."""
+    """``  worker    gpu-01  pid 4242  lung_nodule (cuda), pe (cuda)`` (every node listed
+    was heard from in the last ``router.store.nodes.LIVE_S``; /readyz says when)."""
     devices = node.get("devices") or {}
     algorithms = ", ".join(
         f"{name} ({devices[name]})" if name in devices else str(name)
@@ -249,7 +250,7 @@ def _node_line(node: Mapping[str, Any]) -> str:
     loaded = ", ".join(x for x in (algorithms, ", ".join(idle)) if x) or "-"
     return (
         f"  {node.get('role', '?'):<10} {node.get('host', '?'):<20} pid {node.get('pid', '?'):<7} "
-        f"{loaded}  seen {node.get('seen_s_ago', '?')} s ago"
+        f"{loaded}"
     )
 
 
