@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from algorithms import codes, packaged_model
 from algorithms.contract import (
@@ -22,13 +25,19 @@ from algorithms.contract import (
     StudyInput,
     Verdict,
 )
-from algorithms.pe import inference, postprocess, preprocess
+from algorithms.pe import filling_defects, inference, postprocess, preprocess
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "algorithms.pe"
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "model.json"
+DEFECT_CLASSIFIER = "defects.json"
+"""The second stage's classifier (``filling_defects``); without it only the network's own
+embolus output is used."""
+DEFECT_FLOOR = 0.02
+"""Second-stage candidates below this probability are dropped at analysis (no site threshold
+is that low)."""
 DEFAULT_THRESHOLD = 0.5
 """Used only when model.json has no operating point chosen on the validation split."""
 MIN_SLICES = 40
@@ -62,6 +71,10 @@ class Analysis:
     input_shape: tuple[int, int, int]
     seconds: float
     """Pre-processing and model run time."""
+    radius_mm: postprocess.FloatVolume | None = None
+    """Lumen radius of the predicted arteries and embolus candidates (model grid)."""
+    defects: tuple[filling_defects.Defect, ...] = ()
+    """Second-stage filling defects (input grid) of probability at least ``DEFECT_FLOOR``."""
 
 
 class PulmonaryEmbolismDetector:
@@ -73,9 +86,9 @@ class PulmonaryEmbolismDetector:
     info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
         name="pe",
         display_name="radrouter Pulmonary Embolism Flagging",
-        version="0.1.0",
+        version="0.2.0",
         manufacturer="radrouter project",
-        device_uid="2.25.284674512985945613074896215965543746667",
+        device_uid="2.25.194038240693422800473340369930374770647",
         modalities=frozenset({"CT"}),
         intended_use=(
             "Research and demonstration only: flags suspected pulmonary emboli in the central, "
@@ -95,6 +108,7 @@ class PulmonaryEmbolismDetector:
         self.providers: list[str] = []
         self.default_threshold = DEFAULT_THRESHOLD
         self.calibration: postprocess.Calibration | None = None
+        self.defect_classifier: filling_defects.DefectClassifier | None = None
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
@@ -104,6 +118,7 @@ class PulmonaryEmbolismDetector:
         operating = card.get("operating_point", {})
         self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
         self.calibration = calibration_from_card(card)
+        self.defect_classifier = defect_classifier(card)
         session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
@@ -164,19 +179,43 @@ class PulmonaryEmbolismDetector:
                 f"{trunk.median_hu:.0f} HU, at least {postprocess.MIN_TRUNK_HU:.0f} HU needed",
             )
         shape = (int(series.array.shape[0]), int(series.array.shape[1]), int(series.array.shape[2]))
+        zone = postprocess.artery_zone(prob)
+        radius = postprocess.lumen_radius_mm(prob, (prob[postprocess.CLOT] >= 0.5) & zone)
+        defects: tuple[filling_defects.Defect, ...] = ()
+        if self.defect_classifier is not None:
+            candidates = filling_defects.find_candidates(
+                series.array,
+                spacing,
+                prob,
+                grid,
+                trunk.median_hu,
+                trunk.bifurcation_lps,
+                affine,
+                radius,
+            )
+            if candidates is not None:
+                defects = filling_defects.score(candidates, self.defect_classifier, DEFECT_FLOOR)
         return Analysis(
             prob=prob,
-            zone=postprocess.artery_zone(prob),
+            zone=zone,
             trunk=trunk,
             grid=grid,
             affine=affine,
             input_shape=shape,
             seconds=time.monotonic() - started,
+            radius_mm=radius,
+            defects=defects,
         )
+
+    def study_probability(self, analysis: Analysis) -> float:
+        """The study's probability of PE: its most probable first-stage candidate or
+        second-stage filling defect."""
+        p_network = postprocess.study_probability(analysis.prob, analysis.zone, self.calibration)
+        return max([p_network, *(d.probability for d in analysis.defects)])
 
     def decide(self, analysis: Analysis, threshold: float) -> AlgorithmResult:
         """The verdict at ``threshold``: the study probability and the emboli reaching it."""
-        p_study = postprocess.study_probability(analysis.prob, analysis.zone, self.calibration)
+        p_study = self.study_probability(analysis)
         emboli = postprocess.find_emboli(
             analysis.prob,
             analysis.zone,
@@ -186,7 +225,12 @@ class PulmonaryEmbolismDetector:
             analysis.affine,
             threshold,
             self.calibration,
+            lumen_radius=analysis.radius_mm,
         )
+        emboli = sorted(
+            emboli + second_stage_emboli(analysis, threshold, emboli),
+            key=lambda e: -e.probability,
+        )[: postprocess.MAX_FINDINGS]
         trunk_hu = analysis.trunk.median_hu
         logger.info(
             "pe: p=%.3f, %d suspected embol(i) at threshold %.3f, model %.1f s (trunk %.0f HU)",
@@ -214,6 +258,70 @@ class PulmonaryEmbolismDetector:
             probability=max(p_study, emboli[0].probability),
             reason=f"suspected PE, {location_text(emboli[0])}, p={emboli[0].probability:.2f}{more}",
         )
+
+
+def second_stage_emboli(
+    analysis: Analysis, threshold: float, found: list[postprocess.Embolus]
+) -> list[postprocess.Embolus]:
+    """Filling defects reaching ``threshold`` that are not part of an embolus the network
+    already found, nearby ones merged, located like the network's."""
+    fresh = [
+        d
+        for d in analysis.defects
+        if d.probability >= threshold and not any(_touches(e.mask, d) for e in found)
+    ]
+    if not fresh:
+        return []
+    radius = analysis.radius_mm
+    if radius is None:
+        radius = postprocess.lumen_radius_mm(analysis.prob)
+    return [
+        postprocess.embolus_on_input_grid(
+            d.box,
+            d.mask,
+            d.probability,
+            radius,
+            analysis.trunk,
+            analysis.grid,
+            analysis.input_shape,
+            analysis.affine,
+        )
+        for d in filling_defects.merge_nearby(fresh)[: postprocess.MAX_FINDINGS]
+    ]
+
+
+def _touches(mask: npt.NDArray[np.bool_], defect: filling_defects.Defect) -> bool:
+    """Whether ``defect`` overlaps ``mask`` (input grid) or lies within the merge gap of it."""
+    gap = filling_defects.MERGE_GAP_VOXELS
+    grown = tuple(
+        slice(max(0, b.start - gap), min(n, b.stop + gap))
+        for b, n in zip(defect.box, mask.shape, strict=True)
+    )
+    local = np.zeros([g.stop - g.start for g in grown], dtype=bool)
+    inner = tuple(
+        slice(b.start - g.start, b.stop - g.start) for b, g in zip(defect.box, grown, strict=True)
+    )
+    local[inner] = defect.mask
+    near = ndimage.binary_dilation(local, structure=np.ones((3, 3, 3), bool), iterations=gap)
+    return bool((near & mask[grown]).any())
+
+
+def defect_classifier(card: dict[str, Any]) -> filling_defects.DefectClassifier | None:
+    """The second stage's classifier shipped beside the model, if there is one; when the
+    model card records the one its operating point was chosen with (``second_stage``), the
+    file must be that one (RuntimeError otherwise)."""
+    try:
+        raw = resources.files(PACKAGE).joinpath(DEFECT_CLASSIFIER).read_bytes()
+    except FileNotFoundError:
+        return None
+    recorded = card.get("second_stage")
+    if isinstance(recorded, dict):
+        raw = packaged_model.read_checked(PACKAGE, DEFECT_CLASSIFIER, recorded.get("sha256"))
+    else:
+        logger.warning(
+            "pe: %s is not recorded in the model card (not evaluated)", DEFECT_CLASSIFIER
+        )
+    return filling_defects.DefectClassifier.from_json(json.loads(raw))
 
 
 def calibration_from_card(card: dict[str, Any]) -> postprocess.Calibration | None:

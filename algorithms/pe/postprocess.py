@@ -102,6 +102,8 @@ class Trunk:
     median_hu: float
     bifurcation_x_lps: float
     """Patient x (LPS, + = left) of the top of the trunk, where it divides."""
+    bifurcation_lps: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Patient position (LPS) of the middle of the trunk's top quarter."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,11 @@ def locate_trunk(
         volume_ml=float(sizes[biggest] * voxel_ml),
         median_hu=float(np.median(model_hu[lumen])),
         bifurcation_x_lps=float(lps[top, 0].mean()),
+        bifurcation_lps=(
+            float(lps[top, 0].mean()),
+            float(lps[top, 1].mean()),
+            float(lps[top, 2].mean()),
+        ),
     )
 
 
@@ -191,11 +198,11 @@ def study_probability(
 
 
 def component_masses(
-    clot: FloatVolume, labels: npt.NDArray[np.int32], n: int
+    clot: npt.NDArray[np.float32], labels: npt.NDArray[np.int32], n: int
 ) -> npt.NDArray[np.float64]:
     """Probability mass (mL) of components 1..n of ``labels``."""
-    sums = np.asarray(ndimage.sum(clot, labels, np.arange(1, n + 1)), dtype=np.float64)
-    return sums * (MODEL_SPACING_MM**3 / 1000.0)
+    sums = np.bincount(labels.ravel(), weights=clot.ravel(), minlength=n + 1)[1 : n + 1]
+    return sums.astype(np.float64) * (MODEL_SPACING_MM**3 / 1000.0)
 
 
 def bifurcation_gap(x: npt.NDArray[np.float64], reference_x: float) -> float:
@@ -275,6 +282,61 @@ def outline(plane: BoolVolume) -> tuple[tuple[float, float], ...]:
     return (*pts, pts[0])
 
 
+def lumen_radius_mm(prob: FloatVolume, candidates: BoolVolume | None = None) -> FloatVolume:
+    """Distance (mm) from each voxel of the predicted arteries (and ``candidates``) to their
+    wall, on the model grid."""
+    lumen = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5)
+    if candidates is not None:
+        lumen |= candidates
+    radius: FloatVolume = ndimage.distance_transform_edt(lumen).astype(np.float32)
+    return radius * np.float32(MODEL_SPACING_MM)
+
+
+def embolus_on_input_grid(
+    box: tuple[slice, slice, slice],
+    mask: BoolVolume,
+    probability: float,
+    radius_mm: FloatVolume,
+    trunk: Trunk,
+    grid: ModelGrid,
+    input_shape: tuple[int, int, int],
+    affine: npt.NDArray[np.float64],
+) -> Embolus:
+    """An embolus found on the input grid (``mask`` inside ``box``; the second stage), located
+    like a first-stage one: level from the lumen radius of the model voxels it lies in and next
+    to, side from its patient x."""
+    points = np.argwhere(mask).astype(np.float64) + [b.start for b in box]
+    model = np.unique(np.rint(grid.to_model(points)).astype(np.intp), axis=0)
+    model = np.clip(model, 0, np.array(grid.shape) - 1)
+    near = np.concatenate([model + d for d in np.argwhere(np.ones((3, 3, 3))) - 1])
+    near = np.clip(near, 0, np.array(grid.shape) - 1)
+    radius = float(radius_mm[near[:, 0], near[:, 1], near[:, 2]].max())
+    in_trunk = float(trunk.mask[model[:, 0], model[:, 1], model[:, 2]].mean()) >= 0.5
+    lps = points @ affine[:3, :3].T + affine[:3, 3]
+    x = lps[:, 0]
+    level = level_of(radius, in_trunk, bifurcation_gap(x, trunk.bifurcation_x_lps))
+    full = np.zeros(input_shape, dtype=bool)
+    full[box] = mask
+    centre = points.mean(0)
+    ks = np.flatnonzero(full.any(axis=(1, 2)))
+    k = int(ks[np.argmin(np.abs(ks - centre[0]))])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return Embolus(
+        probability=probability,
+        peak=probability,
+        mass_ml=0.0,
+        centre_voxel=(float(centre[0]), float(centre[1]), float(centre[2])),
+        level=level,
+        in_trunk=in_trunk,
+        side=side_of(x, level, trunk.bifurcation_x_lps, in_trunk),
+        radius_mm=radius,
+        mask=full,
+        volume_mm3=float(mask.sum() * np.prod(spacing)),
+        slice_index=k,
+        outline=outline(full[k]),
+    )
+
+
 def find_emboli(
     prob: FloatVolume,
     zone: BoolVolume,
@@ -285,6 +347,7 @@ def find_emboli(
     threshold: float,
     calibration: Calibration | None = None,
     max_findings: int = MAX_FINDINGS,
+    lumen_radius: FloatVolume | None = None,
 ) -> list[Embolus]:
     """Candidate components (voxels >= ``VOXEL_THRESHOLD`` touching the artery zone) whose
     probability (``calibration`` of their mass, else their peak) reaches ``threshold``, most
@@ -295,15 +358,18 @@ def find_emboli(
     if n == 0:
         return []
     index = np.arange(1, n + 1)
-    peaks = np.clip(np.asarray(ndimage.maximum(clot, labels, index), dtype=np.float64), 0, 1)
-    masses = component_masses(clot, labels, n)
+    inside = labels > 0
+    values, owners = clot[inside], labels[inside]
+    peaks = np.zeros(n + 1)
+    np.maximum.at(peaks, owners, values)
+    peaks = np.clip(peaks[1:], 0.0, 1.0)
+    masses = component_masses(values, owners, n)
     probabilities = (
         peaks if calibration is None else np.array([calibration.probability(m) for m in masses])
     )
     keep = probabilities >= threshold
     order = [int(i) for i in index[keep][np.argsort(-probabilities[keep], kind="stable")]]
-    lumen = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5) | candidates
-    radius = ndimage.distance_transform_edt(lumen) * MODEL_SPACING_MM
+    radius = lumen_radius_mm(prob, candidates) if lumen_radius is None else lumen_radius
     boxes = ndimage.find_objects(labels)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     found: list[Embolus] = []

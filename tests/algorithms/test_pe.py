@@ -18,7 +18,12 @@ from algorithms import codes
 from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, VolumeGeometry
 from algorithms.pe import postprocess, preprocess
 from algorithms.pe.plugin import PulmonaryEmbolismDetector, check_input
-from training.pe.evaluate import auc, make_study, youden_threshold
+from training.pe.evaluate import (
+    auc,
+    make_study,
+    sensitivity_at_specificity,
+    youden_threshold,
+)
 from training.pe.synth import (
     LOBAR,
     MAIN,
@@ -281,6 +286,14 @@ def test_auc_and_youden_threshold() -> None:
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auc([0.5], [0.5]) == 0.5
     assert 0.2 < youden_threshold([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) <= 0.7
+
+
+def test_sensitivity_at_a_specificity_is_a_point_of_the_roc_curve() -> None:
+    negatives = [0.1, 0.2, 0.5, 0.05, 0.15, 0.12, 0.11, 0.13, 0.14, 0.16]
+    # 0.3 lets one negative of ten through (specificity 90 %) and finds every positive.
+    assert sensitivity_at_specificity([0.9, 0.8, 0.3], negatives, 0.9) == (1.0, 0.3)
+    # Specificity 100 % needs a threshold above 0.5: two positives of three.
+    assert sensitivity_at_specificity([0.9, 0.8, 0.3], negatives, 1.0) == (2 / 3, 0.8)
 
 
 # --- plugin ------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
+import multiprocessing
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -24,7 +27,13 @@ from algorithms.contract import (
     VolumeGeometry,
 )
 from algorithms.pe import postprocess
-from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
+from algorithms.pe.plugin import (
+    DEFECT_CLASSIFIER,
+    DEFECT_FLOOR,
+    Analysis,
+    PulmonaryEmbolismDetector,
+)
+from training.pe import synth, synth_thorax, synth_vessels
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
 SPLITS = {"validation": 700_000, "test": 900_000}
@@ -158,6 +167,20 @@ def youden_threshold(positives: Sequence[float], negatives: Sequence[float]) -> 
     return float(np.clip(best, 0.01, 0.99))
 
 
+def sensitivity_at_specificity(
+    positives: Sequence[float], negatives: Sequence[float], specificity: float
+) -> tuple[float, float]:
+    """The highest sensitivity of any threshold whose specificity on these scores reaches
+    ``specificity``, and that threshold (a point of the ROC curve, not an operating point)."""
+    best, at = 0.0, 1.0
+    for c in np.unique(np.concatenate([positives, negatives, [np.inf]])):
+        if np.mean(np.asarray(negatives) < c) >= specificity:
+            sens = float(np.mean(np.asarray(positives) >= c))
+            if sens > best:
+                best, at = sens, float(c)
+    return best, at
+
+
 def _pct(hits: int, total: int) -> str:
     return f"{100.0 * hits / total:5.1f} % ({hits}/{total})" if total else "  n/a"
 
@@ -197,6 +220,12 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
         lines.append(f"  study-level AUC        {auc(p_pos, p_neg):.3f}")
         lines.append(f"  sensitivity            {_pct(tp, len(pos))}")
         lines.append(f"  specificity            {_pct(tn, len(neg))}")
+        if p_pos and p_neg:
+            roc_sens, roc_at = sensitivity_at_specificity(p_pos, p_neg, 0.9)
+            lines.append(
+                f"  ROC: sensitivity {100 * roc_sens:.1f} % at specificity >= 90 % "
+                f"(threshold {roc_at:.3f} on this split)"
+            )
     lines.append("")
     lines.append("per embolus (all assessed scans), detected = overlapped by a reported finding:")
     by_level: dict[str, list[bool]] = defaultdict(list)
@@ -240,17 +269,78 @@ class AnalysedScan:
     seconds: float
 
 
-def analyse_scans(detector: PulmonaryEmbolismDetector, seeds: Iterable[int]) -> list[AnalysedScan]:
-    """Generate each held-out scan and run the model on it (the expensive part)."""
+def cached_scan(seed: int, cache_dir: Path | None) -> SyntheticContrastCT:
+    """``eval_scan(seed)``, kept in ``cache_dir`` (keyed by the generator's source) when given:
+    generating a scan takes longer than analysing it."""
+    if cache_dir is None:
+        return eval_scan(seed)
+    digest = hashlib.sha256()
+    for module in (synth, synth_thorax, synth_vessels):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    path = cache_dir / f"pe_eval_{digest.hexdigest()[:10]}_{seed}.pkl"
+    if path.exists():
+        with path.open("rb") as f:
+            cached: SyntheticContrastCT = pickle.load(f)
+        return cached
+    # The evaluation reads the pixels, the emboli and their labels only.
+    ct = replace(
+        eval_scan(seed),
+        artery_classes=np.zeros((0, 0, 0), np.uint8),
+        lung_mask=np.zeros((0, 0, 0), bool),
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(ct, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return ct
+
+
+_WORKER: PulmonaryEmbolismDetector | None = None
+
+
+def _analyse_job(job: tuple[int, str, Path | None]) -> AnalysedScan:
+    global _WORKER
+    seed, device, cache_dir = job
+    if _WORKER is None:
+        _WORKER = PulmonaryEmbolismDetector()
+        _WORKER.load(device)
+    return analyse_scan(_WORKER, seed, cache_dir)
+
+
+def analyse_scan(
+    detector: PulmonaryEmbolismDetector, seed: int, cache_dir: Path | None = None
+) -> AnalysedScan:
+    """Generate (or load) one held-out scan and run the model on it."""
+    ct = cached_scan(seed, cache_dir)
+    start = time.monotonic()
+    analysis = detector.analyse(make_study(ct, seed))
+    seconds = time.monotonic() - start
+    pixels_dropped = replace(ct, hu=np.zeros((0, 0, 0), np.int16))
+    return AnalysedScan(seed, pixels_dropped, analysis, seconds)
+
+
+def analyse_scans(
+    detector: PulmonaryEmbolismDetector,
+    seeds: Iterable[int],
+    workers: int = 1,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+) -> list[AnalysedScan]:
+    """Generate each held-out scan and run the model on it (the expensive part), in
+    ``workers`` processes (run times are then measured with the other processes busy)."""
+    seeds = list(seeds)
+    if workers <= 1:
+        done = (analyse_scan(detector, seed, cache_dir) for seed in seeds)
+        return _reported(done)
+    jobs = [(seed, device, cache_dir) for seed in seeds]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return _reported(pool.imap(_analyse_job, jobs))
+
+
+def _reported(done: Iterable[AnalysedScan]) -> list[AnalysedScan]:
     scans = []
-    for n, seed in enumerate(seeds):
-        ct = eval_scan(seed)
-        start = time.monotonic()
-        analysis = detector.analyse(make_study(ct, seed))
-        seconds = time.monotonic() - start
-        print(f"analysed {n + 1} (seed {seed}) in {seconds:.1f} s", flush=True)
-        pixels_dropped = replace(ct, hu=np.zeros((0, 0, 0), np.int16))
-        scans.append(AnalysedScan(seed, pixels_dropped, analysis, seconds))
+    for n, scan in enumerate(done):
+        print(f"analysed {n + 1} (seed {scan.seed}) in {scan.seconds:.1f} s", flush=True)
+        scans.append(scan)
     return scans
 
 
@@ -312,7 +402,7 @@ def fit_operating_point(
         a = scan.analysis
         if isinstance(a, AlgorithmResult):
             continue
-        p = postprocess.study_probability(a.prob, a.zone, calibration)
+        p = detector.study_probability(a)
         (pos if scan.truth.clots else neg).append(p)
     threshold = round(youden_threshold(pos, neg), 4)
     card = json.loads(card_path.read_text())
@@ -325,6 +415,15 @@ def fit_operating_point(
         "component of the validation split",
         "candidates": {"emboli": int(sum(labels)), "not_emboli": len(labels) - int(sum(labels))},
     }
+    defects = resources.files("algorithms.pe").joinpath(DEFECT_CLASSIFIER)
+    if detector.defect_classifier is not None:
+        card["second_stage"] = {
+            "file": DEFECT_CLASSIFIER,
+            "sha256": hashlib.sha256(defects.read_bytes()).hexdigest(),
+            "candidate_floor": DEFECT_FLOOR,
+        }
+    else:
+        card.pop("second_stage", None)
     card["operating_point"] = {
         "threshold": threshold,
         "criterion": "maximum Youden J (sensitivity + specificity) on the validation split",
@@ -352,13 +451,19 @@ def main(argv: list[str] | None = None) -> None:
         "scans; write both to model.json",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes (run times are then not comparable)"
+    )
+    parser.add_argument(
+        "--scan-cache", type=Path, default=None, help="keep the generated scans in this folder"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
     detector = PulmonaryEmbolismDetector()
     detector.load(args.device)
-    scans = analyse_scans(detector, seeds)
+    scans = analyse_scans(detector, seeds, args.workers, args.scan_cache, args.device)
     used = detector.default_threshold if args.threshold is None else args.threshold
     if args.write_operating_point:
         card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
