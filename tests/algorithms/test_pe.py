@@ -370,6 +370,30 @@ def test_plugin_flags_an_embolus_where_it_is(
     ]
 
 
+def test_second_stage_finds_a_segmental_embolus_the_network_misses(
+    detector: PulmonaryEmbolismDetector,
+) -> None:
+    """A regression case at the resolution PACS send (0.95 mm pixels, 1.25 mm slices): an
+    occlusive right segmental embolus that the 2 mm network alone calls absent."""
+    ct = generate_contrast_chest_ct(
+        132,
+        shape=(200, 320, 320),
+        spacing_mm=(1.25, 0.95, 0.95),
+        phase="ctpa",
+        clots=[ClotSpec("segmental", "right", occlusive=True)],
+    )
+    study = make_study(ct, 132)
+    result = detector.run(study)
+    assert result.verdict is Verdict.PRESENT, result.reason
+    truth = ct.clot_labels > 0
+    (hit,) = [f for f in result.findings if f.mask is not None and (f.mask & truth).any()]
+    assert {q.name: q.value for q in hit.qualifiers}[codes.LATERALITY] == codes.RIGHT
+    network_only = PulmonaryEmbolismDetector()
+    network_only.load("cpu")
+    network_only.defect_classifier = None
+    assert network_only.run(study).verdict is Verdict.ABSENT
+
+
 @pytest.mark.parametrize(("seed", "phase"), [(111, "ctpa"), (112, "venous")])
 def test_plugin_says_absent_for_an_embolus_free_scan(
     detector: PulmonaryEmbolismDetector, seed: int, phase: str

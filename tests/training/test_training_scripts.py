@@ -96,3 +96,45 @@ def test_the_training_script_runs_and_writes_a_model_where_asked(case: str, tmp_
     card = json.loads((tmp_path / "model.json").read_text())
     assert ("fp_reduction" if case == "lung_nodule_stage_2" else "training") in card
     assert shipped_weights() == before, "a training run with --out must not touch the shipped model"
+
+
+def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
+    tmp_path: Path,
+) -> None:
+    package = REPO / "algorithms" / "pe"
+    before = {n: (package / n).read_bytes() for n in ("model.json", "defects.json")}
+    out = tmp_path / "defects.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.pe.train_defects",
+            "--scans",
+            "4",
+            "--workers",
+            "1",
+            "--trees",
+            "20",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "training-data"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    from algorithms.pe.filling_defects import FEATURES, DefectClassifier
+
+    card = json.loads(out.read_text())
+    assert card["training"]["seeds"] == [400000, 400003]
+    assert card["training"]["candidate_emboli"] > 0
+    classifier = DefectClassifier.from_json(card)
+    assert len(classifier.trees) == 20
+    p = classifier.probabilities(np.zeros((3, len(FEATURES)), np.float32))
+    assert np.all((p > 0) & (p < 1))
+    assert list((tmp_path / "training-data").glob("pe_defects_*_400000_4.pkl"))
+    assert {n: (package / n).read_bytes() for n in before} == before

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import inspect
 import json
 import multiprocessing
 import pickle
@@ -154,21 +155,23 @@ def collect(seeds: range, workers: int) -> list[ScanCandidates]:
     return out
 
 
+CACHE_HITS: list[str] = []
+"""Cache files read by ``cached_collect`` in this process (recorded in the card)."""
+
+
 def cached_collect(seeds: range, workers: int, cache_dir: Path) -> list[ScanCandidates]:
-    """``collect``, or its earlier result for the same code, model and seeds."""
+    """``collect``, or its earlier result for the same scans, candidate code, network and
+    seeds."""
     digest = hashlib.sha256()
-    for module in (
-        filling_defects.__file__,
-        __file__,
-        synth.__file__,
-        synth_thorax.__file__,
-        synth_vessels.__file__,
-    ):
-        digest.update(Path(module).read_bytes())
+    for module in (filling_defects, synth, synth_thorax, synth_vessels):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    for function in (training_scan, scan_candidates, label_candidates):
+        digest.update(inspect.getsource(function).encode())
     digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
     cache = cache_dir / f"pe_defects_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
     if cache.exists():
         print(f"  loading cached candidates from {cache}", flush=True)
+        CACHE_HITS.append(cache.name)
         with cache.open("rb") as f:
             cached: list[ScanCandidates] = pickle.load(f)
         return cached
@@ -192,7 +195,7 @@ def _stack(scans: list[ScanCandidates]) -> tuple[npt.NDArray[np.float32], npt.ND
 
 @dataclass(frozen=True)
 class BoostingSettings:
-    trees: int = 200
+    trees: int = 400
     learning_rate: float = 0.05
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 20
@@ -262,6 +265,17 @@ def recall_by_level(scans: list[ScanCandidates]) -> dict[str, str]:
     return out
 
 
+def forget_evaluated_classifier() -> None:
+    """Drop the classifier the operating point was chosen with from model.json: a new one must
+    be evaluated (``evaluate --split validation --write-operating-point``) before its sha256 is
+    recorded there again; until then the plugin loads it with a warning."""
+    card_path = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
+    card = json.loads(card_path.read_text())
+    if card.pop("second_stage", None) is not None:
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        print(f"{card_path}: second_stage removed; choose the operating point again")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scans", type=int, default=200)
@@ -312,13 +326,19 @@ def main(argv: list[str] | None = None) -> None:
             "internal_check_auc": round(check_auc, 4),
             "classifier": {"scikit-learn HistGradientBoostingClassifier": asdict(settings)},
             "collect_s": round(collect_s, 1),
+            "candidates_read_from_cache": list(CACHE_HITS),
             "fit_s": round(time.monotonic() - t_fit, 1),
             "machine": f"{platform.machine()} CPU, {args.workers} processes",
             "data": "synthetic contrast chest CT only (training.pe.synth)",
         },
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    args.out.write_text(json.dumps(card, indent=1) + "\n")
+    # One line per top-level key: the trees are long, the metadata stays readable in a diff.
+    lines = [f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in card.items()]
+    args.out.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    if args.out.resolve() == SHIPPED.resolve():
+        forget_evaluated_classifier()
+
     print(f"wrote {args.out}")
 
 
