@@ -1,10 +1,11 @@
-"""Train the second-stage filling-defect classifier of the PE plugin (CLI, torch).
+"""Train the second-stage filling-defect classifier of the PE plugin (CLI, scikit-learn).
 
 Generates contrast chest CTs as a PACS would send them (about 1 mm pixels, 0.8-3 mm slices,
 like the held-out splits) from seeds ``DEFECT_SEED_BASE + i`` (never the validation or test
 seeds), runs the shipped first-stage network and the candidate search on each, labels every
-candidate by whether it overlaps a true embolus, and fits a small perceptron on the
-candidates' features. Writes ``algorithms/pe/defects.json``.
+candidate by whether it overlaps a true embolus, and fits gradient-boosted trees on the
+candidates' features. Writes ``algorithms/pe/defects.json`` (and, when it replaces the shipped
+one, removes its record from ``model.json``: run the validation split again).
 """
 
 from __future__ import annotations
