@@ -29,9 +29,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from algorithms.lung_nodule.preprocess import AIR_HU
+from algorithms.pe.postprocess import ARTERY, CLOT, TRUNK
 from algorithms.pe.preprocess import ModelGrid
 
-CLOT, ARTERY, TRUNK = range(3)
 ZONE_ARTERY_PROBABILITY = 0.3
 """First-stage artery (or embolus) probability that puts a model voxel into the search zone."""
 ZONE_DILATION = 2
@@ -49,7 +50,6 @@ RING_WIDTH = 2
 OUTER_RING = 4
 """In-plane voxels of the ring around a candidate (and of an outer ring beyond it) whose HU
 are features: what surrounds a clot says whether it sits in a lumen."""
-AIR_HU = -400.0
 
 FEATURES = (
     "log_volume_mm3",

@@ -33,7 +33,7 @@ from algorithms.pe.plugin import (
     Analysis,
     PulmonaryEmbolismDetector,
 )
-from training.pe import synth, synth_thorax, synth_vessels
+from training.pe import synth
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
 SPLITS = {"validation": 700_000, "test": 900_000}
@@ -274,10 +274,7 @@ def cached_scan(seed: int, cache_dir: Path | None) -> SyntheticContrastCT:
     generating a scan takes longer than analysing it."""
     if cache_dir is None:
         return eval_scan(seed)
-    digest = hashlib.sha256()
-    for module in (synth, synth_thorax, synth_vessels):
-        digest.update(Path(str(module.__file__)).read_bytes())
-    path = cache_dir / f"pe_eval_{digest.hexdigest()[:10]}_{seed}.pkl"
+    path = cache_dir / f"pe_eval_{synth.generator_digest()[:10]}_{seed}.pkl"
     if path.exists():
         with path.open("rb") as f:
             cached: SyntheticContrastCT = pickle.load(f)

@@ -20,10 +20,12 @@ motion blur, streaks and correlated noise make the task honest. Only numpy and s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -342,6 +344,15 @@ def _lung_texture(
     full = ndimage.zoom(texture.astype(np.float32), shape / coarse, order=1, mode="nearest")
     full = full[: shape[0], : shape[1], : shape[2]]
     hu[box] += np.where(lung[box], full, np.float32(0.0))
+
+
+def generator_digest() -> str:
+    """sha256 of the generator's source (this module and its two helpers): part of every cache
+    key of generated scans, so that a changed generator never reuses scans an older one made."""
+    digest = hashlib.sha256()
+    for name in ("synth.py", "synth_thorax.py", "synth_vessels.py"):
+        digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()
 
 
 def generate_contrast_chest_ct(

@@ -25,7 +25,7 @@ from scipy import ndimage
 from algorithms.pe import preprocess
 from training import onnx_export
 from training.pe.network import DEFAULT_WIDTHS, EmbolusUNet
-from training.pe.synth import PHASES, generate_contrast_chest_ct
+from training.pe.synth import PHASES, generate_contrast_chest_ct, generator_digest
 from training.unet import ProbabilityModel, parameter_count
 
 SHIPPED_MODEL = Path(str(resources.files("algorithms.pe").joinpath("model.onnx")))
@@ -158,10 +158,7 @@ def build_dataset(config: TrainConfig, cache_dir: Path | None = None) -> list[Ex
     if cache_dir is not None:
         # The generator's source is part of the key: a refactored generator must not reuse
         # volumes (and labels) cached by an older one.
-        digest = hashlib.sha256()
-        for name in ("synth.py", "synth_thorax.py", "synth_vessels.py"):
-            digest.update(Path(__file__).with_name(name).read_bytes())
-        key = digest.hexdigest()[:10]
+        key = generator_digest()[:10]
         cache = cache_dir / f"pe_v{DATA_VERSION}_{key}_{config.volumes}_{2 * DATA_PAD}.pkl"
         if cache.exists():
             print(f"  loading cached volumes from {cache}", flush=True)

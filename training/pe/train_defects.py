@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from algorithms.pe import filling_defects, postprocess
+from algorithms.pe import filling_defects
 from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
-from training.pe import synth, synth_thorax, synth_vessels
+from training.pe import synth
 from training.pe.evaluate import SLICE_MM, make_study
 from training.pe.synth import (
     PHASES,
@@ -108,33 +108,35 @@ def label_candidates(
 _DETECTOR: PulmonaryEmbolismDetector | None = None
 
 
-def _detector() -> PulmonaryEmbolismDetector:
+def _network() -> PulmonaryEmbolismDetector:
+    """The shipped plugin without its second stage: ``scan_candidates`` runs the candidate
+    search itself and keeps every candidate, not only those the shipped trees score."""
     global _DETECTOR
     if _DETECTOR is None:
         _DETECTOR = PulmonaryEmbolismDetector()
         _DETECTOR.load("cpu")
+        _DETECTOR.defect_classifier = None
     return _DETECTOR
 
 
 def scan_candidates(seed: int) -> ScanCandidates | None:
     """Generate one training scan and return its labelled candidates (None: not assessed)."""
     ct = training_scan(seed)
-    detector = _detector()
+    study = make_study(ct, seed)
     start = time.monotonic()
-    analysis = detector.analyse(make_study(ct, seed))
+    analysis = _network().analyse(study)
     if not isinstance(analysis, Analysis):
         return None
+    assert analysis.radius_mm is not None  # analyse() always measures it
     found = filling_defects.find_candidates(
-        ct.hu.astype(np.float32),
+        study.series.array,
         ct.spacing_mm,
         analysis.prob,
         analysis.grid,
         analysis.trunk.median_hu,
         analysis.trunk.bifurcation_lps,
         analysis.affine,
-        postprocess.lumen_radius_mm(analysis.prob)
-        if analysis.radius_mm is None
-        else analysis.radius_mm,
+        analysis.radius_mm,
     )
     seconds = time.monotonic() - start
     is_embolus, near, truth_found = label_candidates(ct, found)
@@ -163,9 +165,8 @@ CACHE_HITS: list[str] = []
 def cached_collect(seeds: range, workers: int, cache_dir: Path) -> list[ScanCandidates]:
     """``collect``, or its earlier result for the same scans, candidate code, network and
     seeds."""
-    digest = hashlib.sha256()
-    for module in (filling_defects, synth, synth_thorax, synth_vessels):
-        digest.update(Path(str(module.__file__)).read_bytes())
+    digest = hashlib.sha256(synth.generator_digest().encode())
+    digest.update(Path(filling_defects.__file__).read_bytes())
     for function in (training_scan, scan_candidates, label_candidates):
         digest.update(inspect.getsource(function).encode())
     digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
