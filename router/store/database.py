@@ -154,7 +154,11 @@ class _Connection(sqlite3.Connection):
     """A connection the database can keep a weak reference to (the base class takes none)."""
 
 
-C = TypeVar("C")
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
 
 
 class ThreadConnections(Generic[C]):
@@ -178,17 +182,21 @@ class ThreadConnections(Generic[C]):
         with self._lock:
             self._opened.add(conn)
 
-    def take_own(self) -> C | None:
+    def close_own(self) -> None:
+        """Close this thread's connection."""
         conn: C | None = getattr(self._local, "conn", None)
         self._local.conn = None
-        return conn
+        if conn is not None:
+            conn.close()
 
-    def take_all(self) -> list[C]:
+    def close_all(self) -> None:
+        """Close every thread's connection; a thread asking afterwards gets a new one."""
         with self._lock:
             opened = list(self._opened)
             self._opened.clear()
             self._generation += 1
-        return opened
+        for conn in opened:
+            conn.close()
 
 
 class SqliteDatabase(Database):
@@ -239,10 +247,7 @@ class SqliteDatabase(Database):
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        conn = self._connections.take_own()
-        if conn is not None:
-            conn.close()
+        self._connections.close_own()
 
     def close_all(self) -> None:
-        for conn in self._connections.take_all():
-            conn.close()
+        self._connections.close_all()

@@ -278,13 +278,10 @@ class PostgresDatabase(Database):
         (conn or self.connection()).execute("SELECT pg_notify(?, '')", (channel,))
 
     def close(self) -> None:
-        conn = self._connections.take_own()
-        if conn is not None:
-            conn.close()
+        self._connections.close_own()
 
     def close_all(self) -> None:
-        for conn in self._connections.take_all():
-            conn.close()
+        self._connections.close_all()
 
 
 class Listener:
