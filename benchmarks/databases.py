@@ -4,12 +4,18 @@ router's data folder) and PostgreSQL (a throwaway cluster on loopback started fo
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from testing.postgres import running_postgres
 
 ENGINES = ("sqlite", "postgresql")
+
+
+def add_database_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--database ENGINE [ENGINE ...]`` (default sqlite), read back as ``args.database``."""
+    parser.add_argument("--database", nargs="+", choices=ENGINES, default=["sqlite"], help=help)
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.databases import ENGINES, database_yaml
+from benchmarks.databases import add_database_option, database_yaml
 from config.loader import parse_config
 from router.service import RouterService, wait_for
 from testing.listeners import running_hl7_listener
@@ -167,13 +167,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=12)
-    parser.add_argument(
-        "--database",
-        nargs="+",
-        choices=ENGINES,
-        default=["sqlite"],
-        help="the router's database engine(s), measured one after the other",
-    )
+    add_database_option(parser, "the router's database engine(s), measured one after the other")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     shape = (args.slices, args.size, args.size)

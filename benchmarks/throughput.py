@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 from algorithms.lung_nodule.plugin import LungNoduleDetector
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
-from benchmarks.databases import ENGINES, database_yaml
+from benchmarks.databases import add_database_option, database_yaml
 from benchmarks.ingest import ENV, storescp
 from config.loader import parse_config
 from router.service import RouterService, wait_for
@@ -205,12 +205,8 @@ def main() -> None:
     parser.add_argument(
         "--algorithm", choices=["lung_nodule", "always_negative"], default="lung_nodule"
     )
-    parser.add_argument(
-        "--database",
-        nargs="+",
-        choices=ENGINES,
-        default=["sqlite"],
-        help="the router's database engine(s); each worker count is measured on each",
+    add_database_option(
+        parser, "the router's database engine(s); each worker count is measured on each"
     )
     parser.add_argument(
         "--no-model-reference",
