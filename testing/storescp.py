@@ -37,11 +37,7 @@ class ReceivingPacs:
     def received(self, modality: str) -> dict[str, list[Path]]:
         """Complete received files of ``modality`` by StudyInstanceUID."""
         found: dict[str, list[Path]] = {}
-        for path in sorted(self.folder.iterdir()):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:  # a file still being written
-                continue
+        for path, ds in complete_objects(self.folder, stop_before_pixels=True):
             if ds.get("Modality") == modality:
                 found.setdefault(str(ds.StudyInstanceUID), []).append(path)
         return found
@@ -59,6 +55,19 @@ class ReceivingPacs:
                 missing = study_uids - set(found)
                 raise AssertionError(f"no {modality} for {missing} within {timeout_s} s")
             time.sleep(0.25)
+
+
+def complete_objects(
+    folder: Path, *, stop_before_pixels: bool = False
+) -> Iterator[tuple[Path, pydicom.Dataset]]:
+    """Every object in ``folder`` that reads whole, in name order; a file storescp is still
+    writing (no preamble yet, or cut short) is left for the next look."""
+    for path in sorted(folder.iterdir()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except Exception:
+            continue
+        yield path, ds
 
 
 @contextmanager

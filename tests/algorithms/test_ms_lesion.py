@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -26,8 +24,8 @@ from dicom_sr.read import read_measurement_report
 from router.service import wait_for
 from testing.dicom_tools import run_dciodvfy
 from testing.mr_dicom import write_mr_series
-from testing.orthanc import free_port
 from testing.router_process import StartRouter
+from testing.storescp import complete_objects, running_storescp
 from testing.synthetic_dicom import new_patient_study
 from training.ms_lesion import synth
 from training.ms_lesion.evaluate import (
@@ -507,13 +505,8 @@ def test_router_returns_an_sr_with_the_lesion_for_a_flair_study(
     positive_exam: synth.SyntheticFlair,
     negative_exam: synth.SyntheticFlair,
 ) -> None:
-    port = free_port()
-    received = tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)], env=DCMTK_ENV
-    )
-    try:
+    with running_storescp(tmp_path / "pacs") as pacs:
+        port, received = pacs.port, pacs.folder
         router = start_router(_router_yaml(port))
         studies = {}
         for name, exam, seed in (("positive", positive_exam, 1), ("negative", negative_exam, 2)):
@@ -539,8 +532,7 @@ def test_router_returns_an_sr_with_the_lesion_for_a_flair_study(
 
         def reports() -> dict[str, tuple[Path, pydicom.Dataset]]:
             found: dict[str, tuple[Path, pydicom.Dataset]] = {}
-            for path in received.iterdir():
-                ds = pydicom.dcmread(path)
+            for path, ds in complete_objects(received):
                 if ds.Modality == "SR":
                     found[str(ds.StudyInstanceUID)] = (path, ds)
             return found
@@ -570,7 +562,3 @@ def test_router_returns_an_sr_with_the_lesion_for_a_flair_study(
         negative_uid = studies["negative"][0]
         negative = read_measurement_report(by_study[negative_uid][1])
         assert negative.verdict is Verdict.ABSENT and negative.findings == ()
-    finally:
-        pacs.send_signal(signal.SIGTERM)
-        pacs.wait(timeout=10)
-    assert time.monotonic() > 0

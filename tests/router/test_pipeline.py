@@ -26,6 +26,7 @@ from testing.router_process import (
     wait_state,
     write_series,
 )
+from testing.storescp import complete_objects
 
 pytestmark = [pytest.mark.slow, pytest.mark.both_engines]
 
@@ -179,8 +180,8 @@ def test_late_instance_reopens_the_study_and_writes_version_two(
         view = api_get(router, f"/studies/{study_uid}")
         assert view["revision"] == 2
         assert [r["version_number"] for r in view["results"]] == [1, 2]
-        assert wait_for(lambda: len(list(received.iterdir())) == 2, 30)
-        reports = [read_measurement_report(pydicom.dcmread(f)) for f in received.iterdir()]
+        assert wait_for(lambda: len(list(complete_objects(received))) == 2, 30)
+        reports = [read_measurement_report(ds) for _, ds in complete_objects(received)]
         newest = max(reports, key=lambda r: len(r.predecessor_sop_instance_uids))
         oldest = min(reports, key=lambda r: len(r.predecessor_sop_instance_uids))
         assert newest.predecessor_sop_instance_uids == (oldest.sop_instance_uid,)
@@ -233,7 +234,7 @@ def test_series_that_cannot_be_a_volume_gets_a_not_assessed_sr_with_the_reason(
         view = wait_state(router, study_uid_of(paths), {"done"})
         assert view["jobs"][0]["verdict"] == "not_assessed"
         assert "localizer" in view["results"][0]["summary"]["reason"]
-        assert wait_for(lambda: len(list(received.iterdir())) == 1, 20)
+        assert wait_for(lambda: len(list(complete_objects(received))) == 1, 20)
         sr = next(received.iterdir())
         assert run_dciodvfy(sr).errors == []
         summary = read_measurement_report(pydicom.dcmread(sr))

@@ -21,6 +21,7 @@ from testing.dicom_tools import run_dciodvfy
 from testing.mr_dicom import write_mr_series
 from testing.orthanc import Orthanc
 from testing.router_process import RouterUnderTest, StartRouter
+from testing.storescp import complete_objects, running_storescp
 from testing.synthetic_dicom import PatientStudy, new_patient_study
 from training.ms_lesion import synth
 
@@ -125,8 +126,7 @@ def send(router: RouterUnderTest, paths: list[Path]) -> None:
 
 
 def sr_of(received: Path, study_uid: str) -> tuple[Path, ReportSummary] | None:
-    for path in sorted(received.iterdir()):
-        ds = pydicom.dcmread(path)
+    for path, ds in complete_objects(received):
         if ds.Modality == "SR" and str(ds.StudyInstanceUID) == study_uid:
             return path, read_measurement_report(ds)
     return None
@@ -134,17 +134,8 @@ def sr_of(received: Path, study_uid: str) -> tuple[Path, ReportSummary] | None:
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    from testing.orthanc import free_port
-
-    port = free_port()
-    received = tmp_path / "pacs"
-    received.mkdir()
-    process = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(received), str(port)], env=DCMTK_ENV
-    )
-    yield port, received
-    process.terminate()
-    process.wait(timeout=10)
+    with running_storescp(tmp_path / "pacs") as receiving:
+        yield receiving.port, receiving.folder
 
 
 def test_a_follow_up_reuses_the_prior_results_tracking_uids_and_references_the_prior(
