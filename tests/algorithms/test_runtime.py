@@ -241,12 +241,13 @@ def test_max_concurrent_bounds_the_runs_of_one_model(limit: int, counter: RunCou
 
 
 def test_different_models_run_side_by_side(counter: RunCounter) -> None:
-    counter.run_s = 0.3
+    counter.run_s = 1.0
     registry = Registry({"counting": CountingAlgorithm, "other_counting": OtherCountingAlgorithm})
     runtime = ModelRuntime(registry, lambda: {})
+    runtime.warm(["counting", "other_counting"])  # loading (device choice) outside the timing
     elapsed = run_in_threads(runtime, ["counting", "other_counting"])
     assert counter.peak == 2
-    assert elapsed < 0.55
+    assert elapsed < 1.8, "one after the other would take 2 s"
 
 
 def test_a_model_that_fails_to_load_is_reported_and_the_others_still_load(

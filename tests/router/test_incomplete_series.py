@@ -105,11 +105,18 @@ def test_partial_series_waits_past_the_idle_timers_for_the_rest(
     assert view["state"] == "receiving"
     assert view["series"][0]["instances"] == SENT_FIRST
     assert view["jobs"] == [] and view["results"] == []
-    held = router.service.db.query(
-        "SELECT detail FROM events WHERE study_uid = ? AND kind = 'study_waiting_for_images'",
-        (study_uid,),
-    )
-    assert [e["detail"] for e in held] == ["incomplete series (40 of 100 images)"]
+
+    def held() -> list[str]:
+        return [
+            e["detail"]
+            for e in router.service.db.query(
+                "SELECT detail FROM events WHERE study_uid = ? AND kind = 'study_waiting_for_images'",
+                (study_uid,),
+            )
+        ]
+
+    # Written at the assembler's next look once the study has been idle: poll, not a sleep.
+    assert wait_for(lambda: held() == ["incomplete series (40 of 100 images)"], 10), held()
 
     storescu(router, rest)  # the PACS resends the rest
     view = wait_state(router, study_uid, {"done"}, timeout_s=30)

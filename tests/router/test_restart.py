@@ -76,11 +76,18 @@ def test_a_send_interrupted_by_sigkill_is_resumed_at_restart_and_delivered_once(
         try:
             assert wait_for(lambda: dispatch_state(db) == ("done", 2), 60), dispatch_state(db)
             resumed_in = time.monotonic() - started
+
+            def done_events() -> int:
+                return [r["kind"] for r in db.query("SELECT kind FROM events")].count(
+                    "dispatch_done"
+                )
+
+            # The event is written just after the state, in its own transaction.
+            assert wait_for(lambda: done_events() >= 1, 30)
             received = pacs.received("CT")
             assert [len(files) for files in received.values()] == [len(slices)]
             assert resumed_in < 30, "resumed at start, not after the 60 s lease"
-            events = [r["kind"] for r in db.query("SELECT kind FROM events ORDER BY id")]
-            assert events.count("dispatch_done") == 1
+            assert done_events() == 1
         finally:
             router.terminate()
             router.wait(timeout=30)

@@ -83,7 +83,7 @@ def test_a_pacs_down_for_a_while_gets_its_result_as_soon_as_it_answers_again(
     with running_storescp(tmp_path / "pacs", port=pacs_port) as pacs:
         assert wait_for(lambda: the_dispatch(router, study).get("state") == "done", 15)
         assert len(pacs.received("SR").get(study, [])) == 1
-    assert api_get(router, f"/studies/{study}")["state"] == "done"
+    assert wait_for(lambda: api_get(router, f"/studies/{study}")["state"] == "done", 10)
 
 
 @pytest.mark.parametrize("resend_dead", [True, False])
@@ -97,7 +97,7 @@ def test_a_pacs_down_past_the_budget_gets_its_dead_letters_when_back_if_configur
     storescu(router, paths)
     study = study_uid_of(paths)
     assert wait_for(lambda: the_dispatch(router, study).get("state") == "dead", 60)
-    assert api_get(router, f"/studies/{study}")["state"] == "attention"
+    assert wait_for(lambda: api_get(router, f"/studies/{study}")["state"] == "attention", 10)
     with running_storescp(tmp_path / "pacs", port=pacs_port) as pacs:
         if resend_dead:
             assert wait_for(lambda: the_dispatch(router, study).get("state") == "done", 15)
