@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -70,6 +71,20 @@ def complete_objects(
         yield path, ds
 
 
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """Return once ``process`` (a storescp) accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"storescp exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"storescp is not listening on {port} after {timeout_s} s")
+
+
 @contextmanager
 def running_storescp(folder: Path, port: int | None = None) -> Iterator[ReceivingPacs]:
     """dcmtk storescp on ``port`` (default: a free loopback port), writing to ``folder``;
@@ -81,7 +96,7 @@ def running_storescp(folder: Path, port: int | None = None) -> Iterator[Receivin
         env=DCMTK_ENV,
     )
     try:
-        time.sleep(0.3)
+        wait_listening(port, process)
         yield ReceivingPacs(port, folder)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -7,9 +7,7 @@ import datetime
 import hashlib
 import ipaddress
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from testing.orthanc import free_port
-from testing.storescp import AE_TITLE, DCMTK_ENV, ReceivingPacs
+from testing.storescp import AE_TITLE, DCMTK_ENV, ReceivingPacs, wait_listening
 
 KEY_BITS = 2048
 """RSA 2048: what most hospital PKIs issue, and what ECDHE-RSA suites need."""
@@ -161,19 +159,6 @@ PeerCertificatePolicy = Literal["require", "verify", "ignore"]
 _PEER_FLAGS: dict[str, str] = {"require": "-rc", "verify": "-vc", "ignore": "-ic"}
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"storescp exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"storescp is not listening on {port} after {timeout_s} s")
-
-
 @contextmanager
 def running_tls_storescp(
     folder: Path,
@@ -191,7 +176,7 @@ def running_tls_storescp(
     command += [_PEER_FLAGS[peer_certificate], "-aet", AE_TITLE, "-od", str(folder), str(port)]
     process = subprocess.Popen(command, env=DCMTK_ENV, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(port, process)
+        wait_listening(port, process)
         yield ReceivingPacs(port, folder)
     finally:
         process.send_signal(signal.SIGTERM)
