@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,7 @@ from algorithms.registry import Registry
 from router.service import RouterService, wait_for
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import Orthanc
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+from testing.storescp import DCMTK_ENV as DCMTK_ENV  # re-exported: tests take it from here too
 
 
 class StartRouter(Protocol):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from importlib import resources
@@ -25,7 +24,7 @@ from router.service import wait_for
 from testing.dicom_tools import run_dciodvfy
 from testing.mr_dicom import write_mr_series
 from testing.router_process import StartRouter
-from testing.storescp import complete_objects, running_storescp
+from testing.storescp import DCMTK_ENV, complete_objects, running_storescp
 from testing.synthetic_dicom import new_patient_study
 from training.ms_lesion import synth
 from training.ms_lesion.evaluate import (
@@ -48,7 +47,6 @@ SMALL_2D = synth.Protocol(
     centre_head_mm=(0.0, 0.0, 8.0),
 )
 POSE = synth.HeadPose((3.0, -2.0, 4.0), (2.0, -5.0, 3.0))
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import pytest
 from router.deliver.dicom_send import Peer, echo
 from router.socket_ready import readable_within
 from testing.router_process import StartRouter
+from testing.storescp import DCMTK_ENV
 
 CONFIG = (
     "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
     "http: {host: 127.0.0.1, port: 0}\n"
     "rules: []\n"
 )
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from router.store.database import Database, SqliteDatabase
 from testing.dicom_node import make_ingestor
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+from testing.storescp import DCMTK_ENV
 
 
 @dataclass

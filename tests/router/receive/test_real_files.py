@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from router.store.database import Database, SqliteDatabase
 from testing.corpus import CorpusFile, real_corpus
 from testing.dicom_node import make_ingestor
 from testing.orthanc import free_port
+from testing.storescp import DCMTK_ENV
 
 CORPUS = real_corpus()
 STORABLE = [item for item in CORPUS if item.has_study_and_series_uids]
@@ -82,7 +82,6 @@ PROPOSE_FLAG = {
     "1.2.840.10008.1.2.4.90": "-xv",
     "1.2.840.10008.1.2.4.91": "-xw",
 }
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def storescu(port: int, aet: str, item: CorpusFile) -> None:

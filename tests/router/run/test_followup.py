@@ -4,7 +4,6 @@ by C-FIND/C-MOVE), compared by ms_lesion, and referenced in the SR with tracking
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from testing.dicom_tools import run_dciodvfy
 from testing.mr_dicom import write_mr_series
 from testing.orthanc import Orthanc
 from testing.router_process import RouterUnderTest, StartRouter
-from testing.storescp import complete_objects, running_storescp
+from testing.storescp import DCMTK_ENV, complete_objects, running_storescp
 from testing.synthetic_dicom import PatientStudy, new_patient_study
 from training.ms_lesion import synth
 
 pytestmark = pytest.mark.slow
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 SEED = 4242
 PROTOCOL = synth.Protocol(
     mode="2d",

@@ -4,7 +4,6 @@ with C-FIND and retrieved with C-MOVE, and the findings of radrouter's earlier r
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import time
 import uuid
@@ -31,9 +30,9 @@ from router.store.database import SqliteDatabase
 from testing.mr_dicom import T1_SEQUENCE, write_mr_series
 from testing.orthanc import Orthanc
 from testing.router_process import RouterUnderTest, StartRouter
+from testing.storescp import DCMTK_ENV
 from testing.synthetic_dicom import PatientStudy
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 ROUTER_YAML = (
     "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
     "http: {host: 127.0.0.1, port: 0}\n"

@@ -34,6 +34,7 @@ from router.worklist_page.thumbnails import MASK_COLOUR, REGION_COLOUR
 from testing.browser import headless_chromium
 from testing.dicom_tools import make_ct_slices
 from testing.router_process import RouterUnderTest, StartRouter
+from testing.storescp import DCMTK_ENV
 from tests.router.worklist_page.plugins import KEY_SLICE, SPAN, RightLungOutliner
 
 REGISTRY = Registry({"right_lung": RightLungOutliner})
@@ -54,7 +55,6 @@ CONFIG = (
 )
 SERIES_NUMBER = 7
 SLICES = 8
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "img" / "worklist-viewer.png"
 
 

@@ -34,6 +34,7 @@ from testing.dicom_tools import make_ct_slices
 from testing.plugins import AlwaysNegative, CrashingAlgorithm, DarkestRegionOutliner
 from testing.router_process import RouterUnderTest, StartRouter
 from testing.segmentation import write_segmentation
+from testing.storescp import DCMTK_ENV
 
 TEST_REGISTRY = Registry(
     {
@@ -42,7 +43,6 @@ TEST_REGISTRY = Registry(
         "crashing": CrashingAlgorithm,
     }
 )
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "img" / "worklist.png"
 CONFIG = (
     "node: {ae_title: RADROUTER, bind: 127.0.0.1, port: {port}}\n"
