@@ -125,7 +125,10 @@ def resample(
         factor = int(target_mm // spacing[axis])
         if factor >= 2 and vol.shape[axis] >= 2 * factor:
             n = vol.shape[axis] // factor
-            vol = np.take(vol, np.arange(n * factor), axis=axis)
+            whole_blocks = tuple(
+                slice(0, n * factor) if a == axis else slice(None) for a in range(3)
+            )
+            vol = vol[whole_blocks]  # a view: no copy of the volume
             new_shape = (*vol.shape[:axis], n, factor, *vol.shape[axis + 1 :])
             vol = vol.reshape(new_shape).mean(axis=axis + 1, dtype=np.float32)
             origin[axis] += (factor - 1) / 2
