@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from algorithms.registry import Registry
     from router.admin import Source
     from router.live_config import Rejection
+    from router.store.database import Database
     from router.validate.run import ValidationRun
 
 LOGGER = logging.getLogger("radrouter")
@@ -309,19 +310,28 @@ def _postgres_source(
 ) -> Source | None:
     """The deployment's PostgreSQL database (``storage.database``), when no router answers."""
     from router.admin import DatabaseSource
-    from router.secrets import SecretError
-    from router.store.database import ENGINE_ERRORS
-    from router.store.open import open_configured
 
-    try:
-        db = open_configured(config.storage.database, config.storage.data_dir.resolve())
-    except (SecretError, *ENGINE_ERRORS) as exc:  # type: ignore[misc]
-        print(f"database: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+    db = _configured_database(config)
+    if db is None:
         return None
     source = DatabaseSource(db, sites)
     because = f"; {not_answering}" if not_answering else ""
     print(f"source: {source.description} (storage.database{because})", file=sys.stderr)
     return source
+
+
+def _configured_database(config: RouterConfig, command: str = "") -> Database | None:
+    """The database ``storage.database`` names, or None with the reason on one line (no
+    secret printed) when its password or its server is not there."""
+    from router.secrets import SecretError
+    from router.store.database import ENGINE_ERRORS
+    from router.store.open import open_configured
+
+    try:
+        return open_configured(config.storage.database, config.storage.data_dir.resolve())
+    except (SecretError, *ENGINE_ERRORS) as exc:  # type: ignore[misc]
+        print(f"{command}database: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return None
 
 
 def _named(args: argparse.Namespace) -> str:
@@ -408,28 +418,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None) -> int:
     from algorithms.registry import Registry
-    from router.store.database import SqliteDatabase
     from router.validate.from_feedback import validation_from_feedback
 
     registry = Registry.discover(manifest_dirs=config.model_dirs if config else ())
     if args.algorithm not in registry:
         print(f"validate: no algorithm {args.algorithm!r}", file=sys.stderr)
         return 2
-    if args.data_dir is not None:
-        data_dir = Path(args.data_dir)
-    else:
-        data_dir = (config or _load(_config_path(args))).storage.data_dir
-    path = data_dir.resolve() / "radrouter.sqlite3"
-    if not path.is_file():
-        print(f"validate: no radrouter database at {path}", file=sys.stderr)
+    data_dir = Path(args.data_dir) if args.data_dir is not None else None
+    where = config if config is not None or data_dir is not None else _load(_config_path(args))
+    db = shadow_database(where, data_dir)
+    if db is None:
         return 2
     settings = config.algorithms.get(args.algorithm) if config is not None else None
-    run = validation_from_feedback(
-        SqliteDatabase(path),
-        registry.info(args.algorithm),
-        threshold=settings.threshold if settings is not None else None,
-    )
+    try:
+        run = validation_from_feedback(
+            db,
+            registry.info(args.algorithm),
+            threshold=settings.threshold if settings is not None else None,
+        )
+    finally:
+        db.close_all()
     return _report_validation(run, args.out)
+
+
+def shadow_database(config: RouterConfig | None, data_dir: Path | None) -> Database | None:
+    """The router's database that ``validate --from-shadow`` reads: the SQLite file in
+    ``data_dir`` when one is given, else the config's ``storage.database`` (SQLite in its
+    ``storage.data_dir``, or PostgreSQL). None, with the reason printed, when there is none:
+    a command run from the wrong folder must not make an empty database."""
+    from router.store.database import SqliteDatabase
+    from router.store.open import SQLITE_FILE
+
+    if data_dir is None:
+        if config is None:
+            raise ValueError("shadow_database needs a config or a data folder")
+        if config.storage.database.engine == "postgresql":
+            return _configured_database(config, "validate: ")
+        data_dir = config.storage.data_dir
+    path = data_dir.resolve() / SQLITE_FILE
+    if not path.is_file():
+        print(f"validate: no radrouter database at {path}", file=sys.stderr)
+        return None
+    return SqliteDatabase(path)
 
 
 def _report_validation(run: ValidationRun, out: Path) -> int:

@@ -31,6 +31,7 @@ from algorithms.contract import (
 )
 from algorithms.registry import Registry
 from config.loader import parse_config
+from router.cli import shadow_database
 from router.validate import metrics
 from router.validate.cases import Truth, TruthFileError, find_studies, read_truth
 from router.validate.from_feedback import validation_from_feedback
@@ -243,15 +244,19 @@ SHADOW_CONFIG = (
 
 
 @pytest.mark.slow
+@pytest.mark.both_engines
 def test_shadow_results_with_the_readers_feedback_are_a_validation(
-    start_router: StartRouter, tmp_path: Path
+    start_router: StartRouter, router_engine: str, tmp_path: Path
 ) -> None:
-    """Agreeing confirms the verdict, disagreeing says the opposite is true."""
+    """Agreeing confirms the verdict, disagreeing says the opposite is true. The database is
+    the one ``validate --from-shadow`` opens: the data folder's SQLite file, or the config's
+    PostgreSQL."""
     router = start_router(
         SHADOW_CONFIG,
         registry=Registry(
             {"darkest_region": DarkestRegionOutliner, "always_negative": AlwaysNegative}
         ),
+        config_file=True,
     )
     studies = []
     for number in range(3):
@@ -270,9 +275,17 @@ def test_shadow_results_with_the_readers_feedback_are_a_validation(
             assert answer.status_code == 201, answer.text
     wait_state(router, studies[2], {"done", "attention"})  # no feedback on this one
 
-    db = router.service.db
-    present = summarise(validation_from_feedback(db, DarkestRegionOutliner.info))
-    absent = summarise(validation_from_feedback(db, AlwaysNegative.info))
+    config_path = tmp_path / "radrouter.yaml"
+    config = parse_config(config_path.read_text(encoding="utf-8"), str(config_path))
+    on_sqlite = router_engine == "sqlite"
+    db = shadow_database(config, tmp_path / "data" if on_sqlite else None)
+    assert db is not None
+    assert type(db).__name__ == ("SqliteDatabase" if on_sqlite else "PostgresDatabase")
+    try:
+        present = summarise(validation_from_feedback(db, DarkestRegionOutliner.info))
+        absent = summarise(validation_from_feedback(db, AlwaysNegative.info))
+    finally:
+        db.close_all()
 
     # darkest_region said present twice: agreed -> positive, disagreed -> negative
     assert (present["positives"], present["negatives"]) == (1, 1)
@@ -294,6 +307,28 @@ def test_validate_needs_a_folder_and_a_truth_file_or_shadow_results(
     assert "--from-shadow takes no folder" in capsys.readouterr().err
     assert main(["validate", "ct_water_qa", "--from-shadow", "--data-dir", str(tmp_path)]) == 2
     assert "no radrouter database at" in capsys.readouterr().err
+
+
+def test_validate_from_shadow_names_an_unreachable_postgresql_without_its_password(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.cli import main
+    from testing.orthanc import free_port
+
+    config = tmp_path / "radrouter.yaml"
+    config.write_text(
+        f"storage: {{data_dir: {tmp_path / 'data'}, database: {{engine: postgresql, "
+        f"url: 'postgresql://radrouter@127.0.0.1:{free_port()}/radrouter', "
+        "password_env: RADROUTER_TEST_DB_PASSWORD}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RADROUTER_TEST_DB_PASSWORD", "s3cret-value")
+    args = ["validate", "ct_water_qa", "--from-shadow", "--config", str(config)]
+    assert main([*args, "--out", str(tmp_path / "report")]) == 2
+    said = capsys.readouterr()
+    assert "validate: database:" in said.err
+    assert "s3cret-value" not in said.err + said.out
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_broken_file_among_the_cases_is_left_out_not_fatal(
