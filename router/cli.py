@@ -259,6 +259,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
     command run from the wrong folder must not make an empty database."""
     from router.admin import ApiSource, DatabaseSource, router_answers
     from router.store.database import SqliteDatabase
+    from router.store.open import SQLITE_FILE
 
     if args.api is not None:
         if args.data_dir is not None:
@@ -292,7 +293,7 @@ def _open_source(args: argparse.Namespace, progress: _Progress | None = None) ->
             not_answering = f"no router answers at {url}"
         if config.storage.database.engine == "postgresql":
             return _postgres_source(config, sites, not_answering)
-    path = data_dir.resolve() / "radrouter.sqlite3"
+    path = data_dir.resolve() / SQLITE_FILE
     if not path.is_file():
         looked = f"no radrouter database at {path} ({origin})"
         if not_answering:
