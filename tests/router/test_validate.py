@@ -32,6 +32,8 @@ from algorithms.contract import (
 from algorithms.registry import Registry
 from config.loader import parse_config
 from router.cli import shadow_database
+from router.store.database import SqliteDatabase
+from router.store.postgres import PostgresDatabase
 from router.validate import metrics
 from router.validate.cases import Truth, TruthFileError, find_studies, read_truth
 from router.validate.from_feedback import validation_from_feedback
@@ -280,7 +282,7 @@ def test_shadow_results_with_the_readers_feedback_are_a_validation(
     on_sqlite = router_engine == "sqlite"
     db = shadow_database(config, tmp_path / "data" if on_sqlite else None)
     assert db is not None
-    assert type(db).__name__ == ("SqliteDatabase" if on_sqlite else "PostgresDatabase")
+    assert isinstance(db, SqliteDatabase if on_sqlite else PostgresDatabase)
     try:
         present = summarise(validation_from_feedback(db, DarkestRegionOutliner.info))
         absent = summarise(validation_from_feedback(db, AlwaysNegative.info))
