@@ -425,9 +425,15 @@ def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None)
     if args.algorithm not in registry:
         print(f"validate: no algorithm {args.algorithm!r}", file=sys.stderr)
         return 2
-    data_dir = Path(args.data_dir) if args.data_dir is not None else None
-    where = config if config is not None or data_dir is not None else _load(_config_path(args))
-    db = shadow_database(where, data_dir)
+    if args.data_dir is not None:
+        db = existing_sqlite(Path(args.data_dir))
+    else:
+        try:
+            configured = config if config is not None else _load(_config_path(args))
+        except ConfigError as exc:
+            print(f"config rejected:\n{exc}", file=sys.stderr)
+            return 2
+        db = configured_database_of_router(configured)
     if db is None:
         return 2
     settings = config.algorithms.get(args.algorithm) if config is not None else None
@@ -442,20 +448,21 @@ def _validate_from_shadow(args: argparse.Namespace, config: RouterConfig | None)
     return _report_validation(run, args.out)
 
 
-def shadow_database(config: RouterConfig | None, data_dir: Path | None) -> Database | None:
-    """The router's database that ``validate --from-shadow`` reads: the SQLite file in
-    ``data_dir`` when one is given, else the config's ``storage.database`` (SQLite in its
-    ``storage.data_dir``, or PostgreSQL). None, with the reason printed, when there is none:
-    a command run from the wrong folder must not make an empty database."""
+def configured_database_of_router(config: RouterConfig) -> Database | None:
+    """The database a router with this config writes: its ``storage.database`` (PostgreSQL,
+    or SQLite in its ``storage.data_dir``). None, with the reason printed, when it is not
+    there (see ``existing_sqlite``)."""
+    if config.storage.database.engine == "postgresql":
+        return _configured_database(config, "validate: ")
+    return existing_sqlite(config.storage.data_dir)
+
+
+def existing_sqlite(data_dir: Path) -> Database | None:
+    """The SQLite database in a router's data folder. None, with the reason printed, when
+    there is none: a command run from the wrong folder must not make an empty database."""
     from router.store.database import SqliteDatabase
     from router.store.open import SQLITE_FILE
 
-    if data_dir is None:
-        if config is None:
-            raise ValueError("shadow_database needs a config or a data folder")
-        if config.storage.database.engine == "postgresql":
-            return _configured_database(config, "validate: ")
-        data_dir = config.storage.data_dir
     path = data_dir.resolve() / SQLITE_FILE
     if not path.is_file():
         print(f"validate: no radrouter database at {path}", file=sys.stderr)

@@ -7,11 +7,10 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,12 @@ from router.receive.ingest import Ingestor, IngestOutcome, Origin
 from router.receive.node import AssociationTracker, DicomNode
 from router.receive.private_files import make_private_dir, narrow_to_owner
 from router.receive.quarantine import Quarantine
+from router.receive.receiver_processes import (
+    STARTED_EVENT,
+    ReceiverProcesses,
+    receiver_argv,
+    started_detail,
+)
 from router.receive.spool import Spool
 from router.retention import RetentionStage
 from router.roles import PARTS, Role, process_name
@@ -107,7 +112,7 @@ class RouterService:
         self.receiver_index = receiver_index
         self.process_name = process_name(role, receiver_index, host_name())
         self._parent_pid = os.getppid()
-        self._receivers: list[subprocess.Popen[bytes]] = []
+        self._receivers: ReceiverProcesses | None = None
         self.registry = registry or Registry.discover(manifest_dirs=config.model_dirs)
         self.holder = ConfigHolder(
             config,
@@ -412,7 +417,7 @@ class RouterService:
         )
         self._reload_thread.start()
         self._started = True
-        self.db.record_event("receiver_started", detail=f"receiver {self.receiver_index}")
+        self.db.record_event(STARTED_EVENT, detail=started_detail(self.receiver_index))
         LOGGER.info(
             "receiver %d listening on port %s (%d partial file(s) of a crash removed)",
             self.receiver_index,
@@ -423,56 +428,35 @@ class RouterService:
     def _start_receivers(self) -> None:
         """The other ``node.receivers - 1`` processes on the shared DICOM port, started after
         this one has migrated the database and listens; stopped with it."""
-        config = self.holder.current()
-        count = config.node.receivers
+        count = self.holder.current().node.receivers
         if count <= 1:
             return
         if self.holder.path is None:
             raise ValueError("node.receivers > 1 needs the router started from a config file")
-        for index in range(1, count):
-            self._receivers.append(self._spawn_receiver(index))
-        LOGGER.info("%d receiver process(es) started on the shared DICOM port", count - 1)
-
-    def _spawn_receiver(self, index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "router.cli",
-                "serve",
-                "--config",
-                str(self.holder.path),
-                "--data-dir",
-                str(self.data_dir),
-                "--role",
-                "receiver",
-                "--receiver-index",
-                str(index),
-            ],
-            start_new_session=True,  # a terminal's Ctrl-C reaches the router only
-        )
+        argv_of = partial(receiver_argv, self.holder.path, self.data_dir)
+        self._receivers = ReceiverProcesses(self.db, argv_of)
+        self._receivers.start(count)
 
     def _restart_dead_receivers(self) -> None:
-        """A receiver process that ended (crashed, killed) is started again, and said so."""
-        for position, process in enumerate(self._receivers):
-            code = process.poll()
-            if code is None or self._stop.is_set():
-                continue
-            index = position + 1
-            LOGGER.error("receiver %d ended with code %s; starting it again", index, code)
-            self.db.record_event("receiver_restarted", detail=f"receiver {index}, code {code}")
-            self._receivers[position] = self._spawn_receiver(index)
+        if self._receivers is not None and not self._stop.is_set():
+            self._receivers.restart_dead()
 
     def _stop_receivers(self) -> None:
-        for process in self._receivers:
-            process.terminate()
-        for process in self._receivers:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._receivers = []
+        if self._receivers is not None:
+            self._receivers.stop()
+            self._receivers = None
+
+    def _receiver_counts(self) -> dict[str, int]:
+        """What ``/readyz`` says of the receivers: the router itself listens once started."""
+        configured = self.holder.current().node.receivers
+        if self._receivers is None:
+            return {"configured": configured, "running": 1 if self._started else 0, "starting": 0}
+        counts = self._receivers.counts(configured)
+        return {
+            "configured": counts.configured,
+            "running": counts.running,
+            "starting": counts.starting,
+        }
 
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued —
@@ -632,10 +616,7 @@ class RouterService:
                 },
                 "models_not_loaded": missing,
                 "nodes": [node.to_json(time.time()) for node in live_nodes(self.db)],
-                "receivers": {
-                    "configured": config.node.receivers,
-                    "running": 1 + sum(p.poll() is None for p in self._receivers),
-                },
+                "receivers": self._receiver_counts(),
                 "model_load_errors": self.runtime.load_errors(),
                 "plugin_problems": {p.name: p.error for p in self.registry.problems},
             },

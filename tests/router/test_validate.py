@@ -31,7 +31,7 @@ from algorithms.contract import (
 )
 from algorithms.registry import Registry
 from config.loader import parse_config
-from router.cli import shadow_database
+from router.cli import configured_database_of_router, existing_sqlite
 from router.store.database import SqliteDatabase
 from router.store.postgres import PostgresDatabase
 from router.validate import metrics
@@ -280,7 +280,7 @@ def test_shadow_results_with_the_readers_feedback_are_a_validation(
     config_path = tmp_path / "radrouter.yaml"
     config = parse_config(config_path.read_text(encoding="utf-8"), str(config_path))
     on_sqlite = router_engine == "sqlite"
-    db = shadow_database(config, tmp_path / "data" if on_sqlite else None)
+    db = existing_sqlite(tmp_path / "data") if on_sqlite else configured_database_of_router(config)
     assert db is not None
     assert isinstance(db, SqliteDatabase if on_sqlite else PostgresDatabase)
     try:
@@ -309,6 +309,20 @@ def test_validate_needs_a_folder_and_a_truth_file_or_shadow_results(
     assert "--from-shadow takes no folder" in capsys.readouterr().err
     assert main(["validate", "ct_water_qa", "--from-shadow", "--data-dir", str(tmp_path)]) == 2
     assert "no radrouter database at" in capsys.readouterr().err
+
+
+def test_validate_from_shadow_refuses_a_broken_config_named_by_the_environment(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.cli import CONFIG_ENV, main
+
+    broken = tmp_path / "radrouter.yaml"
+    broken.write_text("node: {port: [unclosed\n", encoding="utf-8")
+    monkeypatch.setenv(CONFIG_ENV, str(broken))
+    args = ["validate", "ct_water_qa", "--from-shadow", "--out", str(tmp_path / "report")]
+    assert main(args) == 2
+    assert "config rejected" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
 
 
 def test_validate_from_shadow_names_an_unreachable_postgresql_without_its_password(
