@@ -1,11 +1,13 @@
 """Diagnostic accuracy of an algorithm's scores against the truth: ROC and its area with a
-bootstrap confidence interval, sensitivity and specificity at a threshold, the threshold that
+bootstrap confidence interval, sensitivity and specificity at a threshold (with Wilson
+intervals), the threshold that
 maximises Youden's J, and calibration in bins. Pure functions over plain lists."""
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +79,22 @@ def auc_interval(
     low = values[max(0, math.floor(tail * resamples))]
     high = values[min(resamples - 1, math.ceil((1.0 - tail) * resamples) - 1)]
     return low, high
+
+
+def proportion_interval(hits: int, total: int, level: float = 0.95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion such as a sensitivity (``hits`` of ``total``):
+    unlike hits/total +- z*SE it stays inside [0, 1] and is not empty at 0 or ``total`` hits,
+    which matters for the few dozen cases of a local validation. None when ``total`` is 0."""
+    if total <= 0:
+        return None
+    if not 0 <= hits <= total:
+        raise ValueError(f"{hits} hits of {total}")
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
+    p = hits / total
+    denominator = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rates_at(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> Rates:

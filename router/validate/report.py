@@ -74,7 +74,9 @@ def _rates(rates: metrics.Rates) -> dict[str, Any]:
     return {
         "threshold": None if math.isnan(rates.threshold) else rates.threshold,
         "sensitivity": rates.sensitivity,
+        "sensitivity_95ci": _interval(rates.true_positives, rates.false_negatives),
         "specificity": rates.specificity,
+        "specificity_95ci": _interval(rates.true_negatives, rates.false_positives),
         "tp": rates.true_positives,
         "fn": rates.false_negatives,
         "tn": rates.true_negatives,
@@ -93,8 +95,21 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _interval(hits: int, misses: int) -> list[float] | None:
+    interval = metrics.proportion_interval(hits, hits + misses)
+    return list(interval) if interval is not None else None
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def _pct_ci(rates: dict[str, Any], name: str) -> str:
+    """``sensitivity`` or ``specificity`` of ``_rates`` with its 95 % Wilson interval."""
+    interval = rates[f"{name}_95ci"]
+    if interval is None:
+        return _pct(rates[name])
+    return f"{_pct(rates[name])} (95 % CI {100 * interval[0]:.1f} to {100 * interval[1]:.1f} %)"
 
 
 def _html(run: ValidationRun, summary: dict[str, Any]) -> str:
@@ -120,7 +135,8 @@ def _html(run: ValidationRun, summary: dict[str, Any]) -> str:
     rows.append(
         (
             f"At the operating point ({threshold})",
-            f"sensitivity {_pct(operating['sensitivity'])}, specificity {_pct(operating['specificity'])}"
+            f"sensitivity {_pct_ci(operating, 'sensitivity')}, "
+            f"specificity {_pct_ci(operating, 'specificity')}"
             f" (TP {operating['tp']}, FN {operating['fn']}, TN {operating['tn']}, FP {operating['fp']})",
         )
     )

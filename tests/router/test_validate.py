@@ -133,6 +133,8 @@ def test_the_report_figures_are_those_counted_by_hand(
     operating = summary["at_operating_point"]  # score >= 0.5: peaks of 600 HU and more
     assert (operating["tp"], operating["fn"]) == (5, 2)
     assert (operating["tn"], operating["fp"]) == (6, 1)
+    assert operating["sensitivity_95ci"] == pytest.approx([0.3589, 0.9178], abs=1e-4)  # 5 of 7
+    assert operating["specificity_95ci"] == pytest.approx([0.4869, 0.9743], abs=1e-4)  # 6 of 7
     assert summary["assessed"] == 14 and summary["cases"] == 15
     assert summary["not_assessed"] == {"fewer than 4 slices": 1}
     assert summary["truth_without_study"] == ["1.2.3.4.5.6"]
@@ -173,7 +175,20 @@ def test_the_html_report_holds_the_plots_and_the_json_the_figures(
     assert page.count("<svg") == 2 and "<polyline" in page
     assert f"{figures['auc']:.3f}" in page
     assert "Scanner B" in page and "fewer than 4 slices" in page
+    assert "sensitivity 71.4 % (95 % CI 35.9 to 91.8 %)" in page
     assert "<script" not in page
+
+
+def test_proportion_intervals_are_wilson_intervals() -> None:
+    # Wilson score intervals at 95 % (Newcombe 1998, Table I: 0/10 -> 0 to 0.2775).
+    assert metrics.proportion_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert metrics.proportion_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert metrics.proportion_interval(16, 25) == pytest.approx((0.4452, 0.7975), abs=1e-4)
+    narrow = metrics.proportion_interval(160, 250)
+    assert narrow is not None and narrow[1] - narrow[0] < 0.13  # ten times the cases
+    assert metrics.proportion_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        metrics.proportion_interval(3, 2)
 
 
 def test_metrics_on_small_cases() -> None:

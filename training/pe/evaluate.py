@@ -33,6 +33,7 @@ from algorithms.pe.plugin import (
     Analysis,
     PulmonaryEmbolismDetector,
 )
+from router.validate.metrics import proportion_interval
 from training.pe import synth
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
@@ -185,6 +186,14 @@ def _pct(hits: int, total: int) -> str:
     return f"{100.0 * hits / total:5.1f} % ({hits}/{total})" if total else "  n/a"
 
 
+def _pct_ci(hits: int, total: int) -> str:
+    """``_pct`` with the 95 % Wilson interval: with 25 positive studies one study is 4 points."""
+    interval = proportion_interval(hits, total)
+    if interval is None:
+        return _pct(hits, total)
+    return f"{_pct(hits, total)}, 95 % CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f} %"
+
+
 def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     lines: list[str] = []
     assessed = [o for o in outcomes if o.verdict is not Verdict.NOT_ASSESSED]
@@ -218,8 +227,8 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
         lines.append("")
         lines.append(f"[{name}] studies: {len(pos)} with PE, {len(neg)} without")
         lines.append(f"  study-level AUC        {auc(p_pos, p_neg):.3f}")
-        lines.append(f"  sensitivity            {_pct(tp, len(pos))}")
-        lines.append(f"  specificity            {_pct(tn, len(neg))}")
+        lines.append(f"  sensitivity            {_pct_ci(tp, len(pos))}")
+        lines.append(f"  specificity            {_pct_ci(tn, len(neg))}")
         if p_pos and p_neg:
             roc_sens, roc_at = sensitivity_at_specificity(p_pos, p_neg, 0.9)
             lines.append(
@@ -250,7 +259,8 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
             study_level[LEVELS[most_central]].append(o.verdict is Verdict.PRESENT)
     lines.append("study sensitivity by most central embolus:")
     for level in LEVELS:
-        lines.append(f"  {level:<24} {_pct(sum(study_level[level]), len(study_level[level]))}")
+        hits = study_level[level]
+        lines.append(f"  {level:<24} {_pct_ci(sum(hits), len(hits))}")
     neg = [o for o in assessed if not o.truths]
     fp = sum(o.false_findings for o in neg)
     lines.append(f"false findings per PE-free scan: {fp / max(len(neg), 1):.2f} ({fp} in total)")
