@@ -257,7 +257,10 @@ class WorkGrid:
             shape[axis] = len(x)
             f = (x - lo).astype(np.float32).reshape(shape)
             a, b = np.take(out, lo, axis=axis), np.take(out, hi, axis=axis)
-            out = a + (b - a) * f
+            b -= a  # a + (b - a) * f in place: the same values, no temporaries of the box
+            b *= f
+            b += a
+            out = b
         return out
 
     def nearest(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

@@ -288,8 +288,21 @@ def lumen_radius_mm(prob: FloatVolume, candidates: BoolVolume | None = None) -> 
     lumen = (prob[ARTERY] >= 0.5) | (prob[TRUNK] >= 0.5)
     if candidates is not None:
         lumen |= candidates
-    radius: FloatVolume = ndimage.distance_transform_edt(lumen).astype(np.float32)
-    return radius * np.float32(MODEL_SPACING_MM)
+    radius: FloatVolume = np.zeros(lumen.shape, dtype=np.float32)
+    if not lumen.any():
+        return radius
+    # The transform of the lumen's bounding box grown by one voxel of background: every
+    # voxel outside it is background too, so the distances inside are the same.
+    box = tuple(
+        slice(max(int(i[0]) - 1, 0), min(int(i[-1]) + 2, n))
+        for i, n in (
+            (np.flatnonzero(lumen.any(axis=tuple(b for b in range(3) if b != a))), lumen.shape[a])
+            for a in range(3)
+        )
+    )
+    radius[box] = ndimage.distance_transform_edt(lumen[box])
+    radius *= np.float32(MODEL_SPACING_MM)
+    return radius
 
 
 def embolus_on_input_grid(
