@@ -1,7 +1,7 @@
 """Diagnostic accuracy of an algorithm's scores against the truth: ROC and its area with a
 bootstrap confidence interval, sensitivity and specificity at a threshold (with Wilson
-intervals), the threshold that
-maximises Youden's J, and calibration in bins. Pure functions over plain lists."""
+intervals), the threshold that maximises Youden's J, and calibration in bins. Pure
+functions over plain lists."""
 
 from __future__ import annotations
 
