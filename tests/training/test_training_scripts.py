@@ -138,3 +138,44 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
     assert np.all((p > 0) & (p < 1))
     assert list((tmp_path / "training-data").glob("pe_defects_*_400000_4.pkl"))
     assert {n: (package / n).read_bytes() for n in before} == before
+
+
+def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path: Path) -> None:
+    from algorithms.pe.vessel_patches import ACROSS_MM, ALONG_MM, CHANNELS
+
+    out = tmp_path / "cnn.onnx"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.pe.train_defect_cnn",
+            "--scans",
+            "6",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--check-fraction",
+            "0.5",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "training-data"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["seeds"] == [400000, 400005]
+    assert card["training"]["trained_on_scans"] == 3 and card["training"]["candidate_emboli"] > 0
+    assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert card["training"]["onnx_max_difference"] < 1e-4
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    patches = np.zeros((5, CHANNELS, len(ACROSS_MM), len(ALONG_MM)), np.float32)
+    (p,) = session.run(None, {"patches": patches})
+    assert p.shape == (5,) and np.all((p > 0) & (p < 1))
+    assert list((tmp_path / "training-data").glob("pe_patches_*_400000_6.pkl"))

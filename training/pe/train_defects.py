@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from algorithms.contract import StudyInput
 from algorithms.pe import filling_defects
 from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
 from training.pe import synth
@@ -119,11 +120,12 @@ def _network() -> PulmonaryEmbolismDetector:
     return _DETECTOR
 
 
-def scan_candidates(seed: int) -> ScanCandidates | None:
-    """Generate one training scan and return its labelled candidates (None: not assessed)."""
-    ct = training_scan(seed)
+def network_candidates(
+    ct: SyntheticContrastCT, seed: int
+) -> tuple[StudyInput, Analysis, filling_defects.Candidates | None] | None:
+    """A generated scan as the plugin sees it: the study, the network's analysis and every
+    filling-defect candidate (None: not assessed)."""
     study = make_study(ct, seed)
-    start = time.monotonic()
     analysis = _network().analyse(study)
     if not isinstance(analysis, Analysis):
         return None
@@ -138,6 +140,17 @@ def scan_candidates(seed: int) -> ScanCandidates | None:
         analysis.affine,
         analysis.radius_mm,
     )
+    return study, analysis, found
+
+
+def scan_candidates(seed: int) -> ScanCandidates | None:
+    """Generate one training scan and return its labelled candidates (None: not assessed)."""
+    ct = training_scan(seed)
+    start = time.monotonic()
+    seen = network_candidates(ct, seed)
+    if seen is None:
+        return None
+    _, _, found = seen
     seconds = time.monotonic() - start
     is_embolus, near, truth_found = label_candidates(ct, found)
     width = len(filling_defects.FEATURES)
@@ -167,7 +180,7 @@ def cached_collect(seeds: range, workers: int, cache_dir: Path) -> list[ScanCand
     seeds."""
     digest = hashlib.sha256(synth.generator_digest().encode())
     digest.update(Path(filling_defects.__file__).read_bytes())
-    for function in (training_scan, scan_candidates, label_candidates):
+    for function in (training_scan, network_candidates, scan_candidates, label_candidates):
         digest.update(inspect.getsource(function).encode())
     digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
     cache = cache_dir / f"pe_defects_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
