@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -451,12 +452,7 @@ class RouterService:
         configured = self.holder.current().node.receivers
         if self._receivers is None:
             return {"configured": configured, "running": 1 if self._started else 0, "starting": 0}
-        counts = self._receivers.counts(configured)
-        return {
-            "configured": counts.configured,
-            "running": counts.running,
-            "starting": counts.starting,
-        }
+        return asdict(self._receivers.counts(configured))
 
     def recover(self) -> None:
         """Resume after a crash: partial writes dropped, spool re-indexed, work requeued —

@@ -97,6 +97,21 @@ class Candidates:
     def count(self) -> int:
         return int(self.features.shape[0])
 
+    def regions(
+        self,
+    ) -> list[tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]] | None]:
+        """Per candidate, its bounding box on the input grid and its mask inside it (None for
+        a candidate with no voxel left)."""
+        start = [b.start for b in self.box]
+        found: list[tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]] | None] = []
+        for label, local in enumerate(ndimage.find_objects(self.labels, self.count), start=1):
+            if local is None:
+                found.append(None)
+                continue
+            box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(local, start, strict=True))
+            found.append(((box[0], box[1], box[2]), self.labels[local] == label))
+        return found
+
 
 def input_zone(
     prob: npt.NDArray[np.float32], grid: ModelGrid, input_shape: tuple[int, int, int]
@@ -447,15 +462,13 @@ class Defect:
 def score(candidates: Candidates, classifier: DefectClassifier, floor: float) -> tuple[Defect, ...]:
     """Candidates whose classifier probability reaches ``floor``, most probable first."""
     p = classifier.probabilities(candidates.features)
-    objects = ndimage.find_objects(candidates.labels)
+    regions = candidates.regions()
     kept: list[Defect] = []
-    start = [b.start for b in candidates.box]
     for i in np.argsort(-p, kind="stable"):
-        sl = objects[i] if i < len(objects) else None
-        if p[i] < floor or sl is None:
+        region = regions[i]
+        if p[i] < floor or region is None:
             continue
-        box = tuple(slice(s.start + o, s.stop + o) for s, o in zip(sl, start, strict=True))
-        kept.append(Defect(float(p[i]), (box[0], box[1], box[2]), candidates.labels[sl] == i + 1))
+        kept.append(Defect(float(p[i]), *region))
     return tuple(kept)
 
 

@@ -293,14 +293,11 @@ def lumen_radius_mm(prob: FloatVolume, candidates: BoolVolume | None = None) -> 
         return radius
     # The transform of the lumen's bounding box grown by one voxel of background: every
     # voxel outside it is background too, so the distances inside are the same.
-    box = tuple(
-        slice(max(int(i[0]) - 1, 0), min(int(i[-1]) + 2, n))
-        for i, n in (
-            (np.flatnonzero(lumen.any(axis=tuple(b for b in range(3) if b != a))), lumen.shape[a])
-            for a in range(3)
-        )
-    )
-    radius[box] = ndimage.distance_transform_edt(lumen[box])
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(lumen.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, lumen.shape[axis])))
+    radius[tuple(box)] = ndimage.distance_transform_edt(lumen[tuple(box)])
     radius *= np.float32(MODEL_SPACING_MM)
     return radius
 

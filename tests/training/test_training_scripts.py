@@ -61,6 +61,21 @@ CASES: dict[str, list[str]] = {
 }
 
 
+def run_script(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in ``cwd`` (the scripts cache generated data in
+    ./training-data), failing the test with the end of its output if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
 def shipped_weights() -> dict[str, str]:
     return {
         str(path.relative_to(REPO)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -76,15 +91,7 @@ def test_the_training_script_runs_and_writes_a_model_where_asked(case: str, tmp_
         for name in ("model.onnx", "model.json"):
             shutil.copy(REPO / "algorithms" / "lung_nodule" / name, tmp_path / name)
     module, *args = CASES[case]
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args, *SMALL, "--out", str(out)],
-        cwd=tmp_path,  # the scripts cache generated data in ./training-data
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_script(module, [*args, *SMALL, "--out", str(out)], tmp_path)
     written = tmp_path / ("fp_reduction.onnx" if case == "lung_nodule_stage_2" else "model.onnx")
     session = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"])
     (model_input,) = session.get_inputs()
@@ -104,11 +111,9 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
     package = REPO / "algorithms" / "pe"
     before = {n: (package / n).read_bytes() for n in ("model.json", "defects.json")}
     out = tmp_path / "defects.json"
-    result = subprocess.run(
+    run_script(
+        "training.pe.train_defects",
         [
-            sys.executable,
-            "-m",
-            "training.pe.train_defects",
             "--scans",
             "4",
             "--workers",
@@ -120,13 +125,8 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
             "--cache-dir",
             str(tmp_path / "training-data"),
         ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     from algorithms.pe.filling_defects import FEATURES, DefectClassifier
 
     card = json.loads(out.read_text())
@@ -144,11 +144,9 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
     from algorithms.pe.vessel_patches import ACROSS_MM, ALONG_MM, CHANNELS
 
     out = tmp_path / "cnn.onnx"
-    result = subprocess.run(
+    run_script(
+        "training.pe.train_defect_cnn",
         [
-            sys.executable,
-            "-m",
-            "training.pe.train_defect_cnn",
             "--scans",
             "6",
             "--epochs",
@@ -162,13 +160,8 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
             "--cache-dir",
             str(tmp_path / "training-data"),
         ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        tmp_path,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["seeds"] == [400000, 400005]
     assert card["training"]["trained_on_scans"] == 3 and card["training"]["candidate_emboli"] > 0

@@ -17,29 +17,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import inspect
 import json
-import multiprocessing
-import pickle
 import platform
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy import ndimage
 from torch import nn
 
 from algorithms.pe import filling_defects, vessel_patches
-from algorithms.pe.vessel_patches import Region
 from training.onnx_export import export, max_difference
-from training.pe import synth
 from training.pe.evaluate import auc
 from training.pe.train_defects import (
     DEFECT_SEED_BASE,
+    cached_scans,
     label_candidates,
     network_candidates,
     training_scan,
@@ -58,24 +52,6 @@ class ScanPatches:
     near_embolus: npt.NDArray[np.bool_]
 
 
-def candidate_regions(found: filling_defects.Candidates) -> list[Region | None]:
-    """Each candidate's bounding box on the input grid and its mask inside it."""
-    start = [b.start for b in found.box]
-    regions: list[Region | None] = []
-    objects = ndimage.find_objects(found.labels, max_label=found.count)
-    for label, local in enumerate(objects, start=1):
-        if local is None:
-            regions.append(None)
-            continue
-        box = (
-            slice(local[0].start + start[0], local[0].stop + start[0]),
-            slice(local[1].start + start[1], local[1].stop + start[1]),
-            slice(local[2].start + start[2], local[2].stop + start[2]),
-        )
-        regions.append((box, found.labels[local] == label))
-    return regions
-
-
 def scan_patches(seed: int) -> ScanPatches | None:
     """One generated training scan's candidates (as the plugin finds them), their patches and
     labels; None when the scan is not assessed."""
@@ -88,44 +64,22 @@ def scan_patches(seed: int) -> ScanPatches | None:
         return None
     is_embolus, near, _ = label_candidates(ct, found)
     patches = vessel_patches.vessel_patches(
-        study.series.array, ct.spacing_mm, candidate_regions(found), analysis.trunk.median_hu
+        study.series.array, ct.spacing_mm, found.regions(), analysis.trunk.median_hu
     )
     return ScanPatches(seed, patches.astype(np.float16), is_embolus, near)
 
 
 def cached_patches(seeds: range, workers: int, cache_dir: Path) -> list[ScanPatches]:
-    """``scan_patches`` of every seed, or their earlier result for the same code, network,
-    generator and seeds."""
-    digest = hashlib.sha256(synth.generator_digest().encode())
-    for module in (filling_defects, vessel_patches):
-        digest.update(Path(str(module.__file__)).read_bytes())
-    for function in (
+    """``scan_patches`` of every seed, or their earlier result (``cached_scans``)."""
+    code = (
+        filling_defects,
+        vessel_patches,
         training_scan,
         network_candidates,
         scan_patches,
         label_candidates,
-        candidate_regions,
-    ):
-        digest.update(inspect.getsource(function).encode())
-    digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
-    cache = cache_dir / f"pe_patches_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
-    if cache.exists():
-        print(f"  loading cached patches from {cache}", flush=True)
-        with cache.open("rb") as f:
-            cached: list[ScanPatches] = pickle.load(f)
-        return cached
-    scans: list[ScanPatches] = []
-    start = time.monotonic()
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for n, scan in enumerate(pool.imap(scan_patches, seeds)):
-            if scan is not None:
-                scans.append(scan)
-            if (n + 1) % 10 == 0:
-                print(f"  {n + 1}/{len(seeds)} scans, {time.monotonic() - start:.0f} s", flush=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with cache.open("wb") as f:
-        pickle.dump(scans, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return scans
+    )
+    return cached_scans("pe_patches", scan_patches, code, seeds, workers, cache_dir)
 
 
 def stack(scans: list[ScanPatches]) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:

@@ -19,9 +19,12 @@ import multiprocessing
 import pickle
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +50,8 @@ CHUNK = 300
 """Scans are collected (and cached) in runs of this many seeds."""
 SHIPPED = Path(str(resources.files("algorithms.pe").joinpath("defects.json")))
 KINDS: tuple[ClotKind, ...] = ("saddle", "central", "lobar", "segmental")
+T = TypeVar("T")
+
 KIND_WEIGHTS = (0.05, 0.1, 0.25, 0.6)
 """Segmental emboli are what the second stage is for: most training emboli are segmental."""
 
@@ -159,11 +164,12 @@ def scan_candidates(seed: int) -> ScanCandidates | None:
     return ScanCandidates(seed, features, is_embolus, near, levels, truth_found, seconds)
 
 
-def collect(seeds: range, workers: int) -> list[ScanCandidates]:
+def collect(job: Callable[[int], T | None], seeds: range, workers: int) -> list[T]:
+    """``job`` of every seed in ``workers`` processes; the scans it did not assess left out."""
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         out = []
         start = time.monotonic()
-        for n, scan in enumerate(pool.imap(scan_candidates, seeds)):
+        for n, scan in enumerate(pool.imap(job, seeds)):
             if scan is not None:
                 out.append(scan)
             if (n + 1) % 10 == 0:
@@ -172,29 +178,45 @@ def collect(seeds: range, workers: int) -> list[ScanCandidates]:
 
 
 CACHE_HITS: list[str] = []
-"""Cache files read by ``cached_collect`` in this process (recorded in the card)."""
+"""Cache files read by ``cached_scans`` in this process (recorded in the card)."""
 
 
-def cached_collect(seeds: range, workers: int, cache_dir: Path) -> list[ScanCandidates]:
-    """``collect``, or its earlier result for the same scans, candidate code, network and
-    seeds."""
+def cached_scans(
+    name: str,
+    job: Callable[[int], T | None],
+    code: tuple[ModuleType | Callable[..., object], ...],
+    seeds: range,
+    workers: int,
+    cache_dir: Path,
+) -> list[T]:
+    """``collect(job, ...)``, or its earlier result for the same seeds, generator, network
+    and ``code`` (modules by their file, functions by their source), kept in ``cache_dir``
+    as ``{name}_{digest}_{first seed}_{count}.pkl``."""
     digest = hashlib.sha256(synth.generator_digest().encode())
-    digest.update(Path(filling_defects.__file__).read_bytes())
-    for function in (training_scan, network_candidates, scan_candidates, label_candidates):
-        digest.update(inspect.getsource(function).encode())
+    for piece in code:
+        if isinstance(piece, ModuleType):
+            digest.update(Path(str(piece.__file__)).read_bytes())
+        else:
+            digest.update(inspect.getsource(piece).encode())
     digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
-    cache = cache_dir / f"pe_defects_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
+    cache = cache_dir / f"{name}_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
     if cache.exists():
-        print(f"  loading cached candidates from {cache}", flush=True)
+        print(f"  loading cached scans from {cache}", flush=True)
         CACHE_HITS.append(cache.name)
         with cache.open("rb") as f:
-            cached: list[ScanCandidates] = pickle.load(f)
+            cached: list[T] = pickle.load(f)
         return cached
-    scans = collect(seeds, workers)
+    scans = collect(job, seeds, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with cache.open("wb") as f:
         pickle.dump(scans, f, protocol=pickle.HIGHEST_PROTOCOL)
     return scans
+
+
+def cached_collect(seeds: range, workers: int, cache_dir: Path) -> list[ScanCandidates]:
+    """The labelled candidates of these training scans (``cached_scans``)."""
+    code = (filling_defects, training_scan, network_candidates, scan_candidates, label_candidates)
+    return cached_scans("pe_defects", scan_candidates, code, seeds, workers, cache_dir)
 
 
 def _stack(scans: list[ScanCandidates]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
