@@ -14,9 +14,11 @@ the arteries the network found, grown by a few millimetres:
    around a floating or wall-adherent clot, air around an occluded artery in the lung, soft
    tissue around a lymph node); the first-stage network's embolus, artery and trunk
    probabilities there; its shape and where it lies relative to the pulmonary trunk.
-3. **Classifier**: gradient-boosted decision trees (``DefectClassifier``, in ``defects.json``,
-   trained by ``training.pe.train_defects`` on candidates of generated scans, never on the
-   validation or test splits) give each candidate the probability that it is an embolus.
+3. **Scorer** (``second_stage``): a small CNN on vessel-aligned patches of each candidate
+   (``defects_cnn.onnx``), or gradient-boosted decision trees on the features
+   (``DefectClassifier``, in ``defects.json``), both trained on candidates of generated scans,
+   never on the validation or test splits, give each candidate the probability that it is an
+   embolus.
 """
 
 from __future__ import annotations
@@ -402,6 +404,16 @@ class DefectClassifier:
     missing_go_left (children by row number; a sample goes left when its feature is at most
     the threshold)."""
 
+    def candidate_probabilities(
+        self,
+        hu: npt.NDArray[np.float32],
+        spacing_mm: tuple[float, float, float],
+        candidates: Candidates,
+        trunk_hu: float,
+    ) -> npt.NDArray[np.float64]:
+        """The trees read the candidates' features only (``second_stage.CandidateScorer``)."""
+        return self.probabilities(candidates.features)
+
     def probabilities(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         x = np.asarray(features, dtype=np.float64)
         raw = np.full(len(x), self.baseline)
@@ -459,9 +471,9 @@ class Defect:
     mask: npt.NDArray[np.bool_]
 
 
-def score(candidates: Candidates, classifier: DefectClassifier, floor: float) -> tuple[Defect, ...]:
-    """Candidates whose classifier probability reaches ``floor``, most probable first."""
-    p = classifier.probabilities(candidates.features)
+def score(candidates: Candidates, p: npt.NDArray[np.float64], floor: float) -> tuple[Defect, ...]:
+    """Candidates whose probability ``p`` (from the second stage's scorer) reaches ``floor``,
+    most probable first."""
     regions = candidates.regions()
     kept: list[Defect] = []
     for i in np.argsort(-p, kind="stable"):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,16 +23,13 @@ from algorithms.contract import (
     StudyInput,
     Verdict,
 )
-from algorithms.pe import filling_defects, inference, postprocess, preprocess
+from algorithms.pe import filling_defects, inference, postprocess, preprocess, second_stage
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "algorithms.pe"
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "model.json"
-DEFECT_CLASSIFIER = "defects.json"
-"""The second stage's classifier (``filling_defects``); without it only the network's own
-embolus output is used."""
 DEFECT_FLOOR = 0.02
 """Second-stage candidates below this probability are dropped at analysis (no site threshold
 is that low)."""
@@ -86,9 +81,9 @@ class PulmonaryEmbolismDetector:
     info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
         name="pe",
         display_name="radrouter Pulmonary Embolism Flagging",
-        version="0.2.0",
+        version="0.3.0",
         manufacturer="radrouter project",
-        device_uid="2.25.194038240693422800473340369930374770647",
+        device_uid="2.25.42404635829605682336126003595980249287",
         modalities=frozenset({"CT"}),
         intended_use=(
             "Research and demonstration only: flags suspected pulmonary emboli in the central, "
@@ -102,13 +97,18 @@ class PulmonaryEmbolismDetector:
         clinical_use=False,
     )
 
-    def __init__(self) -> None:
+    def __init__(self, second_stage_file: str | None = None) -> None:
+        """``second_stage_file``: run this second-stage scorer (``second_stage.FILES``)
+        instead of the one model.json records (a comparison; its threshold was not chosen
+        with it)."""
         self._session: Any = None
         self._input_name = "ct"
         self.providers: list[str] = []
         self.default_threshold = DEFAULT_THRESHOLD
         self.calibration: postprocess.Calibration | None = None
-        self.defect_classifier: filling_defects.DefectClassifier | None = None
+        self.second_stage_file = second_stage_file
+        self.second_stage: second_stage.LoadedScorer | None = None
+        """The filling-defect scorer; None: only the network's own embolus output is used."""
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
@@ -118,18 +118,19 @@ class PulmonaryEmbolismDetector:
         operating = card.get("operating_point", {})
         self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
         self.calibration = calibration_from_card(card)
-        self.defect_classifier = defect_classifier(card)
+        self.second_stage = second_stage.load(PACKAGE, card, device, self.second_stage_file)
         session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
         self._session = session
         self.providers = list(session.get_providers())
         logger.info(
-            "pe model loaded (%s), providers %s, threshold %.3f, %s",
+            "pe model loaded (%s), providers %s, threshold %.3f, %s, second stage %s",
             digest[:12],
             self.providers,
             self.default_threshold,
             "calibrated" if self.calibration else "uncalibrated (peak probabilities)",
+            self.second_stage.file if self.second_stage else "none",
         )
 
     def threshold_for(self, study: StudyInput) -> float:
@@ -182,7 +183,7 @@ class PulmonaryEmbolismDetector:
         zone = postprocess.artery_zone(prob)
         radius = postprocess.lumen_radius_mm(prob, (prob[postprocess.CLOT] >= 0.5) & zone)
         defects: tuple[filling_defects.Defect, ...] = ()
-        if self.defect_classifier is not None:
+        if self.second_stage is not None:
             candidates = filling_defects.find_candidates(
                 series.array,
                 spacing,
@@ -194,7 +195,10 @@ class PulmonaryEmbolismDetector:
                 radius,
             )
             if candidates is not None:
-                defects = filling_defects.score(candidates, self.defect_classifier, DEFECT_FLOOR)
+                p = self.second_stage.scorer.candidate_probabilities(
+                    series.array, spacing, candidates, trunk.median_hu
+                )
+                defects = filling_defects.score(candidates, p, DEFECT_FLOOR)
         return Analysis(
             prob=prob,
             zone=zone,
@@ -304,24 +308,6 @@ def _touches(mask: npt.NDArray[np.bool_], defect: filling_defects.Defect) -> boo
     local[inner] = defect.mask
     near = ndimage.binary_dilation(local, structure=np.ones((3, 3, 3), bool), iterations=gap)
     return bool((near & mask[grown]).any())
-
-
-def defect_classifier(card: dict[str, Any]) -> filling_defects.DefectClassifier | None:
-    """The second stage's classifier shipped beside the model, if there is one; when the
-    model card records the one its operating point was chosen with (``second_stage``), the
-    file must be that one (RuntimeError otherwise)."""
-    try:
-        raw = resources.files(PACKAGE).joinpath(DEFECT_CLASSIFIER).read_bytes()
-    except FileNotFoundError:
-        return None
-    recorded = card.get("second_stage")
-    if isinstance(recorded, dict):
-        raw = packaged_model.read_checked(PACKAGE, DEFECT_CLASSIFIER, recorded.get("sha256"))
-    else:
-        logger.warning(
-            "pe: %s is not recorded in the model card (not evaluated)", DEFECT_CLASSIFIER
-        )
-    return filling_defects.DefectClassifier.from_json(json.loads(raw))
 
 
 def calibration_from_card(card: dict[str, Any]) -> postprocess.Calibration | None:

@@ -143,6 +143,9 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
 def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path: Path) -> None:
     from algorithms.pe.vessel_patches import ACROSS_MM, ALONG_MM, CHANNELS
 
+    package = REPO / "algorithms" / "pe"
+    shipped = ("model.json", "defects_cnn.onnx", "defects_cnn.json")
+    before = {n: (package / n).read_bytes() for n in shipped}
     out = tmp_path / "cnn.onnx"
     run_script(
         "training.pe.train_defect_cnn",
@@ -167,8 +170,11 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
     assert card["training"]["trained_on_scans"] == 3 and card["training"]["candidate_emboli"] > 0
     assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert card["training"]["onnx_max_difference"] < 1e-4
+    check = card["training"]["check_auc"]  # None when the held-out scans have no embolus
+    assert check is None or 0.0 <= check <= 1.0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     patches = np.zeros((5, CHANNELS, len(ACROSS_MM), len(ALONG_MM)), np.float32)
     (p,) = session.run(None, {"patches": patches})
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
     assert list((tmp_path / "training-data").glob("pe_patches_*_400000_6.pkl"))
+    assert {n: (package / n).read_bytes() for n in shipped} == before

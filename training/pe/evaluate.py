@@ -27,12 +27,8 @@ from algorithms.contract import (
     VolumeGeometry,
 )
 from algorithms.pe import postprocess
-from algorithms.pe.plugin import (
-    DEFECT_CLASSIFIER,
-    DEFECT_FLOOR,
-    Analysis,
-    PulmonaryEmbolismDetector,
-)
+from algorithms.pe.plugin import DEFECT_FLOOR, Analysis, PulmonaryEmbolismDetector
+from algorithms.pe.second_stage import FILES
 from router.validate.metrics import proportion_interval
 from training.pe import synth
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
@@ -304,11 +300,11 @@ def cached_scan(seed: int, cache_dir: Path | None) -> SyntheticContrastCT:
 _WORKER: PulmonaryEmbolismDetector | None = None
 
 
-def _analyse_job(job: tuple[int, str, Path | None]) -> AnalysedScan:
+def _analyse_job(job: tuple[int, str, Path | None, str | None]) -> AnalysedScan:
     global _WORKER
-    seed, device, cache_dir = job
+    seed, device, cache_dir, second_stage_file = job
     if _WORKER is None:
-        _WORKER = PulmonaryEmbolismDetector()
+        _WORKER = PulmonaryEmbolismDetector(second_stage_file)
         _WORKER.load(device)
     return analyse_scan(_WORKER, seed, cache_dir)
 
@@ -338,7 +334,7 @@ def analyse_scans(
     if workers <= 1:
         done = (analyse_scan(detector, seed, cache_dir) for seed in seeds)
         return _reported(done)
-    jobs = [(seed, device, cache_dir) for seed in seeds]
+    jobs = [(seed, device, cache_dir, detector.second_stage_file) for seed in seeds]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         return _reported(pool.imap(_analyse_job, jobs))
 
@@ -395,6 +391,19 @@ def candidate_masses(scans: list[AnalysedScan]) -> tuple[list[float], list[bool]
     return masses, labels
 
 
+def second_stage_record(detector: PulmonaryEmbolismDetector) -> dict[str, object] | None:
+    """What model.json records of the second stage the operating point is chosen with: its
+    file, sha256 and candidate floor (None: the detector runs without one)."""
+    if detector.second_stage is None:
+        return None
+    used = resources.files("algorithms.pe").joinpath(detector.second_stage.file)
+    return {
+        "file": detector.second_stage.file,
+        "sha256": hashlib.sha256(used.read_bytes()).hexdigest(),
+        "candidate_floor": DEFECT_FLOOR,
+    }
+
+
 def fit_operating_point(
     detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], seeds: range, card_path: Path
 ) -> float:
@@ -422,13 +431,9 @@ def fit_operating_point(
         "component of the validation split",
         "candidates": {"emboli": int(sum(labels)), "not_emboli": len(labels) - int(sum(labels))},
     }
-    defects = resources.files("algorithms.pe").joinpath(DEFECT_CLASSIFIER)
-    if detector.defect_classifier is not None:
-        card["second_stage"] = {
-            "file": DEFECT_CLASSIFIER,
-            "sha256": hashlib.sha256(defects.read_bytes()).hexdigest(),
-            "candidate_floor": DEFECT_FLOOR,
-        }
+    stage = second_stage_record(detector)
+    if stage is not None:
+        card["second_stage"] = stage
     else:
         card.pop("second_stage", None)
     card["operating_point"] = {
@@ -459,6 +464,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--second-stage",
+        choices=FILES,
+        default=None,
+        help="run this second-stage scorer instead of the one model.json records (compare "
+        "them; with --write-operating-point it becomes the recorded one)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="processes (run times are then not comparable)"
     )
     parser.add_argument(
@@ -468,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
-    detector = PulmonaryEmbolismDetector()
+    detector = PulmonaryEmbolismDetector(args.second_stage)
     detector.load(args.device)
     scans = analyse_scans(detector, seeds, args.workers, args.scan_cache, args.device)
     used = detector.default_threshold if args.threshold is None else args.threshold
@@ -479,6 +491,12 @@ def main(argv: list[str] | None = None) -> None:
     outcomes = decide_and_score(detector, scans, used)
     print()
     print(f"split {args.split}, seeds {seeds.start}-{seeds.stop - 1}")
+    stage = detector.second_stage
+    print(
+        "second stage: "
+        + ("none" if stage is None else stage.file)
+        + ("" if stage is None or stage.recorded else " (not the one model.json records)")
+    )
     print(report(outcomes, used))
     print(f"total evaluation time {time.monotonic() - start:.0f} s")
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from algorithms.contract import StudyInput
-from algorithms.pe import filling_defects
+from algorithms.pe import filling_defects, second_stage
 from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector
 from training.pe import synth
 from training.pe.evaluate import SLICE_MM, make_study
@@ -48,7 +48,7 @@ DEFECT_SEED_BASE = 400_000
 700000+i and test 900000+i are never used here)."""
 CHUNK = 300
 """Scans are collected (and cached) in runs of this many seeds."""
-SHIPPED = Path(str(resources.files("algorithms.pe").joinpath("defects.json")))
+SHIPPED = Path(str(resources.files("algorithms.pe").joinpath(second_stage.TREES)))
 KINDS: tuple[ClotKind, ...] = ("saddle", "central", "lobar", "segmental")
 T = TypeVar("T")
 
@@ -116,12 +116,12 @@ _DETECTOR: PulmonaryEmbolismDetector | None = None
 
 def _network() -> PulmonaryEmbolismDetector:
     """The shipped plugin without its second stage: ``scan_candidates`` runs the candidate
-    search itself and keeps every candidate, not only those the shipped trees score."""
+    search itself and keeps every candidate, not only those the shipped scorer keeps."""
     global _DETECTOR
     if _DETECTOR is None:
         _DETECTOR = PulmonaryEmbolismDetector()
         _DETECTOR.load("cpu")
-        _DETECTOR.defect_classifier = None
+        _DETECTOR.second_stage = None
     return _DETECTOR
 
 
@@ -302,13 +302,16 @@ def recall_by_level(scans: list[ScanCandidates]) -> dict[str, str]:
     return out
 
 
-def forget_evaluated_classifier() -> None:
-    """Drop the classifier the operating point was chosen with from model.json: a new one must
-    be evaluated (``evaluate --split validation --write-operating-point``) before its sha256 is
-    recorded there again; until then the plugin loads it with a warning."""
+def forget_evaluated_scorer(file: str) -> None:
+    """Drop the second stage the operating point was chosen with from model.json when it is
+    ``file`` (just replaced): a new one must be evaluated (``evaluate --split validation
+    --write-operating-point``) before its sha256 is recorded there again; until then the
+    plugin loads it with a warning."""
     card_path = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
     card = json.loads(card_path.read_text())
-    if card.pop("second_stage", None) is not None:
+    recorded = card.get("second_stage")
+    if isinstance(recorded, dict) and recorded.get("file", second_stage.TREES) == file:
+        del card["second_stage"]
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         print(f"{card_path}: second_stage removed; choose the operating point again")
 
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in card.items()]
     args.out.write_text("{\n" + ",\n".join(lines) + "\n}\n")
     if args.out.resolve() == SHIPPED.resolve():
-        forget_evaluated_classifier()
+        forget_evaluated_scorer(second_stage.TREES)
 
     print(f"wrote {args.out}")
 
