@@ -18,6 +18,7 @@ recorded there (a comparison, or a scorer retrained but not evaluated) runs with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -103,9 +104,17 @@ class PatchNetwork:
 @dataclass(frozen=True)
 class LoadedScorer:
     file: str
+    sha256: str
     scorer: CandidateScorer
     recorded: bool
     """Whether model.json records this file (its operating point was chosen with it)."""
+
+
+def recorded_file(card: dict[str, Any]) -> str | None:
+    """The second-stage file ``card`` (model.json) records its operating point was chosen
+    with (records older than 0.3.0 name none: the trees), or None."""
+    recorded = card.get("second_stage")
+    return str(recorded.get("file", TREES)) if isinstance(recorded, dict) else None
 
 
 def load(
@@ -117,14 +126,13 @@ def load(
     the recorded sha256 (RuntimeError otherwise)."""
     if choice is not None and choice not in FILES:
         raise ValueError(f"unknown second stage {choice!r}; expected one of {FILES}")
-    recorded = card.get("second_stage")
-    recorded_file = recorded.get("file", TREES) if isinstance(recorded, dict) else None
+    recorded = recorded_file(card)
     shipped = [f for f in FILES if resources.files(package).joinpath(f).is_file()]
-    file = choice or recorded_file or next(iter(shipped), None)
+    file = choice or recorded or next(iter(shipped), None)
     if file is None:
         return None
-    if isinstance(recorded, dict) and file == recorded_file:
-        raw = packaged_model.read_checked(package, file, recorded.get("sha256"))
+    if file == recorded:
+        raw = packaged_model.read_checked(package, file, card["second_stage"].get("sha256"))
     else:
         raw = resources.files(package).joinpath(file).read_bytes()
         logger.warning(
@@ -137,4 +145,4 @@ def load(
         scorer = PatchNetwork.from_onnx(raw, device)
     else:
         scorer = filling_defects.DefectClassifier.from_json(json.loads(raw))
-    return LoadedScorer(file, scorer, file == recorded_file)
+    return LoadedScorer(file, hashlib.sha256(raw).hexdigest(), scorer, file == recorded)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -394,14 +393,10 @@ def candidate_masses(scans: list[AnalysedScan]) -> tuple[list[float], list[bool]
 def second_stage_record(detector: PulmonaryEmbolismDetector) -> dict[str, object] | None:
     """What model.json records of the second stage the operating point is chosen with: its
     file, sha256 and candidate floor (None: the detector runs without one)."""
-    if detector.second_stage is None:
+    stage = detector.second_stage
+    if stage is None:
         return None
-    used = resources.files("algorithms.pe").joinpath(detector.second_stage.file)
-    return {
-        "file": detector.second_stage.file,
-        "sha256": hashlib.sha256(used.read_bytes()).hexdigest(),
-        "candidate_floor": DEFECT_FLOOR,
-    }
+    return {"file": stage.file, "sha256": stage.sha256, "candidate_floor": DEFECT_FLOOR}
 
 
 def fit_operating_point(

@@ -34,7 +34,6 @@ from algorithms.pe import filling_defects, second_stage, vessel_patches
 from training.onnx_export import export, max_difference
 from training.pe.evaluate import auc
 from training.pe.train_defects import (
-    CHUNK,
     DEFECT_SEED_BASE,
     cached_scans,
     forget_evaluated_scorer,
@@ -75,8 +74,7 @@ def scan_patches(seed: int) -> ScanPatches | None:
 
 
 def cached_patches(seeds: range, workers: int, cache_dir: Path) -> list[ScanPatches]:
-    """``scan_patches`` of every seed, or their earlier result (``cached_scans``, in runs of
-    ``CHUNK`` seeds: 600 scans reuse the first 300)."""
+    """``scan_patches`` of every seed, or their earlier result (``cached_scans``)."""
     code = (
         filling_defects,
         vessel_patches,
@@ -85,18 +83,7 @@ def cached_patches(seeds: range, workers: int, cache_dir: Path) -> list[ScanPatc
         scan_patches,
         label_candidates,
     )
-    return [
-        scan
-        for first in range(seeds.start, seeds.stop, CHUNK)
-        for scan in cached_scans(
-            "pe_patches",
-            scan_patches,
-            code,
-            range(first, min(first + CHUNK, seeds.stop)),
-            workers,
-            cache_dir,
-        )
-    ]
+    return cached_scans("pe_patches", scan_patches, code, seeds, workers, cache_dir)
 
 
 def stack(scans: list[ScanPatches]) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:

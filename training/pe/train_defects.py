@@ -191,7 +191,8 @@ def cached_scans(
 ) -> list[T]:
     """``collect(job, ...)``, or its earlier result for the same seeds, generator, network
     and ``code`` (modules by their file, functions by their source), kept in ``cache_dir``
-    as ``{name}_{digest}_{first seed}_{count}.pkl``."""
+    in runs of ``CHUNK`` seeds (600 scans reuse the first 300) as
+    ``{name}_{digest}_{first seed}_{count}.pkl``."""
     digest = hashlib.sha256(synth.generator_digest().encode())
     for piece in code:
         if isinstance(piece, ModuleType):
@@ -199,7 +200,17 @@ def cached_scans(
         else:
             digest.update(inspect.getsource(piece).encode())
     digest.update(Path(str(resources.files("algorithms.pe").joinpath("model.onnx"))).read_bytes())
-    cache = cache_dir / f"{name}_{digest.hexdigest()[:10]}_{seeds.start}_{len(seeds)}.pkl"
+    scans: list[T] = []
+    for first in range(seeds.start, seeds.stop, CHUNK):
+        chunk = range(first, min(first + CHUNK, seeds.stop))
+        cache = cache_dir / f"{name}_{digest.hexdigest()[:10]}_{chunk.start}_{len(chunk)}.pkl"
+        scans += _cached_chunk(cache, job, chunk, workers)
+    return scans
+
+
+def _cached_chunk(
+    cache: Path, job: Callable[[int], T | None], seeds: range, workers: int
+) -> list[T]:
     if cache.exists():
         print(f"  loading cached scans from {cache}", flush=True)
         CACHE_HITS.append(cache.name)
@@ -207,7 +218,7 @@ def cached_scans(
             cached: list[T] = pickle.load(f)
         return cached
     scans = collect(job, seeds, workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("wb") as f:
         pickle.dump(scans, f, protocol=pickle.HIGHEST_PROTOCOL)
     return scans
@@ -309,8 +320,7 @@ def forget_evaluated_scorer(file: str) -> None:
     plugin loads it with a warning."""
     card_path = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
     card = json.loads(card_path.read_text())
-    recorded = card.get("second_stage")
-    if isinstance(recorded, dict) and recorded.get("file", second_stage.TREES) == file:
+    if second_stage.recorded_file(card) == file:
         del card["second_stage"]
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         print(f"{card_path}: second_stage removed; choose the operating point again")
@@ -326,13 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.monotonic()
     seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)
-    scans = [
-        scan
-        for first in range(seeds.start, seeds.stop, CHUNK)
-        for scan in cached_collect(
-            range(first, min(first + CHUNK, seeds.stop)), args.workers, args.cache_dir
-        )
-    ]
+    scans = cached_collect(seeds, args.workers, args.cache_dir)
     collect_s = time.monotonic() - start
     print(
         f"{len(scans)} assessed scans in {collect_s:.0f} s; candidates found emboli "
