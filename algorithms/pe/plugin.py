@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -81,9 +83,9 @@ class PulmonaryEmbolismDetector:
     info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
         name="pe",
         display_name="radrouter Pulmonary Embolism Flagging",
-        version="0.3.0",
+        version="0.3.1",
         manufacturer="radrouter project",
-        device_uid="2.25.42404635829605682336126003595980249287",
+        device_uid="2.25.70616752433291160712363792442364566277",
         modalities=frozenset({"CT"}),
         intended_use=(
             "Research and demonstration only: flags suspected pulmonary emboli in the central, "
@@ -109,6 +111,10 @@ class PulmonaryEmbolismDetector:
         self.second_stage_file = second_stage_file
         self.second_stage: second_stage.LoadedScorer | None = None
         """The filling-defect scorer; None: only the network's own embolus output is used."""
+        self.second_stage_shift = 0.0
+        """Added to the logit of the scorer's probabilities to put them on the network's
+        calibrated scale (``second_stage_shift_from_card``); 0 before an operating point is
+        chosen per stage."""
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
@@ -119,18 +125,22 @@ class PulmonaryEmbolismDetector:
         self.default_threshold = float(operating.get("threshold", DEFAULT_THRESHOLD))
         self.calibration = calibration_from_card(card)
         self.second_stage = second_stage.load(PACKAGE, card, device, self.second_stage_file)
+        recorded = self.second_stage is not None and self.second_stage.recorded
+        self.second_stage_shift = second_stage_shift_from_card(card) if recorded else 0.0
         session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
         self._session = session
         self.providers = list(session.get_providers())
         logger.info(
-            "pe model loaded (%s), providers %s, threshold %.3f, %s, second stage %s",
+            "pe model loaded (%s), providers %s, threshold %.3f, %s, second stage %s "
+            "(threshold %.3f)",
             digest[:12],
             self.providers,
             self.default_threshold,
             "calibrated" if self.calibration else "uncalibrated (peak probabilities)",
             self.second_stage.file if self.second_stage else "none",
+            shift_probability(self.default_threshold, -self.second_stage_shift),
         )
 
     def threshold_for(self, study: StudyInput) -> float:
@@ -211,11 +221,22 @@ class PulmonaryEmbolismDetector:
             defects=defects,
         )
 
+    def scaled_defects(self, analysis: Analysis) -> tuple[filling_defects.Defect, ...]:
+        """The analysis's filling defects with their probabilities on the network's scale
+        (``second_stage_shift``), which the threshold applies to."""
+        shift = self.second_stage_shift
+        if shift == 0.0:
+            return analysis.defects
+        return tuple(
+            dataclasses.replace(d, probability=shift_probability(d.probability, shift))
+            for d in analysis.defects
+        )
+
     def study_probability(self, analysis: Analysis) -> float:
         """The study's probability of PE: its most probable first-stage candidate or
-        second-stage filling defect."""
+        second-stage filling defect (on the network's scale)."""
         p_network = postprocess.study_probability(analysis.prob, analysis.zone, self.calibration)
-        return max([p_network, *(d.probability for d in analysis.defects)])
+        return max([p_network, *(d.probability for d in self.scaled_defects(analysis))])
 
     def decide(self, analysis: Analysis, threshold: float) -> AlgorithmResult:
         """The verdict at ``threshold``: the study probability and the emboli reaching it."""
@@ -232,7 +253,8 @@ class PulmonaryEmbolismDetector:
             lumen_radius=analysis.radius_mm,
         )
         emboli = sorted(
-            emboli + second_stage_emboli(analysis, threshold, emboli),
+            emboli
+            + second_stage_emboli(analysis, self.scaled_defects(analysis), threshold, emboli),
             key=lambda e: -e.probability,
         )[: postprocess.MAX_FINDINGS]
         trunk_hu = analysis.trunk.median_hu
@@ -265,13 +287,17 @@ class PulmonaryEmbolismDetector:
 
 
 def second_stage_emboli(
-    analysis: Analysis, threshold: float, found: list[postprocess.Embolus]
+    analysis: Analysis,
+    defects: tuple[filling_defects.Defect, ...],
+    threshold: float,
+    found: list[postprocess.Embolus],
 ) -> list[postprocess.Embolus]:
-    """Filling defects reaching ``threshold`` that are not part of an embolus the network
-    already found, nearby ones merged, located like the network's."""
+    """``defects`` (the analysis's, on the threshold's scale) reaching ``threshold`` that are
+    not part of an embolus the network already found, nearby ones merged, located like the
+    network's."""
     fresh = [
         d
-        for d in analysis.defects
+        for d in defects
         if d.probability >= threshold and not any(_touches(e.mask, d) for e in found)
     ]
     if not fresh:
@@ -316,6 +342,30 @@ def calibration_from_card(card: dict[str, Any]) -> postprocess.Calibration | Non
     if not isinstance(fitted, dict):
         return None
     return postprocess.Calibration(float(fitted["intercept"]), float(fitted["slope"]))
+
+
+def second_stage_shift_from_card(card: dict[str, Any]) -> float:
+    """The logit shift that puts the second stage's probabilities on the network's calibrated
+    scale: ``logit(threshold) - logit(second_stage_threshold)`` of model.json's operating
+    point, so that one threshold applies both stages' operating points chosen on the
+    validation split (0 when the operating point has no second-stage threshold)."""
+    operating = card.get("operating_point", {})
+    if not isinstance(operating, dict) or "second_stage_threshold" not in operating:
+        return 0.0
+    return _logit(float(operating["threshold"])) - _logit(
+        float(operating["second_stage_threshold"])
+    )
+
+
+def shift_probability(p: float, shift: float) -> float:
+    """``sigmoid(logit(p) + shift)``; 0 and 1 stay as they are."""
+    if shift == 0.0 or p <= 0.0 or p >= 1.0:
+        return p
+    return 1.0 / (1.0 + math.exp(-(_logit(p) + shift)))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def location_text(embolus: postprocess.Embolus) -> str:

@@ -9,6 +9,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
+from algorithms.contract import Verdict
 from algorithms.pe import filling_defects, plugin, postprocess, preprocess
 from algorithms.pe.filling_defects import Defect, DefectClassifier
 
@@ -221,12 +222,12 @@ def test_second_stage_adds_defects_the_network_missed_and_not_the_ones_it_found(
         0.5,
     )
     assert len(found) == 1
-    (added,) = plugin.second_stage_emboli(analysis, 0.5, found)
+    (added,) = plugin.second_stage_emboli(analysis, analysis.defects, 0.5, found)
     assert added.probability == 0.9 and added.side == "right" and added.level == "segmental"
     assert added.mask[new.box].all() and added.mask.sum() == 8
     assert added.centre_voxel == pytest.approx((21.5, 25.5, 20.5))
     assert added.mask[added.slice_index].any()
-    assert plugin.second_stage_emboli(analysis, 0.95, found) == []
+    assert plugin.second_stage_emboli(analysis, analysis.defects, 0.95, found) == []
 
 
 def test_the_study_probability_is_the_highest_of_both_stages() -> None:
@@ -238,3 +239,26 @@ def test_the_study_probability_is_the_highest_of_both_stages() -> None:
     result = detector.decide(loud, 0.9)
     assert [f.probability for f in result.findings] == [pytest.approx(0.97)]
     assert "right segmental artery" in result.reason
+
+
+def test_one_threshold_applies_both_stages_operating_points() -> None:
+    card = {"operating_point": {"threshold": 0.78, "second_stage_threshold": 0.89}}
+    shift = plugin.second_stage_shift_from_card(card)
+    assert shift < 0.0
+    assert plugin.shift_probability(0.89, shift) == pytest.approx(0.78)
+    assert plugin.shift_probability(1.0, shift) == 1.0
+    assert plugin.shift_probability(0.0, shift) == 0.0
+    assert plugin.second_stage_shift_from_card({"operating_point": {"threshold": 0.7}}) == 0.0
+    assert plugin.second_stage_shift_from_card({}) == 0.0
+    detector = plugin.PulmonaryEmbolismDetector()
+    detector.second_stage_shift = shift
+    under = _analysis_with((_defect(0.86, (21, 25, 20)),))  # under the second stage's 0.89
+    assert detector.study_probability(under) == pytest.approx(0.8)  # the network's peak
+    assert detector.decide(under, 0.81).verdict is Verdict.ABSENT
+    over = _analysis_with((_defect(0.97, (21, 25, 20)),))
+    p_over = plugin.shift_probability(0.97, shift)
+    assert 0.81 < p_over < 0.97
+    result = detector.decide(over, 0.81)
+    assert [f.probability for f in result.findings] == [pytest.approx(p_over)]
+    assert result.probability == pytest.approx(p_over)
+    assert over.defects[0].probability == 0.97  # the analysis keeps the scorer's own

@@ -58,7 +58,7 @@ def test_an_unrecorded_or_chosen_scorer_loads_with_a_warning(
 
 @pytest.mark.parametrize("file", [PATCH_NETWORK, TREES])
 def test_the_operating_point_records_the_second_stage_it_was_chosen_with(file: str) -> None:
-    from algorithms.pe.plugin import DEFECT_FLOOR, PulmonaryEmbolismDetector
+    from algorithms.pe.plugin import DEFECT_FLOOR, PulmonaryEmbolismDetector, shift_probability
     from training.pe.evaluate import second_stage_record
 
     detector = PulmonaryEmbolismDetector(file)
@@ -69,6 +69,13 @@ def test_the_operating_point_records_the_second_stage_it_was_chosen_with(file: s
         "sha256": hashlib.sha256(raw).hexdigest(),
         "candidate_floor": DEFECT_FLOOR,
     }
+    point = _card()["operating_point"]
+    assert isinstance(point, dict)
+    if file == PATCH_NETWORK:  # recorded: its probabilities go onto the network's scale
+        on_scale = shift_probability(point["second_stage_threshold"], detector.second_stage_shift)
+        assert on_scale == pytest.approx(detector.default_threshold)
+    else:  # a comparison runs on its own scale
+        assert detector.second_stage_shift == 0.0
     detector.second_stage = None
     assert second_stage_record(detector) is None
 

@@ -26,7 +26,13 @@ from algorithms.contract import (
     VolumeGeometry,
 )
 from algorithms.pe import postprocess
-from algorithms.pe.plugin import DEFECT_FLOOR, Analysis, PulmonaryEmbolismDetector
+from algorithms.pe.plugin import (
+    DEFECT_FLOOR,
+    Analysis,
+    PulmonaryEmbolismDetector,
+    second_stage_shift_from_card,
+    shift_probability,
+)
 from algorithms.pe.second_stage import FILES
 from router.validate.metrics import proportion_interval
 from training.pe import synth
@@ -161,6 +167,40 @@ def youden_threshold(positives: Sequence[float], negatives: Sequence[float]) -> 
         if j > best_j + 1e-12:
             best, best_j = float(c), float(j)
     return float(np.clip(best, 0.01, 0.99))
+
+
+def network_threshold(
+    network: Sequence[float],
+    second_stage: Sequence[float],
+    is_pe: Sequence[bool],
+    second_stage_threshold: float,
+) -> float:
+    """The network's own threshold, with the second stage flagging the studies whose
+    ``second_stage`` probability reaches ``second_stage_threshold``: of the thresholds giving
+    the maximum Youden J, the middle of the widest range (the furthest from the studies on
+    either side)."""
+    pn = np.asarray(network, dtype=np.float64)
+    by_second = np.asarray(second_stage, dtype=np.float64) >= second_stage_threshold
+    y = np.asarray(is_pe, dtype=bool)
+    if not y.any() or y.all():
+        raise ValueError("choosing a threshold needs studies with and without PE")
+    edges = np.unique(np.concatenate([[0.0, 1.0], pn]))
+    # every threshold in (edges[k], edges[k + 1]] flags the same studies
+    j = np.array(
+        [
+            np.mean(flag[y]) + np.mean(~flag[~y])
+            for flag in ((pn >= upper) | by_second for upper in edges[1:])
+        ]
+    )
+    best = j >= j.max() - 1e-12
+    runs: list[tuple[float, float]] = []
+    for k in np.flatnonzero(best):
+        if k > 0 and best[k - 1]:
+            runs[-1] = (runs[-1][0], float(edges[k + 1]))
+        else:
+            runs.append((float(edges[k]), float(edges[k + 1])))
+    low, high = max(runs, key=lambda r: r[1] - r[0])
+    return float(np.clip((low + high) / 2, 0.01, 0.99))
 
 
 def sensitivity_at_specificity(
@@ -399,14 +439,51 @@ def second_stage_record(detector: PulmonaryEmbolismDetector) -> dict[str, object
     return {"file": stage.file, "sha256": stage.sha256, "candidate_floor": DEFECT_FLOOR}
 
 
+def stage_thresholds(
+    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan]
+) -> tuple[float, float | None]:
+    """The network's threshold and the second stage's (None without one), chosen on these
+    validation scans with the detector's calibration: first one threshold for both stages'
+    probabilities (max Youden J), which becomes the second stage's; then the network's own
+    (``network_threshold``) with the second stage at it.
+
+    The two scales differ: the network's candidates are calibrated (Platt, on their mass)
+    while the second stage's network saturates near 1 on true and false candidates alike, so
+    the single threshold lands where the second stage's false candidates end, well above the
+    network's (0.3.0: 0.893 where the network's highest candidate on a PE-free study is
+    0.627), and a network finding between them is lost for nothing."""
+    network: list[float] = []
+    second: list[float] = []
+    is_pe: list[bool] = []
+    for scan in scans:
+        a = scan.analysis
+        if isinstance(a, AlgorithmResult):
+            continue
+        network.append(postprocess.study_probability(a.prob, a.zone, detector.calibration))
+        second.append(max((d.probability for d in a.defects), default=0.0))
+        is_pe.append(bool(scan.truth.clots))
+    both = [max(n, s) for n, s in zip(network, second, strict=True)]
+    pos = [p for p, y in zip(both, is_pe, strict=True) if y]
+    neg = [p for p, y in zip(both, is_pe, strict=True) if not y]
+    single = round(youden_threshold(pos, neg), 4)
+    if detector.second_stage is None:
+        return single, None
+    return round(network_threshold(network, second, is_pe, single), 4), single
+
+
 def fit_operating_point(
     detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], seeds: range, card_path: Path
 ) -> float:
-    """Fit the candidate calibration and choose the threshold (max Youden J) on these
-    validation scans; store both in model.json and in ``detector``."""
+    """Fit the candidate calibration and choose the thresholds (``stage_thresholds``) on these
+    validation scans; store them in model.json and in ``detector``."""
     masses, labels = candidate_masses(scans)
     calibration = postprocess.fit_calibration(masses, labels)
     detector.calibration = calibration
+    threshold, second_threshold = stage_thresholds(detector, scans)
+    operating: dict[str, object] = {"threshold": threshold}
+    if second_threshold is not None:
+        operating["second_stage_threshold"] = second_threshold
+    detector.second_stage_shift = second_stage_shift_from_card({"operating_point": operating})
     pos: list[float] = []
     neg: list[float] = []
     for scan in scans:
@@ -415,7 +492,6 @@ def fit_operating_point(
             continue
         p = detector.study_probability(a)
         (pos if scan.truth.clots else neg).append(p)
-    threshold = round(youden_threshold(pos, neg), 4)
     card = json.loads(card_path.read_text())
     card["calibration"] = {
         "intercept": round(calibration.intercept, 6),
@@ -432,8 +508,13 @@ def fit_operating_point(
     else:
         card.pop("second_stage", None)
     card["operating_point"] = {
-        "threshold": threshold,
-        "criterion": "maximum Youden J (sensitivity + specificity) on the validation split",
+        **operating,
+        "criterion": "maximum Youden J (sensitivity + specificity) on the validation split: one "
+        "threshold for both stages, which becomes the second stage's; then the network's own, "
+        "the middle of the widest range of maximum J with the second stage at its threshold. "
+        "The second stage's probabilities are shifted in logit by logit(threshold) - "
+        "logit(second_stage_threshold), so that one threshold (the site's, or this) applies "
+        "both",
         "validation_seeds": [seeds.start, seeds.stop - 1],
         "validation_studies": {"with_pe": len(pos), "without_pe": len(neg)},
         "validation_auc": round(auc(pos, neg), 4),
@@ -454,8 +535,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--write-operating-point",
         action="store_true",
-        help="fit the candidate calibration and choose the threshold (max Youden J) on these "
-        "scans; write both to model.json",
+        help="fit the candidate calibration and choose the thresholds (max Youden J, "
+        "stage_thresholds) on these scans; write them to model.json",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -491,6 +572,11 @@ def main(argv: list[str] | None = None) -> None:
         "second stage: "
         + ("none" if stage is None else stage.file)
         + ("" if stage is None or stage.recorded else " (not the one model.json records)")
+        + (
+            ""
+            if stage is None
+            else f", its threshold {shift_probability(used, -detector.second_stage_shift):.4f}"
+        )
     )
     print(report(outcomes, used))
     print(f"total evaluation time {time.monotonic() - start:.0f} s")
