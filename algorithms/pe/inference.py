@@ -12,7 +12,6 @@ logger = logging.getLogger(__name__)
 
 SIZE_DIVISOR = 8
 """The U-Net needs spatial sizes that are multiples of this (three 2x poolings)."""
-OUT_CHANNELS = 3
 MAX_TILE_VOXELS = 3_000_000
 """Volumes larger than this are run in overlapping z slabs to bound memory."""
 TILE_MARGIN = 16
@@ -42,18 +41,22 @@ def predict(
     vol: npt.NDArray[np.float32],
     max_tile_voxels: int = MAX_TILE_VOXELS,
 ) -> npt.NDArray[np.float32]:
-    """(3, D, H, W) probabilities of embolus, pulmonary artery and pulmonary trunk for a
-    (2, D, H, W) normalised volume on the model grid."""
+    """The model's (C, D, H, W) output for a (channels, D, H, W) input on the model grid: for
+    the embolus network, the probabilities of embolus, pulmonary artery and pulmonary trunk of
+    the (2, D, H, W) normalised volume."""
     depth = vol.shape[1]
     plane = int(vol.shape[2]) * int(vol.shape[3])
     if depth * plane <= max_tile_voxels:
         return _run_whole(session, input_name, vol)
     core = max(SIZE_DIVISOR, (max_tile_voxels // plane - 2 * TILE_MARGIN) // 8 * 8)
-    prob = np.empty((OUT_CHANNELS, *vol.shape[1:]), dtype=np.float32)
+    prob: npt.NDArray[np.float32] | None = None
     for start in range(0, depth, core):
         stop = min(depth, start + core)
         lo, hi = max(0, start - TILE_MARGIN), min(depth, stop + TILE_MARGIN)
         tile = _run_whole(session, input_name, np.ascontiguousarray(vol[:, lo:hi]))
+        if prob is None:
+            prob = np.empty((tile.shape[0], *vol.shape[1:]), dtype=np.float32)
         prob[:, start:stop] = tile[:, start - lo : stop - lo]
+    assert prob is not None
     logger.debug("ran %d z slabs of %d slices", -(-depth // core), core)
     return prob

@@ -25,7 +25,14 @@ from algorithms.contract import (
     StudyInput,
     Verdict,
 )
-from algorithms.pe import filling_defects, inference, postprocess, preprocess, second_stage
+from algorithms.pe import (
+    artery_levels,
+    filling_defects,
+    inference,
+    postprocess,
+    preprocess,
+    second_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,9 @@ class Analysis:
     """Lumen radius of the predicted arteries and embolus candidates (model grid)."""
     defects: tuple[filling_defects.Defect, ...] = ()
     """Second-stage filling defects (input grid) of probability at least ``DEFECT_FLOOR``."""
+    segmental: postprocess.FloatVolume | None = None
+    """The level network's probability that a voxel lies in a segmental artery (model grid);
+    None: lobar and segmental are named by the lumen radius."""
 
 
 class PulmonaryEmbolismDetector:
@@ -83,9 +93,9 @@ class PulmonaryEmbolismDetector:
     info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
         name="pe",
         display_name="radrouter Pulmonary Embolism Flagging",
-        version="0.3.1",
+        version="0.4.0",
         manufacturer="radrouter project",
-        device_uid="2.25.70616752433291160712363792442364566277",
+        device_uid="2.25.121019708094918511683847987734757193039",
         modalities=frozenset({"CT"}),
         intended_use=(
             "Research and demonstration only: flags suspected pulmonary emboli in the central, "
@@ -112,6 +122,8 @@ class PulmonaryEmbolismDetector:
         self.second_stage: second_stage.LoadedScorer | None = None
         """The filling-defect scorer; None: only the network's own embolus output is used."""
         self.second_stage_shift = 0.0
+        self.levels: artery_levels.ArteryLevels | None = None
+        """The artery-level network; None: levels from the lumen radius alone."""
         """Added to the logit of the scorer's probabilities to put them on the network's
         calibrated scale (``second_stage_shift_from_card``); 0 before an operating point is
         chosen per stage."""
@@ -127,6 +139,7 @@ class PulmonaryEmbolismDetector:
         self.second_stage = second_stage.load(PACKAGE, card, device, self.second_stage_file)
         recorded = self.second_stage is not None and self.second_stage.recorded
         self.second_stage_shift = second_stage_shift_from_card(card) if recorded else 0.0
+        self.levels = artery_levels.ArteryLevels.load(PACKAGE, device)
         session = packaged_model.onnx_session(model, device)
         self._input_name = session.get_inputs()[0].name
         session.run(None, {self._input_name: np.zeros((1, 2, 16, 16, 16), dtype=np.float32)})
@@ -134,13 +147,14 @@ class PulmonaryEmbolismDetector:
         self.providers = list(session.get_providers())
         logger.info(
             "pe model loaded (%s), providers %s, threshold %.3f, %s, second stage %s "
-            "(threshold %.3f)",
+            "(threshold %.3f), level network %s",
             digest[:12],
             self.providers,
             self.default_threshold,
             "calibrated" if self.calibration else "uncalibrated (peak probabilities)",
             self.second_stage.file if self.second_stage else "none",
             shift_probability(self.default_threshold, -self.second_stage_shift),
+            self.levels.sha256[:12] if self.levels else "none",
         )
 
     def threshold_for(self, study: StudyInput) -> float:
@@ -209,6 +223,9 @@ class PulmonaryEmbolismDetector:
                     series.array, spacing, candidates, trunk.median_hu
                 )
                 defects = filling_defects.score(candidates, p, DEFECT_FLOOR)
+        segmental = (
+            None if self.levels is None else self.levels.segmental_probability(prob, model_hu)
+        )
         return Analysis(
             prob=prob,
             zone=zone,
@@ -219,6 +236,7 @@ class PulmonaryEmbolismDetector:
             seconds=time.monotonic() - started,
             radius_mm=radius,
             defects=defects,
+            segmental=segmental,
         )
 
     def scaled_defects(self, analysis: Analysis) -> tuple[filling_defects.Defect, ...]:
@@ -251,6 +269,7 @@ class PulmonaryEmbolismDetector:
             threshold,
             self.calibration,
             lumen_radius=analysis.radius_mm,
+            segmental=analysis.segmental,
         )
         emboli = sorted(
             emboli
@@ -315,6 +334,7 @@ def second_stage_emboli(
             analysis.grid,
             analysis.input_shape,
             analysis.affine,
+            analysis.segmental,
         )
         for d in filling_defects.merge_nearby(fresh)[: postprocess.MAX_FINDINGS]
     ]

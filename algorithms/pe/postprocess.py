@@ -220,6 +220,23 @@ def level_of(radius_mm: float, in_trunk: bool, gap_mm: float = math.inf) -> Leve
     return "lobar" if radius_mm >= LOBAR_RADIUS_MM else "segmental"
 
 
+SEGMENTAL_AT = 0.5
+"""Mean segmental probability (``artery_levels``) over an embolus's model voxels from which
+an embolus that is not central is segmental."""
+
+
+def branch_level(
+    level: Level,
+    segmental: FloatVolume | None,
+    voxels: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]],
+) -> Level:
+    """``level`` (from ``level_of``), with lobar or segmental named by the level network's
+    segmental probability at the embolus's model ``voxels`` when there is one."""
+    if level == "central" or segmental is None:
+        return level
+    return "segmental" if float(segmental[voxels].mean()) >= SEGMENTAL_AT else "lobar"
+
+
 def side_of(
     x: npt.NDArray[np.float64], level: Level, reference_x: float, in_trunk: bool = False
 ) -> Side | None:
@@ -311,10 +328,12 @@ def embolus_on_input_grid(
     grid: ModelGrid,
     input_shape: tuple[int, int, int],
     affine: npt.NDArray[np.float64],
+    segmental: FloatVolume | None = None,
 ) -> Embolus:
     """An embolus found on the input grid (``mask`` inside ``box``; the second stage), located
-    like a first-stage one: level from the lumen radius of the model voxels it lies in, side
-    from its patient x."""
+    like a first-stage one: level from the lumen radius of the model voxels it lies in (lobar
+    or segmental from ``segmental``, the level network's output, when given), side from its
+    patient x."""
     points = np.argwhere(mask).astype(np.float64) + [b.start for b in box]
     model = np.unique(np.rint(grid.to_model(points)).astype(np.intp), axis=0)
     model = np.clip(model, 0, np.array(grid.shape) - 1)
@@ -326,6 +345,7 @@ def embolus_on_input_grid(
     lps = points @ affine[:3, :3].T + affine[:3, 3]
     x = lps[:, 0]
     level = level_of(radius, in_trunk, bifurcation_gap(x, trunk.bifurcation_x_lps))
+    level = branch_level(level, segmental, (model[:, 0], model[:, 1], model[:, 2]))
     full = np.zeros(input_shape, dtype=bool)
     full[box] = mask
     centre = points.mean(0)
@@ -348,6 +368,13 @@ def embolus_on_input_grid(
     )
 
 
+def _voxels(
+    component: BoolVolume, box: tuple[slice, ...]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    k, i, j = np.nonzero(component)
+    return k + box[0].start, i + box[1].start, j + box[2].start
+
+
 def find_emboli(
     prob: FloatVolume,
     zone: BoolVolume,
@@ -359,10 +386,12 @@ def find_emboli(
     calibration: Calibration | None = None,
     max_findings: int = MAX_FINDINGS,
     lumen_radius: FloatVolume | None = None,
+    segmental: FloatVolume | None = None,
 ) -> list[Embolus]:
     """Candidate components (voxels >= ``VOXEL_THRESHOLD`` touching the artery zone) whose
     probability (``calibration`` of their mass, else their peak) reaches ``threshold``, most
-    probable first, with level, side, mask and outline."""
+    probable first, with level (lobar or segmental from ``segmental``, the level network's
+    output, when given), side, mask and outline."""
     clot = prob[CLOT]
     candidates = (clot >= VOXEL_THRESHOLD) & zone
     labels, n = ndimage.label(candidates)
@@ -394,6 +423,7 @@ def find_emboli(
         points = np.argwhere(component).astype(np.float64) + [b.start for b in box]
         x = _to_lps(points, grid, affine)[:, 0]
         level = level_of(radius_mm, in_trunk, bifurcation_gap(x, trunk.bifurcation_x_lps))
+        level = branch_level(level, segmental, _voxels(component, box))
         side = side_of(x, level, trunk.bifurcation_x_lps, in_trunk)
         weights = clot[box][component]
         centre = grid.to_input((points * weights[:, None]).sum(0) / weights.sum())

@@ -204,6 +204,35 @@ def test_emboli_are_located_with_level_side_and_outline() -> None:
     assert postprocess.find_emboli(prob, zone, trunk, grid, shape, affine, 0.9) == []
 
 
+def test_the_level_network_names_lobar_or_segmental_and_never_overrides_central() -> None:
+    segmental = np.zeros((4, 4, 4), dtype=np.float32)
+    segmental[:2] = 0.9
+    upper = (np.array([0, 1]), np.array([0, 0]), np.array([0, 0]))
+    lower = (np.array([2, 3]), np.array([0, 0]), np.array([0, 0]))
+    assert postprocess.branch_level("lobar", segmental, upper) == "segmental"
+    assert postprocess.branch_level("segmental", segmental, lower) == "lobar"
+    assert postprocess.branch_level("central", segmental, upper) == "central"
+    assert postprocess.branch_level("segmental", None, lower) == "segmental"
+    # The same embolus as above, in an artery the level network calls lobar.
+    shape = (40, 48, 48)
+    prob = _prob_maps(shape)
+    prob[postprocess.CLOT, 21:23, 25:27, 8:12] = 0.8
+    grid = preprocess.ModelGrid(origin=(0.0, 0.0, 0.0), step=(1.0, 1.0, 1.0), shape=shape)
+    affine = np.array([[0, 0, 2.0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    trunk = postprocess.locate_trunk(prob, np.full(shape, 250.0, np.float32), grid, affine)
+    assert trunk is not None
+    zone = postprocess.artery_zone(prob)
+    lobar = np.zeros(shape, dtype=np.float32)
+    (embolus,) = postprocess.find_emboli(
+        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lobar
+    )
+    assert embolus.level == "lobar" and embolus.side == "right"
+    (embolus,) = postprocess.find_emboli(
+        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lobar + 0.7
+    )
+    assert embolus.level == "segmental"
+
+
 def test_a_clot_across_the_bifurcation_is_central_and_bilateral() -> None:
     shape = (40, 48, 48)
     prob = _prob_maps(shape)

@@ -178,3 +178,25 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
     assert list((tmp_path / "training-data").glob("pe_patches_*_400000_6.pkl"))
     assert {n: (package / n).read_bytes() for n in shipped} == before
+
+
+def test_the_pe_level_network_trains_on_generated_scans_and_writes_its_card(
+    tmp_path: Path,
+) -> None:
+    package = REPO / "algorithms" / "pe"
+    before = {n: (package / n).read_bytes() for n in ("levels.onnx", "levels.json")}
+    out = tmp_path / "levels.onnx"
+    run_script(
+        "training.pe.train_levels",
+        ["--volumes", "3", "--steps", "2", "--batch", "2", *SMALL, "--out", str(out)],
+        tmp_path,
+    )
+    card = json.loads((tmp_path / "levels.json").read_text())
+    assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert card["training"]["steps"] == 2
+    assert card["training"]["seeds"] == [500000, 500001]
+    assert card["training"]["held_out_seeds"] == [500002, 500002]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (p,) = session.run(None, {"levels": np.zeros((1, 3, 16, 16, 16), np.float32)})
+    assert p.shape == (1, 1, 16, 16, 16) and np.all((p >= 0) & (p <= 1))
+    assert {n: (package / n).read_bytes() for n in before} == before

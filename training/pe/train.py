@@ -25,7 +25,12 @@ from scipy import ndimage
 from algorithms.pe import preprocess
 from training import onnx_export
 from training.pe.network import DEFAULT_WIDTHS, EmbolusUNet
-from training.pe.synth import PHASES, generate_contrast_chest_ct, generator_digest
+from training.pe.synth import (
+    PHASES,
+    SyntheticContrastCT,
+    generate_contrast_chest_ct,
+    generator_digest,
+)
 from training.unet import ProbabilityModel, parameter_count
 
 SHIPPED_MODEL = Path(str(resources.files("algorithms.pe").joinpath("model.onnx")))
@@ -102,9 +107,12 @@ def _pick(points: npt.NDArray[np.int64], rng: np.random.Generator, n: int) -> np
     return chosen
 
 
-def make_example(seed: int, pad: int) -> Example:
-    """Generate one random scan, resample it like the plugin does and build its targets."""
-    rng = np.random.default_rng([seed, 99])
+def draw_training_scan(
+    seed: int, rng: np.random.Generator
+) -> tuple[SyntheticContrastCT, tuple[float, float, float]]:
+    """One random training scan as the embolus network is trained on (1.1-1.7 mm pixels,
+    1-2.5 mm slices, CTPA / venous / unenhanced, 0-4 emboli; drawn with ``rng``) and its
+    spacing."""
     pixel = float(rng.uniform(1.1, 1.7))
     spacing = (float(rng.uniform(1.0, 2.5)), pixel, pixel)
     size = round(float(rng.uniform(290.0, 340.0)) / pixel)
@@ -114,6 +122,13 @@ def make_example(seed: int, pad: int) -> Example:
     ct = generate_contrast_chest_ct(
         seed, shape=(n_slices, size, size), spacing_mm=spacing, phase=phase, clots=n_clots
     )
+    return ct, spacing
+
+
+def make_example(seed: int, pad: int) -> Example:
+    """Generate one random scan, resample it like the plugin does and build its targets."""
+    rng = np.random.default_rng([seed, 99])
+    ct, spacing = draw_training_scan(seed, rng)
     box = preprocess.find_lung_box(ct.hu.astype(np.float32), spacing)
     target_mm = preprocess.MODEL_SPACING_MM
 
@@ -144,7 +159,7 @@ def make_example(seed: int, pad: int) -> Example:
         central_points=_pick(np.argwhere((vessels & TRUNK) > 0), rng, 100),
         lung_points=_pick(np.argwhere(vol < -400.0), rng, 300),
         hard_points=np.zeros((0, 3), dtype=np.int64),
-        phase=phase,
+        phase=ct.phase,
     )
 
 
