@@ -10,7 +10,7 @@ branching around a voxel), and gives each voxel the probability that it lies in 
 artery rather than a lobar, main artery or the trunk. It is trained on generated scans, whose
 generator knows every artery's level, with the shipped embolus network's outputs as input.
 
-    python -m training.pe.train_levels --volumes 60 --max-minutes 15
+    python -m training.pe.train_levels --volumes 70 --max-minutes 14
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class LevelExample:
     """(CHANNELS, D, H, W) network input, padded by ``PAD``."""
     target: npt.NDArray[np.uint8]
     points: npt.NDArray[np.int64]
-    """Artery voxels (padded coordinates), segmental ones first half when there are any."""
+    """Patch centres (padded coordinates): up to 300 segmental artery voxels and up to 300
+    other artery voxels, so that about half the patches are centred on a segmental artery."""
 
 
 _SESSION: Any = None
@@ -164,8 +165,8 @@ def voxel_accuracy(net: UNet, examples: list[LevelExample]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--volumes", type=int, default=60)
-    parser.add_argument("--max-minutes", type=float, default=15.0)
+    parser.add_argument("--volumes", type=int, default=70)
+    parser.add_argument("--max-minutes", type=float, default=14.0)
     parser.add_argument("--steps", type=int, default=100_000, help="at most this many steps")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
