@@ -122,11 +122,11 @@ class PulmonaryEmbolismDetector:
         self.second_stage: second_stage.LoadedScorer | None = None
         """The filling-defect scorer; None: only the network's own embolus output is used."""
         self.second_stage_shift = 0.0
-        self.levels: artery_levels.ArteryLevels | None = None
-        """The artery-level network; None: levels from the lumen radius alone."""
         """Added to the logit of the scorer's probabilities to put them on the network's
         calibrated scale (``second_stage_shift_from_card``); 0 before an operating point is
         chosen per stage."""
+        self.levels: artery_levels.ArteryLevels | None = None
+        """The artery-level network; None: levels from the lumen radius alone."""
 
     def load(self, device: str) -> None:
         """Create the onnxruntime session (CUDA first when asked for and available), warm up."""
