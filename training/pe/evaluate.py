@@ -11,7 +11,7 @@ import multiprocessing
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -412,15 +412,19 @@ def decide_and_score(
     return outcomes
 
 
+def assessed(scans: list[AnalysedScan]) -> Iterator[tuple[AnalysedScan, Analysis]]:
+    """The scans the plugin assessed, each with its analysis (NOT_ASSESSED ones left out)."""
+    for scan in scans:
+        if not isinstance(scan.analysis, AlgorithmResult):
+            yield scan, scan.analysis
+
+
 def candidate_masses(scans: list[AnalysedScan]) -> tuple[list[float], list[bool]]:
     """Every candidate component of the assessed scans (no threshold): its probability mass
     and whether it overlaps a true embolus."""
     masses: list[float] = []
     labels: list[bool] = []
-    for scan in scans:
-        a = scan.analysis
-        if isinstance(a, AlgorithmResult):
-            continue
+    for scan, a in assessed(scans):
         truth = scan.truth.clot_labels > 0
         for e in postprocess.find_emboli(
             a.prob, a.zone, a.trunk, a.grid, a.input_shape, a.affine, 0.0, None, 10_000
@@ -455,10 +459,7 @@ def stage_thresholds(
     network: list[float] = []
     second: list[float] = []
     is_pe: list[bool] = []
-    for scan in scans:
-        a = scan.analysis
-        if isinstance(a, AlgorithmResult):
-            continue
+    for scan, a in assessed(scans):
         network.append(postprocess.study_probability(a.prob, a.zone, detector.calibration))
         second.append(max((d.probability for d in a.defects), default=0.0))
         is_pe.append(bool(scan.truth.clots))
@@ -486,10 +487,7 @@ def fit_operating_point(
     detector.second_stage_shift = second_stage_shift_from_card({"operating_point": operating})
     pos: list[float] = []
     neg: list[float] = []
-    for scan in scans:
-        a = scan.analysis
-        if isinstance(a, AlgorithmResult):
-            continue
+    for scan, a in assessed(scans):
         p = detector.study_probability(a)
         (pos if scan.truth.clots else neg).append(p)
     card = json.loads(card_path.read_text())
