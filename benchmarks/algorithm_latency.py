@@ -7,9 +7,10 @@ spent inside the model sessions alone (onnxruntime ``InferenceSession.run`` and 
 session calls, timed by wrapping them in this process) - the bare-model reference.
 
 Inputs are synthetic: a manifest model gets a study its manifest accepts
-(``testing.manifest_examples``), a shipped algorithm one from its training generator
-(``BUILT_IN_FACTORIES``, from ``training/<name>/synth.py``). An algorithm without a factory is
-listed as skipped.
+(``testing.manifest_examples``), a shipped algorithm one or more from its training generator
+(``BUILT_IN_FACTORIES``, from ``training/<name>/synth.py``; the pulmonary embolism plugin a
+study with an embolus and one without, whose run times differ). An algorithm without a
+factory is listed as skipped.
 
 Run: ``.venv/bin/python -m benchmarks.algorithm_latency [--runs 10] [--device cpu]
 [--models-dir DIR ...] [--no-examples] [--only NAME ...]``. The example manifest models of
@@ -68,20 +69,32 @@ def _ms_lesion_example() -> StudyInput:
     return make_study(generate_flair(710_000))
 
 
-def _pe_example() -> StudyInput:
+def _pe_example(clots: list[Any]) -> StudyInput:
     """A clinical-size synthetic CT pulmonary angiogram (300 slices of 1 mm, 512 x 512 at
-    0.68 mm) with a right lobar embolus, made by the plugin's own generator."""
+    0.68 mm) with ``clots`` (``ClotSpec``), made by the plugin's own generator."""
     from training.pe.evaluate import make_study
-    from training.pe.synth import ClotSpec, generate_contrast_chest_ct
+    from training.pe.synth import generate_contrast_chest_ct
 
     ct = generate_contrast_chest_ct(
         7,
         shape=(300, 512, 512),
         spacing_mm=(1.0, 350.0 / 512, 350.0 / 512),
         phase="ctpa",
-        clots=[ClotSpec("lobar", "right", occlusive=True)],
+        clots=clots,
     )
     return make_study(ct)
+
+
+def _pe_lobar_embolus() -> StudyInput:
+    """The CT pulmonary angiogram with a right lobar embolus (the level network runs)."""
+    from training.pe.synth import ClotSpec
+
+    return _pe_example([ClotSpec("lobar", "right", occlusive=True)])
+
+
+def _pe_no_embolus() -> StudyInput:
+    """The same CT pulmonary angiogram without an embolus (no level network)."""
+    return _pe_example([])
 
 
 def _fracture_example() -> StudyInput:
@@ -93,23 +106,25 @@ def _fracture_example() -> StudyInput:
     return make_study(generate_radiograph(7, fracture=True, size=2500))
 
 
-BUILT_IN_FACTORIES: dict[str, InputFactory] = {
-    "lung_nodule": _lung_nodule_example,
-    "ms_lesion": _ms_lesion_example,
-    "pe": _pe_example,
-    "fracture": _fracture_example,
+BUILT_IN_FACTORIES: dict[str, dict[str, InputFactory]] = {
+    "lung_nodule": {"": _lung_nodule_example},
+    "ms_lesion": {"": _ms_lesion_example},
+    "pe": {"lobar embolus": _pe_lobar_embolus, "no embolus": _pe_no_embolus},
+    "fracture": {"": _fracture_example},
 }
-"""Synthetic inputs of the shipped algorithms, from their training generators."""
+"""Synthetic inputs of the shipped algorithms, from their training generators, by case (""
+where an algorithm has one)."""
 
 
-def input_factory(plugin: type) -> InputFactory | None:
-    """The synthetic-input factory of ``plugin`` (see the module docstring)."""
+def input_factories(plugin: type) -> dict[str, InputFactory]:
+    """The synthetic-input factories of ``plugin`` by case (see the module docstring); empty
+    when it has none."""
     loaded = getattr(plugin, "loaded_manifest", None)
     if loaded is not None:
         manifest = loaded.manifest
-        return lambda: example_study(manifest)
+        return {"": lambda: example_study(manifest)}
     info = getattr(plugin, "info", None)
-    return BUILT_IN_FACTORIES.get(getattr(info, "name", ""))
+    return BUILT_IN_FACTORIES.get(getattr(info, "name", ""), {})
 
 
 class SessionClock:
@@ -164,6 +179,7 @@ class SessionClock:
 @dataclass(frozen=True)
 class Timing:
     name: str
+    """The algorithm, with its input's case when it has several."""
     device: str
     provider: str
     input_shape: tuple[int, ...]
@@ -177,7 +193,12 @@ def _mean_p95(values: list[float]) -> tuple[float, float]:
 
 
 def measure(
-    runtime: ModelRuntime, name: str, study: StudyInput, runs: int, clock: SessionClock
+    runtime: ModelRuntime,
+    name: str,
+    study: StudyInput,
+    runs: int,
+    clock: SessionClock,
+    case: str = "",
 ) -> Timing:
     timeout = runtime.registry.info(name).max_runtime_s * 4
     runtime.warm([name])
@@ -191,7 +212,7 @@ def measure(
         model.append(clock.seconds)
     status = runtime.status()[name]
     return Timing(
-        name,
+        f"{name} ({case})" if case else name,
         status.device,
         status.provider or status.backend,
         tuple(int(n) for n in study.series.array.shape),
@@ -232,7 +253,7 @@ def build_examples(folder: Path) -> Path:
 
 def report(timings: list[Timing], skipped: dict[str, str], runs: int) -> list[str]:
     header = (
-        f"{'algorithm':<32}{'device':<7}{'provider':<22}{'input':<16}{'verdict':<13}"
+        f"{'algorithm':<36}{'device':<7}{'provider':<22}{'input':<16}{'verdict':<13}"
         f"{'run mean':>9}{'run p95':>9}{'model mean':>11}{'model p95':>10}{'pre+post':>9}"
     )
     lines = [f"seconds per run, {runs} timed runs each (after one untimed run)", header]
@@ -241,11 +262,11 @@ def report(timings: list[Timing], skipped: dict[str, str], runs: int) -> list[st
         model_mean, model_p95 = _mean_p95(t.model_s)
         shape = "x".join(str(n) for n in t.input_shape)
         lines.append(
-            f"{t.name:<32}{t.device:<7}{t.provider:<22}{shape:<16}{t.verdict:<13}"
+            f"{t.name:<36}{t.device:<7}{t.provider:<22}{shape:<16}{t.verdict:<13}"
             f"{run_mean:>9.3f}{run_p95:>9.3f}{model_mean:>11.3f}{model_p95:>10.3f}"
             f"{run_mean - model_mean:>9.3f}"
         )
-    lines.extend(f"{name:<32}skipped: {why}" for name, why in sorted(skipped.items()))
+    lines.extend(f"{name:<36}skipped: {why}" for name, why in sorted(skipped.items()))
     return lines
 
 
@@ -270,14 +291,16 @@ def main(argv: list[str] | None = None) -> None:
         skipped = {p.name: f"not loadable: {p.error}" for p in registry.problems}
         with clock.installed():
             for name in names:
-                factory = input_factory(registry.plugin(name))
-                if factory is None:
-                    skipped[name] = "no example_input() (see benchmarks/algorithm_latency.py)"
-                    continue
-                try:
-                    timings.append(measure(runtime, name, factory(), args.runs, clock))
-                except Exception as exc:  # boundary: one broken plugin must not end the run
-                    skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+                factories = input_factories(registry.plugin(name))
+                if not factories:
+                    skipped[name] = "no example input (see benchmarks/algorithm_latency.py)"
+                for case, factory in factories.items():
+                    try:
+                        study = factory()
+                        timings.append(measure(runtime, name, study, args.runs, clock, case))
+                    except Exception as exc:  # boundary: one broken plugin must not end the run
+                        label = f"{name} ({case})" if case else name
+                        skipped[label] = f"failed: {type(exc).__name__}: {exc}"
         for line in [*machine_description(), "", *report(timings, skipped, args.runs)]:
             print(line)
 

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -79,9 +79,12 @@ class Analysis:
     """Lumen radius of the predicted arteries and embolus candidates (model grid)."""
     defects: tuple[filling_defects.Defect, ...] = ()
     """Second-stage filling defects (input grid) of probability at least ``DEFECT_FLOOR``."""
-    segmental: postprocess.FloatVolume | None = None
-    """The level network's probability that a voxel lies in a segmental artery (model grid);
-    None: lobar and segmental are named by the lumen radius."""
+    model_hu: postprocess.FloatVolume | None = None
+    """The study's HU on the model grid: the level network's vascular window."""
+    level_cache: dict[str, postprocess.FloatVolume] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """The level network's output once a decision has needed it (``segmental_map``)."""
 
 
 class PulmonaryEmbolismDetector:
@@ -223,9 +226,6 @@ class PulmonaryEmbolismDetector:
                     series.array, spacing, candidates, trunk.median_hu
                 )
                 defects = filling_defects.score(candidates, p, DEFECT_FLOOR)
-        segmental = (
-            None if self.levels is None else self.levels.segmental_probability(prob, model_hu)
-        )
         return Analysis(
             prob=prob,
             zone=zone,
@@ -236,7 +236,7 @@ class PulmonaryEmbolismDetector:
             seconds=time.monotonic() - started,
             radius_mm=radius,
             defects=defects,
-            segmental=segmental,
+            model_hu=np.asarray(model_hu, dtype=np.float32),
         )
 
     def scaled_defects(self, analysis: Analysis) -> tuple[filling_defects.Defect, ...]:
@@ -250,6 +250,22 @@ class PulmonaryEmbolismDetector:
             for d in analysis.defects
         )
 
+    def segmental_map(self, analysis: Analysis) -> postprocess.SegmentalMap | None:
+        """The level network's segmental probability for ``analysis``, run when first asked
+        for and kept in the analysis; None without a level network (lobar and segmental are
+        then named by the lumen radius)."""
+        levels, model_hu = self.levels, analysis.model_hu
+        if levels is None or model_hu is None:
+            return None
+
+        def segmental() -> postprocess.FloatVolume:
+            if "segmental" not in analysis.level_cache:
+                probability = levels.segmental_probability(analysis.prob, model_hu)
+                analysis.level_cache["segmental"] = probability
+            return analysis.level_cache["segmental"]
+
+        return segmental
+
     def study_probability(self, analysis: Analysis) -> float:
         """The study's probability of PE: its most probable first-stage candidate or
         second-stage filling defect (on the network's scale)."""
@@ -259,6 +275,7 @@ class PulmonaryEmbolismDetector:
     def decide(self, analysis: Analysis, threshold: float) -> AlgorithmResult:
         """The verdict at ``threshold``: the study probability and the emboli reaching it."""
         p_study = self.study_probability(analysis)
+        segmental = self.segmental_map(analysis)
         emboli = postprocess.find_emboli(
             analysis.prob,
             analysis.zone,
@@ -269,13 +286,12 @@ class PulmonaryEmbolismDetector:
             threshold,
             self.calibration,
             lumen_radius=analysis.radius_mm,
-            segmental=analysis.segmental,
+            segmental=segmental,
         )
-        emboli = sorted(
-            emboli
-            + second_stage_emboli(analysis, self.scaled_defects(analysis), threshold, emboli),
-            key=lambda e: -e.probability,
-        )[: postprocess.MAX_FINDINGS]
+        fresh = second_stage_emboli(
+            analysis, self.scaled_defects(analysis), threshold, emboli, segmental
+        )
+        emboli = sorted(emboli + fresh, key=lambda e: -e.probability)[: postprocess.MAX_FINDINGS]
         trunk_hu = analysis.trunk.median_hu
         logger.info(
             "pe: p=%.3f, %d suspected embol(i) at threshold %.3f, model %.1f s (trunk %.0f HU)",
@@ -310,10 +326,12 @@ def second_stage_emboli(
     defects: tuple[filling_defects.Defect, ...],
     threshold: float,
     found: list[postprocess.Embolus],
+    segmental: postprocess.SegmentalMap | None = None,
 ) -> list[postprocess.Embolus]:
     """``defects`` (the analysis's, on the threshold's scale) reaching ``threshold`` that are
     not part of an embolus the network already found, nearby ones merged, located like the
-    network's."""
+    network's (lobar or segmental by ``segmental``, the level network's output, when
+    given)."""
     fresh = [
         d
         for d in defects
@@ -334,7 +352,7 @@ def second_stage_emboli(
             analysis.grid,
             analysis.input_shape,
             analysis.affine,
-            analysis.segmental,
+            segmental,
         )
         for d in filling_defects.merge_nearby(fresh)[: postprocess.MAX_FINDINGS]
     ]

@@ -4,6 +4,7 @@ probabilities and located emboli (level, side, mask, outline) on the input grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -224,17 +225,22 @@ SEGMENTAL_AT = 0.5
 """Mean segmental probability (``artery_levels``) over an embolus's model voxels from which
 an embolus that is not central is segmental."""
 
+SegmentalMap = Callable[[], FloatVolume]
+"""The level network's probability that each model voxel lies in a segmental artery, asked
+for only when an embolus that is not central needs it (the network takes about a quarter of
+a study's run time, and most studies have no such embolus)."""
+
 
 def branch_level(
     level: Level,
-    segmental: FloatVolume | None,
+    segmental: SegmentalMap | None,
     voxels: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]],
 ) -> Level:
     """``level`` (from ``level_of``), with lobar or segmental named by the level network's
     segmental probability at the embolus's model ``voxels`` when there is one."""
     if level == "central" or segmental is None:
         return level
-    return "segmental" if float(segmental[voxels].mean()) >= SEGMENTAL_AT else "lobar"
+    return "segmental" if float(segmental()[voxels].mean()) >= SEGMENTAL_AT else "lobar"
 
 
 def side_of(
@@ -328,7 +334,7 @@ def embolus_on_input_grid(
     grid: ModelGrid,
     input_shape: tuple[int, int, int],
     affine: npt.NDArray[np.float64],
-    segmental: FloatVolume | None = None,
+    segmental: SegmentalMap | None = None,
 ) -> Embolus:
     """An embolus found on the input grid (``mask`` inside ``box``; the second stage), located
     like a first-stage one: level from the lumen radius of the model voxels it lies in (lobar
@@ -386,7 +392,7 @@ def find_emboli(
     calibration: Calibration | None = None,
     max_findings: int = MAX_FINDINGS,
     lumen_radius: FloatVolume | None = None,
-    segmental: FloatVolume | None = None,
+    segmental: SegmentalMap | None = None,
 ) -> list[Embolus]:
     """Candidate components (voxels >= ``VOXEL_THRESHOLD`` touching the artery zone) whose
     probability (``calibration`` of their mass, else their peak) reaches ``threshold``, most

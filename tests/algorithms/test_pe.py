@@ -11,13 +11,15 @@ from importlib import resources
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy import ndimage
 
 from algorithms import codes
 from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, VolumeGeometry
 from algorithms.pe import postprocess, preprocess
-from algorithms.pe.plugin import PulmonaryEmbolismDetector, check_input
+from algorithms.pe.artery_levels import ArteryLevels
+from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector, check_input
 from training.pe.evaluate import (
     auc,
     make_study,
@@ -209,9 +211,17 @@ def test_the_level_network_names_lobar_or_segmental_and_never_overrides_central(
     segmental[:2] = 0.9
     upper = (np.array([0, 1]), np.array([0, 0]), np.array([0, 0]))
     lower = (np.array([2, 3]), np.array([0, 0]), np.array([0, 0]))
-    assert postprocess.branch_level("lobar", segmental, upper) == "segmental"
-    assert postprocess.branch_level("segmental", segmental, lower) == "lobar"
-    assert postprocess.branch_level("central", segmental, upper) == "central"
+    asked: list[int] = []
+
+    def level_map() -> npt.NDArray[np.float32]:
+        asked.append(1)
+        return segmental
+
+    assert postprocess.branch_level("central", level_map, upper) == "central"
+    assert not asked  # a central embolus never runs the level network
+    assert postprocess.branch_level("lobar", level_map, upper) == "segmental"
+    assert postprocess.branch_level("segmental", level_map, lower) == "lobar"
+    assert len(asked) == 2
     assert postprocess.branch_level("segmental", None, lower) == "segmental"
     # The same embolus as above, in an artery the level network calls lobar.
     shape = (40, 48, 48)
@@ -224,11 +234,11 @@ def test_the_level_network_names_lobar_or_segmental_and_never_overrides_central(
     zone = postprocess.artery_zone(prob)
     lobar = np.zeros(shape, dtype=np.float32)
     (embolus,) = postprocess.find_emboli(
-        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lobar
+        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lambda: lobar
     )
     assert embolus.level == "lobar" and embolus.side == "right"
     (embolus,) = postprocess.find_emboli(
-        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lobar + 0.7
+        prob, zone, trunk, grid, shape, affine, 0.5, segmental=lambda: lobar + 0.7
     )
     assert embolus.level == "segmental"
 
@@ -471,6 +481,35 @@ def test_plugin_says_absent_for_an_embolus_free_scan(
     assert result.findings == ()
     assert result.probability is not None and result.probability < detector.default_threshold
     assert "no pulmonary embolism" in result.reason.lower()
+
+
+def test_the_level_network_runs_once_and_only_for_an_embolus_that_is_not_central(
+    detector: PulmonaryEmbolismDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert detector.levels is not None
+    runs: list[int] = []
+    real = ArteryLevels.segmental_probability
+
+    def counted(
+        levels: ArteryLevels, prob: npt.NDArray[np.float32], hu: npt.NDArray[np.floating]
+    ) -> npt.NDArray[np.float32]:
+        runs.append(1)
+        return real(levels, prob, hu)
+
+    monkeypatch.setattr(ArteryLevels, "segmental_probability", counted)
+    for seed, phase, spec in [(111, "ctpa", None), (102, "ctpa", ClotSpec("saddle"))]:
+        analysis = detector.analyse(make_study(_case(seed, phase, [spec] if spec else []), seed))
+        assert isinstance(analysis, Analysis)
+        detector.decide(analysis, detector.default_threshold)
+        assert not runs and not analysis.level_cache  # absent, or central only
+    seed, phase, spec, _, _ = POSITIVES[0]  # lobar
+    analysis = detector.analyse(make_study(_case(seed, phase, [spec]), seed))
+    assert isinstance(analysis, Analysis)
+    first = detector.decide(analysis, detector.default_threshold)
+    again = detector.decide(analysis, detector.default_threshold)
+    assert len(runs) == 1 and set(analysis.level_cache) == {"segmental"}
+    assert [f.qualifiers for f in first.findings] == [f.qualifiers for f in again.findings]
+    assert codes.LOBAR in {q.value for f in first.findings for q in f.qualifiers}
 
 
 def _with_threshold(study: StudyInput, threshold: float) -> StudyInput:

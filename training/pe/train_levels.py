@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         optimiser.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
         if step % 50 == 0:
             print(f"  step {step} loss {np.mean(losses[-50:]):.4f}", flush=True)
