@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from importlib import resources
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +21,12 @@ from algorithms.pe import postprocess, preprocess
 from algorithms.pe.artery_levels import ArteryLevels
 from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector, check_input
 from training.pe.evaluate import (
+    ScanOutcome,
     auc,
+    level_confusion,
     make_study,
     network_threshold,
+    score,
     sensitivity_at_specificity,
     youden_threshold,
 )
@@ -33,6 +36,7 @@ from training.pe.synth import (
     SEGMENTAL,
     TRUNK,
     ClotSpec,
+    ClotTruth,
     Phase,
     SyntheticContrastCT,
     generate_contrast_chest_ct,
@@ -364,6 +368,36 @@ def test_the_networks_threshold_is_the_middle_of_its_widest_range_of_maximum_j()
         network_threshold([0.9], [0.0], [True], 0.9)
 
 
+def _truth(label: int, level: str) -> ClotTruth:
+    return ClotTruth(label, (0.0, 0.0, 0.0), cast(Any, level), "right", "", True, 100.0)
+
+
+def test_the_level_confusion_counts_detected_emboli_by_true_and_named_level() -> None:
+    truths = (_truth(1, "central"), _truth(2, "lobar"), _truth(3, "segmental"))
+    outcome = ScanOutcome(
+        seed=1,
+        phase="ctpa",
+        truths=truths,
+        verdict=Verdict.PRESENT,
+        probability=0.9,
+        detected=[True, True, False],
+        side_ok=[True, True, None],
+        level_ok=[True, False, None],
+        levels_named=["central", "central", None],
+        spans_levels=[True, True, False],
+        false_findings=0,
+        seconds=1.0,
+        reason="",
+    )
+    header, columns, central, lobar, segmental, spanning = level_confusion([outcome])
+    assert "true level in rows" in header
+    assert columns.split() == ["central", "lobar", "segmental"]
+    assert central.split() == ["central", "1", "0", "0"]
+    assert lobar.split() == ["lobar", "1", "0", "0"]  # the lobar clot named central
+    assert segmental.split() == ["segmental", "0", "0", "0"]  # not detected: not counted
+    assert spanning.endswith("2 of 2 detected")
+
+
 def test_sensitivity_at_a_specificity_is_a_point_of_the_roc_curve() -> None:
     negatives = [0.1, 0.2, 0.5, 0.05, 0.15, 0.12, 0.11, 0.13, 0.14, 0.16]
     # 0.3 lets one negative of ten through (specificity 90 %) and finds every positive.
@@ -441,6 +475,9 @@ def test_plugin_flags_an_embolus_where_it_is(
         result.reason.startswith("suspected PE, ") and f"p={top.probability:.2f}" in result.reason
     )
     assert side.replace("both", "saddle") in result.reason
+    outcome = score(ct, result, seed, 0.0)
+    assert outcome.detected == [True] and outcome.level_ok == [True]
+    assert outcome.levels_named == [level] and outcome.spans_levels == [False]
     assert [f.tracking_id for f in result.findings] == [
         f"Embolus {n}" for n in range(1, len(result.findings) + 1)
     ]

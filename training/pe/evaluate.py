@@ -98,6 +98,11 @@ class ScanOutcome:
     """Per truth: overlapped by a reported finding."""
     side_ok: list[bool | None]
     level_ok: list[bool | None]
+    levels_named: list[str | None]
+    """Per truth: the level its finding names (None: not detected, or no level given)."""
+    spans_levels: list[bool]
+    """Per truth: its finding also overlaps an embolus of another level (one finding names
+    one level, so one of them is named wrong)."""
     false_findings: int
     seconds: float
     reason: str
@@ -109,6 +114,8 @@ def score(
     detected: list[bool] = []
     side_ok: list[bool | None] = []
     level_ok: list[bool | None] = []
+    levels_named: list[str | None] = []
+    spans_levels: list[bool] = []
     used: set[int] = set()
     for t in ct.clots:
         truth = ct.clot_labels == t.label
@@ -123,15 +130,26 @@ def score(
         if best < 0:
             side_ok.append(None)
             level_ok.append(None)
+            levels_named.append(None)
+            spans_levels.append(False)
             continue
         used.add(best)
-        names = {q.name.meaning: q.value.meaning for q in result.findings[best].qualifiers}
+        finding = result.findings[best]
+        names = {q.name.meaning: q.value.meaning for q in finding.qualifiers}
         side = {"Right": "right", "Left": "left", "Bilateral": "both"}.get(
             names.get("Laterality", "")
         )
         level = names.get("Topographical modifier", "").lower()
         side_ok.append(side == t.side)
         level_ok.append(level == t.level)
+        levels_named.append(level or None)
+        assert finding.mask is not None
+        spans_levels.append(
+            any(
+                u.level != t.level and bool((finding.mask & (ct.clot_labels == u.label)).any())
+                for u in ct.clots
+            )
+        )
     return ScanOutcome(
         seed=seed,
         phase=ct.phase,
@@ -141,6 +159,8 @@ def score(
         detected=detected,
         side_ok=side_ok,
         level_ok=level_ok,
+        levels_named=levels_named,
+        spans_levels=spans_levels,
         false_findings=len(result.findings) - len(used),
         seconds=seconds,
         reason=result.reason,
@@ -229,6 +249,31 @@ def _pct_ci(hits: int, total: int) -> str:
     return f"{_pct(hits, total)}, 95 % CI {100 * interval[0]:.1f}-{100 * interval[1]:.1f} %"
 
 
+def level_confusion(outcomes: list[ScanOutcome]) -> list[str]:
+    """Report lines: the detected emboli by true level (rows) and the level their finding
+    names (columns), and how many share a finding with an embolus of another level."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    spanning = total = 0
+    for o in outcomes:
+        for t, named, spans in zip(o.truths, o.levels_named, o.spans_levels, strict=True):
+            if named is None:
+                continue
+            counts[(t.level, named)] += 1
+            spanning += spans
+            total += 1
+    lines = [
+        "  level named (detected), true level in rows:",
+        f"    {'':<12}" + "".join(f"{named:>11}" for named in LEVELS),
+    ]
+    for level in LEVELS:
+        row = "".join(f"{counts[(level, named)]:>11}" for named in LEVELS)
+        lines.append(f"    {level:<12}{row}")
+    lines.append(
+        f"  sharing a finding with an embolus of another level: {spanning} of {total} detected"
+    )
+    return lines
+
+
 def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     lines: list[str] = []
     assessed = [o for o in outcomes if o.verdict is not Verdict.NOT_ASSESSED]
@@ -287,6 +332,7 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     levels = [s for o in assessed for s in o.level_ok if s is not None]
     lines.append(f"  side correct (detected) {_pct(sum(sides), len(sides))}")
     lines.append(f"  level correct (detected) {_pct(sum(levels), len(levels))}")
+    lines.extend(level_confusion(assessed))
     study_level: dict[str, list[bool]] = defaultdict(list)
     for o in assessed:
         if o.truths:
