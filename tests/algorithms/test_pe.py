@@ -20,6 +20,7 @@ from algorithms.contract import Algorithm, SeriesInput, StudyInput, Verdict, Vol
 from algorithms.pe import postprocess, preprocess
 from algorithms.pe.artery_levels import ArteryLevels
 from algorithms.pe.plugin import Analysis, PulmonaryEmbolismDetector, check_input
+from training.pe import synth
 from training.pe.evaluate import (
     ScanOutcome,
     auc,
@@ -125,6 +126,7 @@ def test_clots_are_hypodense_defects_in_the_artery_asked_for(
         mask.sum()
     )
     assert truth.level == {"saddle": "central", "central": "central"}.get(spec.kind, spec.kind)
+    assert truth.level_by_volume == truth.level  # more than half lies in its own arteries
     # Hypodense against the enhanced lumen, and on the side asked for.
     assert np.median(ct.hu[mask]) < _lumen_hu(ct, TRUNK) - 60
     trunk_x = ct.trunk_centre_voxel[2]
@@ -134,6 +136,13 @@ def test_clots_are_hypodense_defects_in_the_artery_asked_for(
     else:
         assert truth.side == spec.side
         assert (truth.centre_voxel[2] < trunk_x) == (spec.side == "right")
+
+
+def test_the_level_by_volume_is_where_most_of_a_clot_lies_ties_to_the_more_central() -> None:
+    classes = np.array([LOBAR, SEGMENTAL, SEGMENTAL, 0, 0, 0], dtype=np.uint8)
+    assert synth._level_by_volume(classes) == "segmental"  # smaller arteries (0) not counted
+    assert synth._level_by_volume(np.array([TRUNK, MAIN, LOBAR, LOBAR], np.uint8)) == "central"
+    assert synth._level_by_volume(np.zeros(3, np.uint8)) is None
 
 
 def test_occlusion_starves_the_distal_tree_of_contrast() -> None:
@@ -384,6 +393,7 @@ def test_the_level_confusion_counts_detected_emboli_by_true_and_named_level() ->
         side_ok=[True, True, None],
         level_ok=[True, False, None],
         levels_named=["central", "central", None],
+        level_by_volume_ok=[True, True, None],
         spans_levels=[True, True, False],
         false_findings=0,
         seconds=1.0,

@@ -100,6 +100,9 @@ class ScanOutcome:
     level_ok: list[bool | None]
     levels_named: list[str | None]
     """Per truth: the level its finding names (None: not detected, or no level given)."""
+    level_by_volume_ok: list[bool | None]
+    """Per truth: the named level is the one holding most of the clot
+    (``ClotTruth.level_by_volume``)."""
     spans_levels: list[bool]
     """Per truth: its finding also overlaps an embolus of another level (one finding names
     one level, so one of them is named wrong)."""
@@ -115,6 +118,7 @@ def score(
     side_ok: list[bool | None] = []
     level_ok: list[bool | None] = []
     levels_named: list[str | None] = []
+    level_by_volume_ok: list[bool | None] = []
     spans_levels: list[bool] = []
     used: set[int] = set()
     for t in ct.clots:
@@ -131,6 +135,7 @@ def score(
             side_ok.append(None)
             level_ok.append(None)
             levels_named.append(None)
+            level_by_volume_ok.append(None)
             spans_levels.append(False)
             continue
         used.add(best)
@@ -143,6 +148,7 @@ def score(
         side_ok.append(side == t.side)
         level_ok.append(level == t.level)
         levels_named.append(level or None)
+        level_by_volume_ok.append(level == (t.level_by_volume or t.level))
         assert finding.mask is not None
         spans_levels.append(
             any(
@@ -160,6 +166,7 @@ def score(
         side_ok=side_ok,
         level_ok=level_ok,
         levels_named=levels_named,
+        level_by_volume_ok=level_by_volume_ok,
         spans_levels=spans_levels,
         false_findings=len(result.findings) - len(used),
         seconds=seconds,
@@ -332,6 +339,11 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     levels = [s for o in assessed for s in o.level_ok if s is not None]
     lines.append(f"  side correct (detected) {_pct(sum(sides), len(sides))}")
     lines.append(f"  level correct (detected) {_pct(sum(levels), len(levels))}")
+    by_volume = [s for o in assessed for s in o.level_by_volume_ok if s is not None]
+    lines.append(
+        "  level correct against where most of each clot lies (detected) "
+        + _pct(sum(by_volume), len(by_volume))
+    )
     lines.extend(level_confusion(assessed))
     study_level: dict[str, list[bool]] = defaultdict(list)
     for o in assessed:

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -119,6 +119,11 @@ class ClotTruth:
     """"right lower lobe", "lingula", ...; "" for central emboli."""
     occlusive: bool
     volume_mm3: float
+    level_by_volume: ClotLevel | None = None
+    """The level of the arteries holding most of the clot's voxels (trunk and main arteries
+    central): ``level`` is the artery the clot was placed in, and a clot placed at a branch
+    reaches back into its parent artery or on into the branches, where a radiologist, who
+    names an embolus by the most proximal artery it fills, may name it otherwise."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +351,18 @@ def _lung_texture(
     hu[box] += np.where(lung[box], full, np.float32(0.0))
 
 
+def _level_by_volume(classes: npt.NDArray[np.uint8]) -> ClotLevel | None:
+    """The level holding most of ``classes`` (one clot's voxels' artery classes); a tie goes
+    to the more central level."""
+    counts: dict[ClotLevel, int] = {"central": 0, "lobar": 0, "segmental": 0}
+    for value, n in zip(*np.unique(classes, return_counts=True), strict=True):
+        level = LEVEL_OF_CLASS.get(int(value))
+        if level is not None:
+            counts[level] += int(n)
+    best = max(counts, key=lambda level: counts[level])
+    return best if counts[best] else None
+
+
 def generator_digest() -> str:
     """sha256 of the generator's source (this module and its two helpers): part of every cache
     key of generated scans, so that a changed generator never reuses scans an older one made."""
@@ -462,6 +479,9 @@ def generate_contrast_chest_ct(
 
     art_label = np.asarray(vasc.arteries.label, dtype=np.uint8)
     classes = np.where(art_f >= 0.5, art_label[np.maximum(art_i, 0)], 0).astype(np.uint8)
+    truths = [
+        replace(t, level_by_volume=_level_by_volume(classes[labels == t.label])) for t in truths
+    ]
 
     if artefacts:
         _motion(hu, th, spacing, art_rng)
