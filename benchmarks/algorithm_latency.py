@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from algorithms.contract import StudyInput
 from algorithms.registry import Registry
 from algorithms.runtime import ModelRuntime
 from testing.manifest_examples import example_study
+
+if TYPE_CHECKING:
+    from training.pe.synth import ClotSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def _ms_lesion_example() -> StudyInput:
     return make_study(generate_flair(710_000))
 
 
-def _pe_example(clots: list[Any]) -> StudyInput:
+def _pe_example(clots: list[ClotSpec]) -> StudyInput:
     """A clinical-size synthetic CT pulmonary angiogram (300 slices of 1 mm, 512 x 512 at
     0.68 mm) with ``clots`` (``ClotSpec``), made by the plugin's own generator."""
     from training.pe.evaluate import make_study
