@@ -393,7 +393,6 @@ def test_the_level_confusion_counts_detected_emboli_by_true_and_named_level() ->
         side_ok=[True, True, None],
         level_ok=[True, False, None],
         levels_named=["central", "central", None],
-        level_by_volume_ok=[True, True, None],
         spans_levels=[True, True, False],
         false_findings=0,
         seconds=1.0,

@@ -100,9 +100,6 @@ class ScanOutcome:
     level_ok: list[bool | None]
     levels_named: list[str | None]
     """Per truth: the level its finding names (None: not detected, or no level given)."""
-    level_by_volume_ok: list[bool | None]
-    """Per truth: the named level is the one holding most of the clot
-    (``ClotTruth.level_by_volume``)."""
     spans_levels: list[bool]
     """Per truth: its finding also overlaps an embolus of another level (one finding names
     one level, so one of them is named wrong)."""
@@ -118,11 +115,11 @@ def score(
     side_ok: list[bool | None] = []
     level_ok: list[bool | None] = []
     levels_named: list[str | None] = []
-    level_by_volume_ok: list[bool | None] = []
     spans_levels: list[bool] = []
     used: set[int] = set()
+    masks = {t.label: ct.clot_labels == t.label for t in ct.clots}
     for t in ct.clots:
-        truth = ct.clot_labels == t.label
+        truth = masks[t.label]
         best, overlap = -1, 0
         for n, f in enumerate(result.findings):
             if f.mask is None:
@@ -135,7 +132,6 @@ def score(
             side_ok.append(None)
             level_ok.append(None)
             levels_named.append(None)
-            level_by_volume_ok.append(None)
             spans_levels.append(False)
             continue
         used.add(best)
@@ -148,12 +144,10 @@ def score(
         side_ok.append(side == t.side)
         level_ok.append(level == t.level)
         levels_named.append(level or None)
-        level_by_volume_ok.append(level == (t.level_by_volume or t.level))
         assert finding.mask is not None
         spans_levels.append(
             any(
-                u.level != t.level and bool((finding.mask & (ct.clot_labels == u.label)).any())
-                for u in ct.clots
+                u.level != t.level and bool((finding.mask & masks[u.label]).any()) for u in ct.clots
             )
         )
     return ScanOutcome(
@@ -166,7 +160,6 @@ def score(
         side_ok=side_ok,
         level_ok=level_ok,
         levels_named=levels_named,
-        level_by_volume_ok=level_by_volume_ok,
         spans_levels=spans_levels,
         false_findings=len(result.findings) - len(used),
         seconds=seconds,
@@ -339,7 +332,12 @@ def report(outcomes: list[ScanOutcome], threshold: float) -> str:
     levels = [s for o in assessed for s in o.level_ok if s is not None]
     lines.append(f"  side correct (detected) {_pct(sum(sides), len(sides))}")
     lines.append(f"  level correct (detected) {_pct(sum(levels), len(levels))}")
-    by_volume = [s for o in assessed for s in o.level_by_volume_ok if s is not None]
+    by_volume = [
+        named == (t.level_by_volume or t.level)
+        for o in assessed
+        for t, hit, named in zip(o.truths, o.detected, o.levels_named, strict=True)
+        if hit
+    ]
     lines.append(
         "  level correct against where most of each clot lies (detected) "
         + _pct(sum(by_volume), len(by_volume))
