@@ -82,11 +82,18 @@ class DestinationProbe(PollingStage):
         return False
 
     def unreachable_destinations(self) -> list[str]:
-        """Destinations with a dispatch waiting or dead because no one answered there."""
+        """Destinations with a dispatch waiting because no one answered there, or dead-lettered
+        for that reason when ``dispatch.resend_dead_when_back`` would resend it. (Without that
+        setting a dead letter waits for ``radrouter retry``: asking its destination for an echo
+        every interval would only log, again and again, that it answers.)"""
+        states = (
+            ("pending", "dead") if self._config().dispatch.resend_dead_when_back else ("pending",)
+        )
         rows = self.db.query(
-            "SELECT DISTINCT destination FROM dispatches WHERE state IN ('pending', 'dead') "
+            "SELECT DISTINCT destination FROM dispatches "
+            f"WHERE state IN ({', '.join('?' * len(states))}) "
             "AND substr(last_error, 1, ?) = ? ORDER BY destination",
-            (len(UNREACHABLE), UNREACHABLE),
+            (*states, len(UNREACHABLE), UNREACHABLE),
         )
         return [str(r["destination"]) for r in rows]
 
@@ -107,6 +114,8 @@ class DestinationProbe(PollingStage):
                 (name, len(UNREACHABLE), UNREACHABLE),
             ):
                 revived += len(self._dispatches.requeue_dead(int(row["id"]), reopen_study))
+        if not hurried and not revived:
+            return  # what waited for it was sent meanwhile: nothing to say
         LOGGER.info(
             "destination %s (%s) answers again: %d waiting and %d dead-lettered "
             "dispatch(es) sent now",
@@ -118,5 +127,5 @@ class DestinationProbe(PollingStage):
         self.db.record_event(
             "destination_back", detail=f"{name}: {hurried} waiting, {revived} dead-lettered"
         )
-        if (hurried or revived) and self._on_back is not None:
+        if self._on_back is not None:
             self._on_back()

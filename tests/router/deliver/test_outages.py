@@ -66,6 +66,20 @@ def the_dispatch(router: RouterUnderTest, study_uid: str) -> dict[str, Any]:
     return dict(dispatches[0]) if dispatches else {}
 
 
+def wait_for_dispatch(
+    router: RouterUnderTest, study_uid: str, state: str, timeout_s: float
+) -> None:
+    """Wait until the study's dispatch is in ``state``; a failure shows the dispatch as it is
+    (state, attempts, last error) and the router's events, to tell a slow send from a lost one."""
+    if wait_for(lambda: the_dispatch(router, study_uid).get("state") == state, timeout_s):
+        return
+    events = router.service.db.query("SELECT at, kind, detail FROM events ORDER BY id")
+    happened = "\n".join(f"{e['at']:.2f} {e['kind']}: {e['detail']}" for e in events)
+    raise AssertionError(
+        f"dispatch not {state} after {timeout_s} s: {the_dispatch(router, study_uid)}\n{happened}"
+    )
+
+
 def test_a_pacs_down_for_a_while_gets_its_result_as_soon_as_it_answers_again(
     start_router: StartRouter, tmp_path: Path
 ) -> None:
@@ -81,7 +95,7 @@ def test_a_pacs_down_for_a_while_gets_its_result_as_soon_as_it_answers_again(
     assert waiting["state"] == "pending" and waiting["last_error"].startswith("unreachable: ")
     assert waiting["next_attempt_at"] > waiting["created_at"] + 30
     with running_storescp(tmp_path / "pacs", port=pacs_port) as pacs:
-        assert wait_for(lambda: the_dispatch(router, study).get("state") == "done", 15)
+        wait_for_dispatch(router, study, "done", 15)
         assert len(pacs.received("SR").get(study, [])) == 1
     assert wait_for(lambda: api_get(router, f"/studies/{study}")["state"] == "done", 10)
 
@@ -96,17 +110,17 @@ def test_a_pacs_down_past_the_budget_gets_its_dead_letters_when_back_if_configur
     paths = write_series(tmp_path / "study")
     storescu(router, paths)
     study = study_uid_of(paths)
-    assert wait_for(lambda: the_dispatch(router, study).get("state") == "dead", 60)
+    wait_for_dispatch(router, study, "dead", 60)
     assert wait_for(lambda: api_get(router, f"/studies/{study}")["state"] == "attention", 10)
     with running_storescp(tmp_path / "pacs", port=pacs_port) as pacs:
         if resend_dead:
-            assert wait_for(lambda: the_dispatch(router, study).get("state") == "done", 15)
+            wait_for_dispatch(router, study, "done", 15)
             assert len(pacs.received("SR").get(study, [])) == 1
             assert wait_for(lambda: api_get(router, f"/studies/{study}")["state"] == "done", 10)
         else:
             assert not wait_for(lambda: the_dispatch(router, study).get("state") != "dead", 3)
             assert router.service.dispatcher.retry_dead() == 1  # what `radrouter retry` does
-            assert wait_for(lambda: the_dispatch(router, study).get("state") == "done", 15)
+            wait_for_dispatch(router, study, "done", 15)
 
 
 @contextmanager
@@ -136,7 +150,7 @@ def test_a_pacs_that_refuses_is_not_resent_when_it_answers_echo(
         paths = write_series(router.service.data_dir.parent / "study")
         storescu(router, paths)
         study = study_uid_of(paths)
-        assert wait_for(lambda: the_dispatch(router, study).get("state") == "dead", 60)
+        wait_for_dispatch(router, study, "dead", 60)
         dead = the_dispatch(router, study)
         assert "refused" in dead["last_error"] and not dead["last_error"].startswith("unreachable")
         assert router.service.probe.unreachable_destinations() == []
