@@ -23,6 +23,7 @@ from router.cli import build_parser, installed_version
 from router.store.database import Database, SqliteDatabase
 from testing.dicom_tools import make_ct_slices
 from testing.orthanc import free_port
+from testing.queue_rows import add_dispatch
 from testing.router_process import RouterUnderTest, StartRouter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,14 +122,7 @@ def test_send_to_a_node_that_is_down_fails_clearly(tmp_path: Path) -> None:
 
 def test_status_lists_dead_letters_and_retry_requeues_them(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
-    db.connection().execute(
-        "INSERT INTO studies (study_uid, state, first_received_at, last_received_at) "
-        "VALUES ('1.2.3', 'attention', 0, 0)"
-    )
-    db.connection().execute(
-        "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, created_at, "
-        "last_error) VALUES ('1.2.3', 1, 'pacs', 'dead', 6, 0, 'association failed')"
-    )
+    add_dispatch(db, state="dead", attempts=6, last_error="association failed")
     status = radrouter("status", "--data-dir", str(tmp_path))
     assert status.returncode == 0
     assert "dead-lettered" in status.stdout and "association failed" in status.stdout

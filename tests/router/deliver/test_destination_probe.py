@@ -14,6 +14,7 @@ from router.deliver.dicom_send import Peer
 from router.deliver.dispatch import DISPATCHES
 from router.store.database import SqliteDatabase
 from router.store.queue import Claimer, SqlWorkQueue
+from testing.queue_rows import add_dispatch
 
 
 def config(resend_dead: bool) -> RouterConfig:
@@ -25,16 +26,9 @@ def config(resend_dead: bool) -> RouterConfig:
 
 
 def database(tmp_path: Path, state: str, last_error: str) -> SqliteDatabase:
+    """A study with one dispatch to ``pacs`` in ``state``, not due before far in the future."""
     db = SqliteDatabase(tmp_path / "radrouter.sqlite3")
-    db.connection().execute(
-        "INSERT INTO studies (study_uid, state, first_received_at, last_received_at) "
-        "VALUES ('1.2.3', 'attention', 0, 0)"
-    )
-    db.connection().execute(
-        "INSERT INTO dispatches (study_uid, result_id, destination, state, attempts, created_at, "
-        "not_before, last_error) VALUES ('1.2.3', 1, 'pacs', ?, 2, 0, 1e12, ?)",
-        (state, last_error),
-    )
+    add_dispatch(db, state=state, attempts=2, last_error=last_error, not_before=1e12)
     return db
 
 
