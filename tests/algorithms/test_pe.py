@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -24,6 +25,7 @@ from training.pe import synth
 from training.pe.evaluate import (
     ScanOutcome,
     auc,
+    cached_scan,
     level_confusion,
     make_study,
     network_threshold,
@@ -136,6 +138,44 @@ def test_clots_are_hypodense_defects_in_the_artery_asked_for(
     else:
         assert truth.side == spec.side
         assert (truth.centre_voxel[2] < trunk_x) == (spec.side == "right")
+
+
+def test_clots_within_their_artery_never_reach_back_into_a_more_proximal_one() -> None:
+    # Their level is then the most proximal artery they fill, as a radiologist names an
+    # embolus; by default an occlusive clot placed at a branch's origin fills part of the
+    # parent artery (the shipped models' training data), and the same seeds show it.
+    specs = [ClotSpec("segmental", side, occlusive=True) for side in ("right", "left")] + [
+        ClotSpec("lobar", "left", occlusive=True)
+    ]
+    proximal = {"lobar": {TRUNK, MAIN}, "segmental": {TRUNK, MAIN, LOBAR}}
+    reaching_back = {True: 0, False: 0}
+    for within in (True, False):
+        for seed in range(20, 26):
+            ct = generate_contrast_chest_ct(
+                seed,
+                shape=SHAPE,
+                spacing_mm=SPACING,
+                phase="ctpa",
+                clots=specs,
+                clots_within_artery=within,
+            )
+            assert len(ct.clots) >= 2
+            for truth in ct.clots:
+                filled = np.unique(ct.artery_classes[ct.clot_labels == truth.label])
+                reaching_back[within] += bool(set(filled.tolist()) & proximal[truth.level])
+    assert reaching_back[True] == 0 and reaching_back[False] >= 3, reaching_back
+
+
+def test_the_evaluation_keeps_scans_with_clots_within_their_artery_apart(tmp_path: Path) -> None:
+    within = cached_scan(700001, tmp_path, clots_within_artery=True)
+    default = cached_scan(700001, tmp_path)
+    assert len(list(tmp_path.glob("pe_eval_*_within_700001.pkl"))) == 1
+    assert len(list(tmp_path.glob("pe_eval_*.pkl"))) == 2
+    assert [t.level for t in within.clots] == [t.level for t in default.clots]
+    assert (within.hu != default.hu).mean() < 0.001  # only around the clots
+    assert (within.clot_labels > 0).sum() < (default.clot_labels > 0).sum()  # clipped
+    again = cached_scan(700001, tmp_path, clots_within_artery=True)
+    assert np.array_equal(again.clot_labels, within.clot_labels)
 
 
 def test_the_level_by_volume_is_where_most_of_a_clot_lies_ties_to_the_more_central() -> None:

@@ -68,10 +68,11 @@ def make_study(ct: SyntheticContrastCT, uid_suffix: int = 1) -> StudyInput:
     return StudyInput(study_instance_uid=f"2.25.{uid_suffix}3", series=series)
 
 
-def eval_scan(seed: int) -> SyntheticContrastCT:
+def eval_scan(seed: int, clots_within_artery: bool = False) -> SyntheticContrastCT:
     """A held-out scan as a PACS would send it: 0.85-1.05 mm pixels on a 320 matrix,
     0.8-3 mm slices over 240-320 mm; CTPA or venous phase (5 % unenhanced); half of the
-    contrast scans with 1-3 emboli."""
+    contrast scans with 1-3 emboli (``clots_within_artery``: none reaching back into a more
+    proximal artery, so that each is labelled by the most proximal artery it fills)."""
     rng = np.random.default_rng([seed, 77])
     pixel = float(rng.uniform(0.85, 1.05))
     spacing = (float(rng.choice(SLICE_MM)), pixel, pixel)
@@ -84,6 +85,7 @@ def eval_scan(seed: int) -> SyntheticContrastCT:
         spacing_mm=spacing,
         phase=phase,
         clots=int(rng.integers(1, 4)) if positive else 0,
+        clots_within_artery=clots_within_artery,
     )
 
 
@@ -370,19 +372,22 @@ class AnalysedScan:
     seconds: float
 
 
-def cached_scan(seed: int, cache_dir: Path | None) -> SyntheticContrastCT:
+def cached_scan(
+    seed: int, cache_dir: Path | None, clots_within_artery: bool = False
+) -> SyntheticContrastCT:
     """``eval_scan(seed)``, kept in ``cache_dir`` (keyed by the generator's source) when given:
     generating a scan takes longer than analysing it."""
     if cache_dir is None:
-        return eval_scan(seed)
-    path = cache_dir / f"pe_eval_{synth.generator_digest()[:10]}_{seed}.pkl"
+        return eval_scan(seed, clots_within_artery)
+    within = "_within" if clots_within_artery else ""
+    path = cache_dir / f"pe_eval_{synth.generator_digest()[:10]}{within}_{seed}.pkl"
     if path.exists():
         with path.open("rb") as f:
             cached: SyntheticContrastCT = pickle.load(f)
         return cached
     # The evaluation reads the pixels, the emboli and their labels only.
     ct = replace(
-        eval_scan(seed),
+        eval_scan(seed, clots_within_artery),
         artery_classes=np.zeros((0, 0, 0), np.uint8),
         lung_mask=np.zeros((0, 0, 0), bool),
     )
@@ -395,20 +400,23 @@ def cached_scan(seed: int, cache_dir: Path | None) -> SyntheticContrastCT:
 _WORKER: PulmonaryEmbolismDetector | None = None
 
 
-def _analyse_job(job: tuple[int, str, Path | None, str | None]) -> AnalysedScan:
+def _analyse_job(job: tuple[int, str, Path | None, str | None, bool]) -> AnalysedScan:
     global _WORKER
-    seed, device, cache_dir, second_stage_file = job
+    seed, device, cache_dir, second_stage_file, clots_within_artery = job
     if _WORKER is None:
         _WORKER = PulmonaryEmbolismDetector(second_stage_file)
         _WORKER.load(device)
-    return analyse_scan(_WORKER, seed, cache_dir)
+    return analyse_scan(_WORKER, seed, cache_dir, clots_within_artery)
 
 
 def analyse_scan(
-    detector: PulmonaryEmbolismDetector, seed: int, cache_dir: Path | None = None
+    detector: PulmonaryEmbolismDetector,
+    seed: int,
+    cache_dir: Path | None = None,
+    clots_within_artery: bool = False,
 ) -> AnalysedScan:
     """Generate (or load) one held-out scan and run the model on it."""
-    ct = cached_scan(seed, cache_dir)
+    ct = cached_scan(seed, cache_dir, clots_within_artery)
     start = time.monotonic()
     analysis = detector.analyse(make_study(ct, seed))
     seconds = time.monotonic() - start
@@ -422,14 +430,17 @@ def analyse_scans(
     workers: int = 1,
     cache_dir: Path | None = None,
     device: str = "cpu",
+    clots_within_artery: bool = False,
 ) -> list[AnalysedScan]:
     """Generate each held-out scan and run the model on it (the expensive part), in
     ``workers`` processes (run times are then measured with the other processes busy)."""
     seeds = list(seeds)
     if workers <= 1:
-        done = (analyse_scan(detector, seed, cache_dir) for seed in seeds)
+        done = (analyse_scan(detector, seed, cache_dir, clots_within_artery) for seed in seeds)
         return _reported(done)
-    jobs = [(seed, device, cache_dir, detector.second_stage_file) for seed in seeds]
+    jobs = [
+        (seed, device, cache_dir, detector.second_stage_file, clots_within_artery) for seed in seeds
+    ]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         return _reported(pool.imap(_analyse_job, jobs))
 
@@ -606,13 +617,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scan-cache", type=Path, default=None, help="keep the generated scans in this folder"
     )
+    parser.add_argument(
+        "--clots-within-artery",
+        action="store_true",
+        help="scans whose clots never reach back into a more proximal artery, so that each is "
+        "labelled by the most proximal artery it fills (a radiologist's level); the models "
+        "are trained on clots that may",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
     detector = PulmonaryEmbolismDetector(args.second_stage)
     detector.load(args.device)
-    scans = analyse_scans(detector, seeds, args.workers, args.scan_cache, args.device)
+    scans = analyse_scans(
+        detector, seeds, args.workers, args.scan_cache, args.device, args.clots_within_artery
+    )
     used = detector.default_threshold if args.threshold is None else args.threshold
     if args.write_operating_point:
         card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
@@ -620,7 +640,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{detector.calibration} and operating point {used:.4f} written to {card}")
     outcomes = decide_and_score(detector, scans, used)
     print()
-    print(f"split {args.split}, seeds {seeds.start}-{seeds.stop - 1}")
+    within = ", clots within their artery" if args.clots_within_artery else ""
+    print(f"split {args.split}, seeds {seeds.start}-{seeds.stop - 1}{within}")
     stage = detector.second_stage
     print(
         "second stage: "

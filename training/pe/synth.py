@@ -14,8 +14,10 @@ lingula and lower) and their segmental branches, each accompanied by a bronchus,
 branches growing into the lungs. Emboli are hypodense (20-70 HU) filling defects inside the
 enhanced lumen: a saddle embolus across the bifurcation, or central (main artery), lobar or
 segmental clots, occlusive (filling the lumen, the distal tree then less enhanced) or partial
-(floating in the centre or against the wall). Hilar lymph nodes, contrast mixing in the trunk,
-motion blur, streaks and correlated noise make the task honest. Only numpy and scipy are used.
+(floating in the centre or against the wall); a clot placed at a branch's origin fills part of
+the parent artery there, unless asked to stay within its artery (``clots_within_artery``).
+Hilar lymph nodes, contrast mixing in the trunk, motion blur, streaks and correlated noise make
+the task honest. Only numpy and scipy are used.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ LEVEL_OF_CLASS: dict[int, ClotLevel] = {
     LOBAR: "lobar",
     SEGMENTAL: "segmental",
 }
+_DEPTH_OF_CLASS = np.array([3, 0, 0, 1, 2], dtype=np.uint8)
+"""Per artery class (background = smaller arteries, trunk, main, lobar, segmental): how far
+from the heart, 0 central to 3 beyond the segmental arteries."""
+_CLOT_DEPTH: dict[ClotLevel, int] = {"central": 0, "lobar": 1, "segmental": 2}
 CLOT_HU = (20.0, 70.0)
 HU_MIN = -1024
 HU_MAX = 3071
@@ -122,8 +128,9 @@ class ClotTruth:
     level_by_volume: ClotLevel | None = None
     """The level of the arteries holding most of the clot's voxels (trunk and main arteries
     central): ``level`` is the artery the clot was placed in, and a clot placed at a branch
-    reaches back into its parent artery or on into the branches, where a radiologist, who
-    names an embolus by the most proximal artery it fills, may name it otherwise."""
+    reaches back into its parent artery (unless generated ``clots_within_artery``) or on into
+    the branches, where a radiologist, who names an embolus by the most proximal artery it
+    fills, may name it otherwise."""
 
 
 @dataclass(frozen=True)
@@ -380,6 +387,7 @@ def generate_contrast_chest_ct(
     phase: Phase | None = None,
     clots: int | Sequence[ClotSpec] | None = None,
     artefacts: bool = True,
+    clots_within_artery: bool = False,
 ) -> SyntheticContrastCT:
     """Generate a synthetic contrast chest CT, deterministic in all arguments.
 
@@ -387,6 +395,10 @@ def generate_contrast_chest_ct(
     (0.6-2.5 mm slices, 0.6-0.9 mm pixels). ``phase`` None: CTPA 55 %, venous 35 %,
     non-contrast 10 %. ``clots``: None gives 1-4 random emboli in 55 % of contrast scans (none
     in non-contrast ones), an int that many random ones, a sequence exactly those specs.
+    ``clots_within_artery``: a clot fills its artery and the branches beyond but never reaches
+    back into a more proximal artery, so that its level is the most proximal artery it fills
+    (as a radiologist names an embolus); by default a clot placed at a branch's origin also
+    fills part of the parent artery there (the training data of every shipped model).
     """
     shape_, spacing_t = _resolve_geometry(seed, shape, spacing_mm)
     spacing = np.array(spacing_t)
@@ -441,6 +453,8 @@ def generate_contrast_chest_ct(
     if artefacts and art_rng.uniform() < {"ctpa": 0.1, "venous": 0.25}.get(phase, 0.0):
         _mixing_defect(hu, art_f, vasc, spacing, art_rng)
 
+    art_label = np.asarray(vasc.arteries.label, dtype=np.uint8)
+    depth = _DEPTH_OF_CLASS[art_label[np.maximum(art_i, 0)]] if clots_within_artery else None
     labels = np.zeros(shape_, dtype=np.uint8)
     clot_f = np.zeros(shape_, dtype=np.float32)
     truths: list[ClotTruth] = []
@@ -456,6 +470,8 @@ def generate_contrast_chest_ct(
             continue
         box = found[0]
         fb = np.minimum(f[box], art_f[box])
+        if depth is not None:  # never back into a more proximal artery
+            fb[depth[box] < _CLOT_DEPTH[clot.level]] = 0.0
         if not (fb >= 0.5).any():
             continue
         label = len(truths) + 1
@@ -477,7 +493,6 @@ def generate_contrast_chest_ct(
         clot_hu = min(clot_rng.uniform(*CLOT_HU), enh.pulmonary - 25.0)
         hu += clot_f * (np.float32(clot_hu) - hu)
 
-    art_label = np.asarray(vasc.arteries.label, dtype=np.uint8)
     classes = np.where(art_f >= 0.5, art_label[np.maximum(art_i, 0)], 0).astype(np.uint8)
     truths = [
         replace(t, level_by_volume=_level_by_volume(classes[labels == t.label])) for t in truths
