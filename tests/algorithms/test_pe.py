@@ -33,6 +33,7 @@ from training.pe.evaluate import (
     sensitivity_at_specificity,
     youden_threshold,
 )
+from training.pe.evaluate import main as evaluate_main
 from training.pe.synth import (
     LOBAR,
     MAIN,
@@ -176,6 +177,14 @@ def test_the_evaluation_keeps_scans_with_clots_within_their_artery_apart(tmp_pat
     assert (within.clot_labels > 0).sum() < (default.clot_labels > 0).sum()  # clipped
     again = cached_scan(700001, tmp_path, clots_within_artery=True)
     assert np.array_equal(again.clot_labels, within.clot_labels)
+
+
+def test_the_shipped_operating_point_is_not_chosen_on_clots_within_their_artery(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["--split", "validation", "--write-operating-point", "--clots-within-artery"])
+    assert exit_.value.code == 2 and "not with --clots-within-artery" in capsys.readouterr().err
 
 
 def test_the_level_by_volume_is_where_most_of_a_clot_lies_ties_to_the_more_central() -> None:

@@ -625,6 +625,11 @@ def main(argv: list[str] | None = None) -> None:
         "are trained on clots that may",
     )
     args = parser.parse_args(argv)
+    if args.write_operating_point and args.clots_within_artery:
+        parser.error(
+            "--write-operating-point chooses the shipped thresholds on the scans the models "
+            "are trained on; not with --clots-within-artery"
+        )
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
