@@ -41,7 +41,7 @@ from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_c
 SPLITS = {"validation": 700_000, "test": 900_000}
 """Seed bases of the held-out splits (training uses 300000 + i, i < 1000)."""
 SLICE_MM = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
-LEVELS = ("central", "lobar", "segmental")
+LEVELS = synth.CLOT_LEVELS
 
 
 def make_study(ct: SyntheticContrastCT, uid_suffix: int = 1) -> StudyInput:

@@ -91,10 +91,8 @@ LEVEL_OF_CLASS: dict[int, ClotLevel] = {
     LOBAR: "lobar",
     SEGMENTAL: "segmental",
 }
-_DEPTH_OF_CLASS = np.array([3, 0, 0, 1, 2], dtype=np.uint8)
-"""Per artery class (background = smaller arteries, trunk, main, lobar, segmental): how far
-from the heart, 0 central to 3 beyond the segmental arteries."""
-_CLOT_DEPTH: dict[ClotLevel, int] = {"central": 0, "lobar": 1, "segmental": 2}
+CLOT_LEVELS: tuple[ClotLevel, ...] = ("central", "lobar", "segmental")
+"""From the heart outwards."""
 CLOT_HU = (20.0, 70.0)
 HU_MIN = -1024
 HU_MAX = 3071
@@ -358,10 +356,16 @@ def _lung_texture(
     hu[box] += np.where(lung[box], full, np.float32(0.0))
 
 
+def _classes_before(level: ClotLevel) -> list[int]:
+    """The artery classes of the levels more proximal than ``level``."""
+    depth = CLOT_LEVELS.index(level)
+    return [c for c, of in LEVEL_OF_CLASS.items() if CLOT_LEVELS.index(of) < depth]
+
+
 def _level_by_volume(classes: npt.NDArray[np.uint8]) -> ClotLevel | None:
     """The level holding most of ``classes`` (one clot's voxels' artery classes); a tie goes
     to the more central level."""
-    counts: dict[ClotLevel, int] = {"central": 0, "lobar": 0, "segmental": 0}
+    counts: dict[ClotLevel, int] = dict.fromkeys(CLOT_LEVELS, 0)
     for value, n in zip(*np.unique(classes, return_counts=True), strict=True):
         level = LEVEL_OF_CLASS.get(int(value))
         if level is not None:
@@ -454,7 +458,6 @@ def generate_contrast_chest_ct(
         _mixing_defect(hu, art_f, vasc, spacing, art_rng)
 
     art_label = np.asarray(vasc.arteries.label, dtype=np.uint8)
-    depth = _DEPTH_OF_CLASS[art_label[np.maximum(art_i, 0)]] if clots_within_artery else None
     labels = np.zeros(shape_, dtype=np.uint8)
     clot_f = np.zeros(shape_, dtype=np.float32)
     truths: list[ClotTruth] = []
@@ -470,8 +473,8 @@ def generate_contrast_chest_ct(
             continue
         box = found[0]
         fb = np.minimum(f[box], art_f[box])
-        if depth is not None:  # never back into a more proximal artery
-            fb[depth[box] < _CLOT_DEPTH[clot.level]] = 0.0
+        if clots_within_artery:  # never back into a more proximal artery
+            fb[np.isin(art_label[np.maximum(art_i[box], 0)], _classes_before(clot.level))] = 0.0
         if not (fb >= 0.5).any():
             continue
         label = len(truths) + 1
