@@ -62,19 +62,22 @@ class PatchNetwork:
 
     session: Any
     input_name: str
+    scales: int
+    """The patches' scales (``vessel_patches.SCALES``), read from the network's input
+    channels: 1 for 0.3.0's CNN."""
 
     @classmethod
     def from_onnx(cls, model: bytes, device: str) -> PatchNetwork:
         session = packaged_model.onnx_session(model, device)
-        name = str(session.get_inputs()[0].name)
-        shape = (
-            1,
-            vessel_patches.CHANNELS,
-            len(vessel_patches.ACROSS_MM),
-            len(vessel_patches.ALONG_MM),
-        )
+        first = session.get_inputs()[0]
+        name = str(first.name)
+        channels = first.shape[1]
+        if not isinstance(channels, int) or channels % vessel_patches.CHANNELS:
+            raise RuntimeError(f"pe: second-stage network input has {channels!r} channels")
+        scales = channels // vessel_patches.CHANNELS
+        shape = (1, channels, len(vessel_patches.ACROSS_MM), len(vessel_patches.ALONG_MM))
         session.run(None, {name: np.zeros(shape, dtype=np.float32)})
-        return cls(session, name)
+        return cls(session, name, scales)
 
     def candidate_probabilities(
         self,
@@ -84,7 +87,7 @@ class PatchNetwork:
         trunk_hu: float,
     ) -> npt.NDArray[np.float64]:
         regions = candidates.regions()
-        patches = vessel_patches.vessel_patches(hu, spacing_mm, regions, trunk_hu)
+        patches = vessel_patches.vessel_patches(hu, spacing_mm, regions, trunk_hu, self.scales)
         return self.patch_probabilities(patches, regions)
 
     def patch_probabilities(

@@ -167,6 +167,20 @@ def test_clots_within_their_artery_never_reach_back_into_a_more_proximal_one() -
     assert reaching_back[True] == 0 and reaching_back[False] >= 3, reaching_back
 
 
+def test_second_stage_training_draws_a_share_of_its_scans_with_clots_within_their_artery() -> None:
+    from training.pe.train_defects import training_scan
+
+    proximal = {"central": set(), "lobar": {TRUNK, MAIN}, "segmental": {TRUNK, MAIN, LOBAR}}
+    default, within = training_scan(400000), training_scan(400000, clots_within_artery_share=1.0)
+    assert [t.level for t in within.clots] == [t.level for t in default.clots] != []
+    assert (within.clot_labels > 0).sum() < (default.clot_labels > 0).sum()
+    for truth in within.clots:
+        filled = set(np.unique(within.artery_classes[within.clot_labels == truth.label]).tolist())
+        assert not filled & proximal[truth.level], (truth.level, filled)
+    # the share is drawn apart from the scan: a scan outside it is the default scan
+    assert np.array_equal(training_scan(400000, clots_within_artery_share=0.2).hu, default.hu)
+
+
 def test_the_evaluation_keeps_scans_with_clots_within_their_artery_apart(tmp_path: Path) -> None:
     within = cached_scan(700001, tmp_path, clots_within_artery=True)
     default = cached_scan(700001, tmp_path)

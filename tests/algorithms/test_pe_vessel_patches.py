@@ -12,6 +12,7 @@ from algorithms.pe.vessel_patches import (
     ACROSS_MM,
     ALONG_MM,
     CHANNELS,
+    planes_swapped,
     vessel_axis,
     vessel_patches,
 )
@@ -89,3 +90,35 @@ def test_a_missing_region_is_zeros_and_a_candidate_in_air_still_gets_a_patch() -
     patches = vessel_patches(hu, SPACING, [None, region_of(mask)], TRUNK_HU)
     assert not patches[0].any()
     assert (patches[1, 0] == -2.0).all() and patches[1, 1][at(0.0, 0.0)] == 1.0
+
+
+def test_the_second_scale_sees_twice_as_far_along_the_artery() -> None:
+    # An occlusive clot fills most of the first view; the second shows what lies beyond it:
+    # here the artery enhanced on one side and starved (clot-dark) from 13 mm on the other.
+    hu, clot, axis = artery_with_clot((0.0, 1.0, 1.0))
+    grid = np.moveaxis(np.indices(SHAPE), 0, -1).astype(np.float64)
+    along = ((grid - (np.array(SHAPE) - 1) / 2.0) * np.array(SPACING)) @ axis
+    hu[(hu == LUMEN_HU) & (along > 13.0)] = CLOT_HU
+    region = region_of(clot)
+    [one] = vessel_patches(hu, SPACING, [region], TRUNK_HU)
+    [two] = vessel_patches(hu, SPACING, [region], TRUNK_HU, scales=2)
+    assert two.shape == (2 * CHANNELS, len(ACROSS_MM), len(ALONG_MM))
+    assert np.array_equal(two[:CHANNELS], one)  # the first scale is the one-scale patch
+    for plane in (CHANNELS, CHANNELS + 2):
+        values, inside = two[plane], two[plane + 1]
+        far = sorted((values[at(-8.0, 0.0)], values[at(8.0, 0.0)]))  # 16 mm either side
+        assert far[0] == pytest.approx(0.0, abs=0.15)  # the starved side
+        assert far[1] == pytest.approx(1.0, abs=0.15)  # the enhanced side
+        assert values[at(0.0, 0.0)] == pytest.approx(0.0, abs=0.15)
+        assert values[at(0.0, 4.0)] == -2.0  # 8 mm across: lung
+        assert inside[at(0.0, 0.0)] == 1.0 and inside[at(4.0, 0.0)] == 0.0
+    # the first view ends 10 mm out, before the starved stretch: enhanced lumen both ways
+    assert one[0][at(9.5, 0.0)] == pytest.approx(1.0, abs=0.15)
+    assert one[0][at(-9.5, 0.0)] == pytest.approx(1.0, abs=0.15)
+
+
+def test_swapping_the_planes_keeps_each_scale_together() -> None:
+    assert planes_swapped(1) == [2, 3, 0, 1]
+    assert planes_swapped(2) == [2, 3, 0, 1, 6, 7, 4, 5]
+    with pytest.raises(ValueError, match="scales"):
+        vessel_patches(np.zeros(SHAPE, np.float32), SPACING, [], TRUNK_HU, scales=3)

@@ -140,7 +140,14 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
     assert {n: (package / n).read_bytes() for n in before} == before
 
 
-def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("scales", "within_share", "cache_name"),
+    [(1, 0.0, "pe_patches"), (2, 1.0, "pe_patches_s2_w100")],
+)
+def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(
+    tmp_path: Path, scales: int, within_share: float, cache_name: str
+) -> None:
+    from algorithms.pe.second_stage import PatchNetwork
     from algorithms.pe.vessel_patches import ACROSS_MM, ALONG_MM, CHANNELS
 
     package = REPO / "algorithms" / "pe"
@@ -158,6 +165,10 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
             "1",
             "--check-fraction",
             "0.5",
+            "--scales",
+            str(scales),
+            "--within-share",
+            str(within_share),
             "--out",
             str(out),
             "--cache-dir",
@@ -167,16 +178,19 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(tmp_path
     )
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["seeds"] == [400000, 400005]
+    assert card["training"]["clots_within_artery_share"] == within_share
     assert card["training"]["trained_on_scans"] == 3 and card["training"]["candidate_emboli"] > 0
     assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert card["training"]["onnx_max_difference"] < 1e-4
+    assert len(card["input"]["channels"]) == CHANNELS * scales
     check = card["training"]["check_auc"]  # None when the held-out scans have no embolus
     assert check is None or 0.0 <= check <= 1.0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    patches = np.zeros((5, CHANNELS, len(ACROSS_MM), len(ALONG_MM)), np.float32)
+    patches = np.zeros((5, CHANNELS * scales, len(ACROSS_MM), len(ALONG_MM)), np.float32)
     (p,) = session.run(None, {"patches": patches})
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
-    assert list((tmp_path / "training-data").glob("pe_patches_*_400000_6.pkl"))
+    assert PatchNetwork.from_onnx(out.read_bytes(), "cpu").scales == scales  # what the plugin reads
+    assert list((tmp_path / "training-data").glob(f"{cache_name}_*_400000_6.pkl"))
     assert {n: (package / n).read_bytes() for n in shipped} == before
 
 

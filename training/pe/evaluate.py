@@ -38,8 +38,11 @@ from router.validate.metrics import proportion_interval
 from training.pe import synth
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
-SPLITS = {"validation": 700_000, "test": 900_000}
-"""Seed bases of the held-out splits (training uses 300000 + i, i < 1000)."""
+SPLITS = {"validation": 700_000, "confirmation": 710_000, "test": 900_000}
+"""Seed bases of the held-out splits (training uses 300000 + i, i < 1000). Choices are made
+on validation; confirmation (first used in the twelfth session) is a second validation split
+for when a choice made there needs more scans before the test split is run again; test is
+never used for a choice."""
 SLICE_MM = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 LEVELS = synth.CLOT_LEVELS
 

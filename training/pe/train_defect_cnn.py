@@ -7,6 +7,10 @@ The plugin's second stage from version 0.3.0 (``algorithms/pe/defects_cnn.onnx``
 
     python -m training.pe.train_defect_cnn --scans 600 --epochs 14
 
+``--scales 2`` adds the patches' second, wider view (``vessel_patches.SCALES``) and
+``--within-share`` draws that share of the training scans with clots that stay within their
+own artery (``train_defects.training_scan``).
+
 Collecting the 600 scans' candidates and patches takes about 20 minutes with 2 processes on
 the 2-core machine (cached in ``--cache-dir`` in runs of 300 scans), training about 16
 minutes. Writing the shipped file drops its record from ``model.json``: choose the operating
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import platform
@@ -44,6 +49,8 @@ from training.pe.train_defects import (
 
 INPUT_NAME = "patches"
 SHIPPED = Path(str(resources.files("algorithms.pe").joinpath(second_stage.PATCH_NETWORK)))
+STEP_MM = float(vessel_patches.ALONG_MM[1] - vessel_patches.ALONG_MM[0])
+"""Sample spacing of the patches' first scale."""
 BATCH_NEGATIVES, BATCH_POSITIVES = 192, 64
 """Each step sees every negative once per epoch and positives drawn with replacement."""
 
@@ -56,10 +63,10 @@ class ScanPatches:
     near_embolus: npt.NDArray[np.bool_]
 
 
-def scan_patches(seed: int) -> ScanPatches | None:
-    """One generated training scan's candidates (as the plugin finds them), their patches and
-    labels; None when the scan is not assessed."""
-    ct = training_scan(seed)
+def scan_patches(seed: int, scales: int = 1, within_share: float = 0.0) -> ScanPatches | None:
+    """One generated training scan's candidates (as the plugin finds them), their patches at
+    ``scales`` scales and labels; None when the scan is not assessed."""
+    ct = training_scan(seed, within_share)
     seen = network_candidates(ct, seed)
     if seen is None:
         return None
@@ -68,13 +75,16 @@ def scan_patches(seed: int) -> ScanPatches | None:
         return None
     is_embolus, near, _ = label_candidates(ct, found)
     patches = vessel_patches.vessel_patches(
-        study.series.array, ct.spacing_mm, found.regions(), analysis.trunk.median_hu
+        study.series.array, ct.spacing_mm, found.regions(), analysis.trunk.median_hu, scales
     )
     return ScanPatches(seed, patches.astype(np.float16), is_embolus, near)
 
 
-def cached_patches(seeds: range, workers: int, cache_dir: Path) -> list[ScanPatches]:
-    """``scan_patches`` of every seed, or their earlier result (``cached_scans``)."""
+def cached_patches(
+    seeds: range, workers: int, cache_dir: Path, scales: int = 1, within_share: float = 0.0
+) -> list[ScanPatches]:
+    """``scan_patches`` of every seed, or their earlier result (``cached_scans``; the scales
+    and the share of within-artery scans name the cache)."""
     code = (
         filling_defects,
         vessel_patches,
@@ -83,15 +93,20 @@ def cached_patches(seeds: range, workers: int, cache_dir: Path) -> list[ScanPatc
         scan_patches,
         label_candidates,
     )
-    return cached_scans("pe_patches", scan_patches, code, seeds, workers, cache_dir)
+    name = "pe_patches" + (f"_s{scales}" if scales > 1 else "")
+    name += f"_w{round(within_share * 100)}" if within_share else ""
+    job = functools.partial(scan_patches, scales=scales, within_share=within_share)
+    return cached_scans(name, job, code, seeds, workers, cache_dir)
 
 
-def stack(scans: list[ScanPatches]) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+def stack(
+    scans: list[ScanPatches], scales: int = 1
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
     """Patches and labels to learn from (candidates near an embolus left out, as for the
     trees)."""
     shape = (
         0,
-        vessel_patches.CHANNELS,
+        vessel_patches.channels(scales),
         len(vessel_patches.ACROSS_MM),
         len(vessel_patches.ALONG_MM),
     )
@@ -119,10 +134,11 @@ class DefectNet(nn.Module):
     mean and max over the patch, two linear layers: the logit that a candidate is an
     embolus."""
 
-    def __init__(self) -> None:
+    def __init__(self, scales: int = 1) -> None:
         super().__init__()
+        self.scales = scales
         self.features = nn.Sequential(
-            _block(vessel_patches.CHANNELS, 24),
+            _block(vessel_patches.channels(scales), 24),
             nn.MaxPool2d(2),
             _block(24, 48),
             nn.MaxPool2d(2),
@@ -137,20 +153,20 @@ class DefectNet(nn.Module):
         return logit
 
 
-def views(x: torch.Tensor) -> list[torch.Tensor]:
+def views(x: torch.Tensor, scales: int = 1) -> list[torch.Tensor]:
     """The patch and its mirror images: along the vessel, across it, the two planes swapped
     (a vessel has no preferred direction)."""
-    return [x, x.flip(3), x.flip(2), x[:, [2, 3, 0, 1]]]
+    return [x, x.flip(3), x.flip(2), x[:, vessel_patches.planes_swapped(scales)]]
 
 
-def augmented(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def augmented(x: torch.Tensor, rng: np.random.Generator, scales: int = 1) -> torch.Tensor:
     """Each of the mirror images of ``views`` with probability 1/2, independently."""
     if rng.uniform() < 0.5:
         x = x.flip(3)
     if rng.uniform() < 0.5:
         x = x.flip(2)
     if rng.uniform() < 0.5:
-        x = x[:, [2, 3, 0, 1]]
+        x = x[:, vessel_patches.planes_swapped(scales)]
     return x
 
 
@@ -162,15 +178,20 @@ class AveragedProbability(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.sigmoid(self.net(v)) for v in views(x)]).mean(dim=0)
+        mirrored = views(x, self.net.scales)
+        return torch.stack([torch.sigmoid(self.net(v)) for v in mirrored]).mean(dim=0)
 
 
 def train(
-    x: npt.NDArray[np.float16], y: npt.NDArray[np.bool_], epochs: int, seed: int = 0
+    x: npt.NDArray[np.float16],
+    y: npt.NDArray[np.bool_],
+    epochs: int,
+    seed: int = 0,
+    scales: int = 1,
 ) -> DefectNet:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = DefectNet()
+    net = DefectNet(scales)
     positives, negatives = np.flatnonzero(y), np.flatnonzero(~y)
     steps = max(1, len(negatives) // BATCH_NEGATIVES)
     optimiser = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -189,7 +210,7 @@ def train(
                     rng.choice(positives, BATCH_POSITIVES),
                 ]
             )
-            loss = loss_of(net(augmented(patches[batch].float(), rng)), labels[batch])
+            loss = loss_of(net(augmented(patches[batch].float(), rng, scales)), labels[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -223,26 +244,41 @@ def main(argv: list[str] | None = None) -> None:
         help="train on the first scans only and report the candidate AUC on this last "
         "fraction of them (0: train on all)",
     )
+    parser.add_argument(
+        "--scales",
+        type=int,
+        default=1,
+        choices=range(1, len(vessel_patches.SCALES) + 1),
+        help="views of each candidate: 1 (20 x 8 mm at 0.5 mm) or 2 (and 40 x 16 mm at 1 mm)",
+    )
+    parser.add_argument(
+        "--within-share",
+        type=float,
+        default=0.0,
+        help="share of training scans whose clots stay within their own artery",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("training-data"))
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.workers))
     start = time.monotonic()
     seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)
-    scans = cached_patches(seeds, args.workers, args.cache_dir)
+    if not 0.0 <= args.within_share <= 1.0:
+        parser.error("--within-share must be between 0 and 1")
+    scans = cached_patches(seeds, args.workers, args.cache_dir, args.scales, args.within_share)
     collect_s = time.monotonic() - start
     cut = len(scans) - round(len(scans) * args.check_fraction)
-    x, y = stack(scans[:cut])
+    x, y = stack(scans[:cut], args.scales)
     print(f"{len(scans)} scans; training on {cut}: {len(y)} candidates ({int(y.sum())} emboli)")
     if not y.any() or y.all():
         raise SystemExit("train_defect_cnn: the candidates need both emboli and others")
     t_train = time.monotonic()
-    net = train(x, y, args.epochs)
+    net = train(x, y, args.epochs, scales=args.scales)
     train_s = time.monotonic() - t_train
     model = AveragedProbability(net).eval()
     check: float | None = None
     if cut < len(scans):
-        x_check, y_check = stack(scans[cut:])
+        x_check, y_check = stack(scans[cut:], args.scales)
         p = probabilities(model, x_check)
         measured = auc(p[y_check].tolist(), p[~y_check].tolist())
         check = measured if np.isfinite(measured) else None  # no embolus among them
@@ -259,12 +295,24 @@ def main(argv: list[str] | None = None) -> None:
         "sha256": hashlib.sha256(args.out.read_bytes()).hexdigest(),
         "input": {
             "name": INPUT_NAME,
-            "channels": ["plane 1 HU", "plane 1 mask", "plane 2 HU", "plane 2 mask"],
-            "along_mm": [float(vessel_patches.ALONG_MM[0]), float(vessel_patches.ALONG_MM[-1])],
-            "across_mm": [float(vessel_patches.ACROSS_MM[0]), float(vessel_patches.ACROSS_MM[-1])],
+            "channels": [
+                f"plane {plane} {what}, {vessel_patches.SCALES[s] * STEP_MM:g} mm"
+                for s in range(args.scales)
+                for plane in (1, 2)
+                for what in ("HU", "mask")
+            ],
+            "along_mm": [
+                [float(vessel_patches.ALONG_MM[0] * f), float(vessel_patches.ALONG_MM[-1] * f)]
+                for f in vessel_patches.SCALES[: args.scales]
+            ],
+            "across_mm": [
+                [float(vessel_patches.ACROSS_MM[0] * f), float(vessel_patches.ACROSS_MM[-1] * f)]
+                for f in vessel_patches.SCALES[: args.scales]
+            ],
         },
         "training": {
             "seeds": [seeds.start, seeds.stop - 1],
+            "clots_within_artery_share": args.within_share,
             "scans_assessed": len(scans),
             "trained_on_scans": cut,
             "candidates": len(y),

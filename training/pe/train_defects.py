@@ -56,9 +56,12 @@ KIND_WEIGHTS = (0.05, 0.1, 0.25, 0.6)
 """Segmental emboli are what the second stage is for: most training emboli are segmental."""
 
 
-def training_scan(seed: int) -> SyntheticContrastCT:
+def training_scan(seed: int, clots_within_artery_share: float = 0.0) -> SyntheticContrastCT:
     """A scan drawn like the held-out ones (``evaluate.eval_scan``), contrast-enhanced, with
-    1-3 emboli in 70 % of scans, mostly segmental."""
+    1-3 emboli in 70 % of scans, mostly segmental; in about ``clots_within_artery_share`` of
+    the scans (drawn apart, so that the rest are the same scans) each clot stays within its
+    own artery (``generate_contrast_chest_ct(clots_within_artery=True)``)."""
+    within = bool(np.random.default_rng([seed, 79]).uniform() < clots_within_artery_share)
     rng = np.random.default_rng([seed, 78])
     pixel = float(rng.uniform(0.85, 1.05))
     spacing = (float(rng.choice(SLICE_MM)), pixel, pixel)
@@ -67,7 +70,12 @@ def training_scan(seed: int) -> SyntheticContrastCT:
     count = int(rng.integers(1, 4)) if rng.uniform() < 0.7 else 0
     specs = [ClotSpec(KINDS[int(rng.choice(4, p=KIND_WEIGHTS))]) for _ in range(count)]
     return generate_contrast_chest_ct(
-        seed, shape=(n_slices, 320, 320), spacing_mm=spacing, phase=phase, clots=specs
+        seed,
+        shape=(n_slices, 320, 320),
+        spacing_mm=spacing,
+        phase=phase,
+        clots=specs,
+        clots_within_artery=within,
     )
 
 
