@@ -147,6 +147,7 @@ def test_the_pe_second_stage_trains_on_generated_scans_and_writes_its_trees(
 def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(
     tmp_path: Path, scales: int, within_share: float, cache_name: str
 ) -> None:
+    from algorithms.pe.filling_defects import FEATURES, Candidates
     from algorithms.pe.second_stage import PatchNetwork
     from algorithms.pe.vessel_patches import ACROSS_MM, ALONG_MM, CHANNELS
 
@@ -189,7 +190,14 @@ def test_the_pe_candidate_cnn_trains_on_vessel_patches_and_exports_onnx(
     patches = np.zeros((5, CHANNELS * scales, len(ACROSS_MM), len(ALONG_MM)), np.float32)
     (p,) = session.run(None, {"patches": patches})
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
-    assert PatchNetwork.from_onnx(out.read_bytes(), "cpu").scales == scales  # what the plugin reads
+    scorer = PatchNetwork.from_onnx(out.read_bytes(), "cpu")
+    assert scorer.scales == scales  # read from the network's input, as the plugin loads it
+    labels = np.zeros((20, 20, 20), np.int32)
+    labels[8:12, 8:12, 8:12] = 1  # one candidate, scored the way the plugin scores them
+    candidates = Candidates((slice(0, 20),) * 3, labels, np.zeros((1, len(FEATURES)), np.float32))
+    hu = np.full((20, 20, 20), 200.0, np.float32)
+    (q,) = scorer.candidate_probabilities(hu, (1.0, 1.0, 1.0), candidates, 300.0)
+    assert 0.0 < q < 1.0
     assert list((tmp_path / "training-data").glob(f"{cache_name}_*_400000_6.pkl"))
     assert {n: (package / n).read_bytes() for n in shipped} == before
 
