@@ -38,11 +38,15 @@ from router.validate.metrics import proportion_interval
 from training.pe import synth
 from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_contrast_chest_ct
 
-SPLITS = {"validation": 700_000, "confirmation": 710_000, "test": 900_000}
-"""Seed bases of the held-out splits (training uses 300000 + i, i < 1000). Choices are made
-on validation; confirmation (first used in the twelfth session) is a second validation split
-for when a choice made there needs more scans before the test split is run again; test is
-never used for a choice."""
+SPLITS = {"validation": 700_000, "confirmation": 710_000, "tuning": 720_000, "test": 900_000}
+"""Seed bases of the held-out splits (training uses 300000 + i, 400000 + i and 500000 + i,
+i < 1000). Choices are made on validation; confirmation (first used in the twelfth session) is
+a second validation split for when a choice made there needs more scans before the test split
+is run again; tuning (thirteenth session) is a larger split on which to choose an operating
+point (``--scans 300 --write-operating-point``: 97 validation scans leave the second stage's
+threshold to one or two studies); test is never used for a choice."""
+SPLIT_SCANS_MAX = 10_000
+"""No split is drawn with more scans than this, so that no two overlap."""
 SLICE_MM = (0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 LEVELS = synth.CLOT_LEVELS
 
@@ -635,6 +639,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
+    if not 0 < args.scans <= SPLIT_SCANS_MAX:
+        parser.error(f"--scans must be between 1 and {SPLIT_SCANS_MAX}")
     seeds = range(SPLITS[args.split], SPLITS[args.split] + args.scans)
     detector = PulmonaryEmbolismDetector(args.second_stage)
     detector.load(args.device)
