@@ -140,3 +140,20 @@ def test_a_clot_in_an_artery_scores_above_a_vein_enhanced_less(network: PatchNet
     on_vein = [n for n, c in enumerate(centres) if c is not None and abs(c[1] - 50.0) < 4.0]
     assert on_clot and on_vein, centres
     assert max(p[on_clot]) > 0.5 > max(p[on_vein])
+
+
+def test_a_patch_network_whose_input_is_not_whole_views_is_refused() -> None:
+    from onnx import TensorProto, helper
+
+    channels = vessel_patches.CHANNELS + 1
+    shape: list[str | int] = ["batch", channels, len(vessel_patches.ACROSS_MM)]
+    shape.append(len(vessel_patches.ALONG_MM))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["patches"], ["probability"], keepdims=0)],
+        "not_whole_views",
+        [helper.make_tensor_value_info("patches", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(RuntimeError, match=f"input has {channels} channels"):
+        PatchNetwork.from_onnx(model.SerializeToString(), "cpu")
