@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
-from training.pe import evaluate
+from training.pe import evaluate, train_defect_cnn, train_defects
 from training.pe.train import TRAIN_SEED_BASE
-from training.pe.train_defects import DEFECT_SEED_BASE
+from training.pe.train_defects import DEFECT_SCANS_MAX, DEFECT_SEED_BASE
 from training.pe.train_levels import SEED_BASE as LEVEL_SEED_BASE
 
-TRAINING_SCANS_MAX = 1_000
+TRAINING_SCANS_MAX = DEFECT_SCANS_MAX
+"""The most scans any training set is drawn with (the second stage's 1,200 in the fourteenth
+session is the largest so far)."""
 
 
 def test_no_two_splits_or_training_sets_share_a_seed() -> None:
@@ -30,3 +33,12 @@ def test_no_two_splits_or_training_sets_share_a_seed() -> None:
 def test_a_split_is_never_drawn_beyond_its_own_seeds(scans: str) -> None:
     with pytest.raises(SystemExit):
         evaluate.main(["--split", "tuning", "--scans", scans])
+
+
+@pytest.mark.parametrize("main", [train_defect_cnn.main, train_defects.main])
+@pytest.mark.parametrize("scans", ["0", str(DEFECT_SCANS_MAX + 1)])
+def test_the_second_stage_is_never_trained_beyond_its_own_seeds(
+    main: Callable[[list[str] | None], None], scans: str
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--scans", scans])

@@ -40,7 +40,7 @@ from training.pe.synth import PHASES, ClotTruth, SyntheticContrastCT, generate_c
 
 SPLITS = {"validation": 700_000, "confirmation": 710_000, "tuning": 720_000, "test": 900_000}
 """Seed bases of the held-out splits (training uses 300000 + i, 400000 + i and 500000 + i,
-i < 1000). Choices are made on validation; confirmation (first used in the twelfth session) is
+i < 10000). Choices are made on validation; confirmation (first used in the twelfth session) is
 a second validation split for when a choice made there needs more scans before the test split
 is run again; tuning (thirteenth session) is a larger split on which to choose an operating
 point (``--scans 300 --write-operating-point``: 97 validation scans leave the second stage's

@@ -39,6 +39,7 @@ from algorithms.pe import filling_defects, second_stage, vessel_patches
 from training.onnx_export import export, max_difference
 from training.pe.evaluate import auc
 from training.pe.train_defects import (
+    DEFECT_SCANS_MAX,
     DEFECT_SEED_BASE,
     cached_scans,
     forget_evaluated_scorer,
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("training-data"))
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
+    if not 1 <= args.scans <= DEFECT_SCANS_MAX:
+        parser.error(f"--scans must be between 1 and {DEFECT_SCANS_MAX}")
     torch.set_num_threads(max(1, args.workers))
     start = time.monotonic()
     seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)

@@ -46,6 +46,9 @@ from training.pe.synth import (
 DEFECT_SEED_BASE = 400_000
 """Seeds of the classifier's training scans (the first stage trained on 300000+i; validation
 700000+i and test 900000+i are never used here)."""
+DEFECT_SCANS_MAX = 10_000
+"""The second stage is never trained on more scans than this, so that its seeds stay below the
+level network's (500000+) and apart from every held-out split."""
 CHUNK = 300
 """Scans are collected (and cached) in runs of this many seeds."""
 SHIPPED = Path(str(resources.files("algorithms.pe").joinpath(second_stage.TREES)))
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("training-data"))
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
+    if not 1 <= args.scans <= DEFECT_SCANS_MAX:
+        parser.error(f"--scans must be between 1 and {DEFECT_SCANS_MAX}")
     start = time.monotonic()
     seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)
     scans = cached_collect(seeds, args.workers, args.cache_dir)
