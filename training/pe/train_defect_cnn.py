@@ -39,9 +39,8 @@ from algorithms.pe import filling_defects, second_stage, vessel_patches
 from training.onnx_export import export, max_difference
 from training.pe.evaluate import auc
 from training.pe.train_defects import (
-    DEFECT_SCANS_MAX,
-    DEFECT_SEED_BASE,
     cached_scans,
+    defect_seeds,
     forget_evaluated_scorer,
     label_candidates,
     network_candidates,
@@ -261,11 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("training-data"))
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
-    if not 1 <= args.scans <= DEFECT_SCANS_MAX:
-        parser.error(f"--scans must be between 1 and {DEFECT_SCANS_MAX}")
+    seeds = defect_seeds(parser, args.scans)
     torch.set_num_threads(max(1, args.workers))
     start = time.monotonic()
-    seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)
     if not 0.0 <= args.within_share <= 1.0:
         parser.error("--within-share must be between 0 and 1")
     scans = cached_patches(seeds, args.workers, args.cache_dir, args.scales, args.within_share)

@@ -324,6 +324,14 @@ def recall_by_level(scans: list[ScanCandidates]) -> dict[str, str]:
     return out
 
 
+def defect_seeds(parser: argparse.ArgumentParser, scans: int) -> range:
+    """The seeds of ``scans`` second-stage training scans; a count outside 1 to
+    ``DEFECT_SCANS_MAX`` is a usage error (``parser.error``)."""
+    if not 1 <= scans <= DEFECT_SCANS_MAX:
+        parser.error(f"--scans must be between 1 and {DEFECT_SCANS_MAX}")
+    return range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + scans)
+
+
 def forget_evaluated_scorer(file: str) -> None:
     """Drop the second stage the operating point was chosen with from model.json when it is
     ``file`` (just replaced): a new one must be evaluated (``evaluate --split validation
@@ -345,10 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("training-data"))
     parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
-    if not 1 <= args.scans <= DEFECT_SCANS_MAX:
-        parser.error(f"--scans must be between 1 and {DEFECT_SCANS_MAX}")
+    seeds = defect_seeds(parser, args.scans)
     start = time.monotonic()
-    seeds = range(DEFECT_SEED_BASE, DEFECT_SEED_BASE + args.scans)
     scans = cached_collect(seeds, args.workers, args.cache_dir)
     collect_s = time.monotonic() - start
     print(
