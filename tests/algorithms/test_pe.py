@@ -201,6 +201,15 @@ def test_the_shipped_operating_point_is_not_chosen_on_clots_within_their_artery(
     assert exit_.value.code == 2 and "not with --clots-within-artery" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("split", ["confirmation", "test"])
+def test_an_operating_point_is_never_chosen_on_a_split_that_only_measures(
+    split: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["--split", split, "--write-operating-point"])
+    assert exit_.value.code == 2 and f"{split} only measures" in capsys.readouterr().err
+
+
 def test_the_level_by_volume_is_where_most_of_a_clot_lies_ties_to_the_more_central() -> None:
     classes = np.array([LOBAR, SEGMENTAL, SEGMENTAL, 0, 0, 0], dtype=np.uint8)
     assert synth._level_by_volume(classes) == "segmental"  # smaller arteries (0) not counted
@@ -239,7 +248,9 @@ def test_model_card_matches_the_shipped_model() -> None:
         list(preprocess.VASCULAR_WINDOW),
     ]
     point = card["operating_point"]
-    assert 0.0 < point["threshold"] < 1.0 and "validation" in point["criterion"]
+    split = point.get("split", "validation")  # 0.4.0's card predates the key
+    assert split in ("tuning", "validation") and f"on the {split} split" in point["criterion"]
+    assert 0.0 < point["threshold"] < 1.0
     assert point["threshold"] <= point["second_stage_threshold"] < 1.0
 
 

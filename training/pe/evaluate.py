@@ -546,11 +546,22 @@ def stage_thresholds(
     return round(network_threshold(network, second, is_pe, single), 4), single
 
 
+CHOICE_SPLITS = ("tuning", "validation")
+"""The splits an operating point may be chosen on; confirmation and test only measure."""
+
+
 def fit_operating_point(
-    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan], seeds: range, card_path: Path
+    detector: PulmonaryEmbolismDetector,
+    scans: list[AnalysedScan],
+    seeds: range,
+    card_path: Path,
+    split: str = "validation",
 ) -> float:
     """Fit the candidate calibration and choose the thresholds (``stage_thresholds``) on these
-    validation scans; store them in model.json and in ``detector``."""
+    scans of ``split`` (one of ``CHOICE_SPLITS``); store them in model.json and in
+    ``detector``."""
+    if split not in CHOICE_SPLITS:
+        raise ValueError(f"an operating point is chosen on {' or '.join(CHOICE_SPLITS)} only")
     masses, labels = candidate_masses(scans)
     calibration = postprocess.fit_calibration(masses, labels)
     detector.calibration = calibration
@@ -571,7 +582,7 @@ def fit_operating_point(
         "formula": "sigmoid(intercept + slope * ln(mass_ml + 0.01)); mass_ml = sum of the "
         "embolus probabilities of a candidate component's voxels (>= 0.5) times 0.008 mL",
         "method": "logistic regression of 'overlaps a true embolus' on every candidate "
-        "component of the validation split",
+        f"component of the {split} split",
         "candidates": {"emboli": int(sum(labels)), "not_emboli": len(labels) - int(sum(labels))},
     }
     stage = second_stage_record(detector)
@@ -581,17 +592,18 @@ def fit_operating_point(
         card.pop("second_stage", None)
     card["operating_point"] = {
         **operating,
-        "criterion": "maximum Youden J (sensitivity + specificity) on the validation split: one "
+        "criterion": f"maximum Youden J (sensitivity + specificity) on the {split} split: one "
         "threshold for both stages, which becomes the second stage's; then the network's own, "
         "the middle of the widest range of maximum J with the second stage at its threshold. "
         "The second stage's probabilities are shifted in logit by logit(threshold) - "
         "logit(second_stage_threshold), so that one threshold (the site's, or this) applies "
         "both",
-        "validation_seeds": [seeds.start, seeds.stop - 1],
-        "validation_studies": {"with_pe": len(pos), "without_pe": len(neg)},
-        "validation_auc": round(auc(pos, neg), 4),
-        "validation_sensitivity": round(float(np.mean(np.asarray(pos) >= threshold)), 4),
-        "validation_specificity": round(float(np.mean(np.asarray(neg) < threshold)), 4),
+        "split": split,
+        "seeds": [seeds.start, seeds.stop - 1],
+        "studies": {"with_pe": len(pos), "without_pe": len(neg)},
+        "auc": round(auc(pos, neg), 4),
+        "sensitivity": round(float(np.mean(np.asarray(pos) >= threshold)), 4),
+        "specificity": round(float(np.mean(np.asarray(neg) < threshold)), 4),
         "chosen": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
@@ -632,6 +644,11 @@ def main(argv: list[str] | None = None) -> None:
         "are trained on clots that may",
     )
     args = parser.parse_args(argv)
+    if args.write_operating_point and args.split not in CHOICE_SPLITS:
+        parser.error(
+            f"--write-operating-point chooses on the {' or '.join(CHOICE_SPLITS)} split; "
+            f"{args.split} only measures"
+        )
     if args.write_operating_point and args.clots_within_artery:
         parser.error(
             "--write-operating-point chooses the shipped thresholds on the scans the models "
@@ -650,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     used = detector.default_threshold if args.threshold is None else args.threshold
     if args.write_operating_point:
         card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
-        used = fit_operating_point(detector, scans, seeds, card)
+        used = fit_operating_point(detector, scans, seeds, card, args.split)
         print(f"{detector.calibration} and operating point {used:.4f} written to {card}")
     outcomes = decide_and_score(detector, scans, used)
     print()
