@@ -210,6 +210,18 @@ def test_an_operating_point_is_never_chosen_on_a_split_that_only_measures(
     assert exit_.value.code == 2 and f"{split} only measures" in capsys.readouterr().err
 
 
+def test_a_specificity_floor_is_a_choice_of_operating_point_between_0_and_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (
+        ["--min-specificity", "0.95"],
+        ["--write-operating-point", "--min-specificity", "95"],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate_main(["--split", "tuning", *argv])
+        assert exit_.value.code == 2 and "--min-specificity" in capsys.readouterr().err
+
+
 def test_the_level_by_volume_is_where_most_of_a_clot_lies_ties_to_the_more_central() -> None:
     classes = np.array([LOBAR, SEGMENTAL, SEGMENTAL, 0, 0, 0], dtype=np.uint8)
     assert synth._level_by_volume(classes) == "segmental"  # smaller arteries (0) not counted
@@ -431,6 +443,27 @@ def test_auc_and_youden_threshold() -> None:
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auc([0.5], [0.5]) == 0.5
     assert 0.2 < youden_threshold([0.9, 0.8, 0.7], [0.1, 0.2, 0.3]) <= 0.7
+
+
+def test_a_specificity_floor_chooses_the_most_sensitive_threshold_that_keeps_it() -> None:
+    positives = [0.95, 0.9, 0.6, 0.3]
+    negatives = [0.1, 0.2, 0.4, 0.5, 0.7]
+    # Youden J is highest between 0.5 and 0.6 (3/4 + 4/5); at least 100 % specificity needs
+    # a threshold above 0.7, which keeps 2 of 4.
+    assert youden_threshold(positives, negatives) == pytest.approx(0.55)
+    assert youden_threshold(positives, negatives, 1.0) == pytest.approx(0.8)
+    assert youden_threshold(positives, negatives, 0.8) == pytest.approx(0.55)
+    # The network's threshold by the same criterion: the second stage (at 0.9) flags the
+    # PE-free study at 0.5 and the positive at 0.3, so specificity 80 % is the most there is;
+    # it takes a threshold in (0.7, 0.9] (3 of 4), where Youden J takes (0.4, 0.6] (4 of 4
+    # at 60 %).
+    network = [0.95, 0.9, 0.6, 0.3, 0.1, 0.2, 0.4, 0.5, 0.7]
+    second = [0.0, 0.0, 0.0, 0.99, 0.0, 0.0, 0.0, 0.95, 0.0]
+    is_pe = [True] * 4 + [False] * 5
+    assert network_threshold(network, second, is_pe, 0.9, 0.8) == pytest.approx(0.8)
+    assert network_threshold(network, second, is_pe, 0.9) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="specificity asked for"):
+        network_threshold(network, second, is_pe, 0.9, 0.9)
 
 
 def test_the_networks_threshold_is_the_middle_of_its_widest_range_of_maximum_j() -> None:

@@ -185,17 +185,30 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
-def youden_threshold(positives: Sequence[float], negatives: Sequence[float]) -> float:
+def youden_threshold(
+    positives: Sequence[float], negatives: Sequence[float], min_specificity: float | None = None
+) -> float:
     """The threshold maximising sensitivity + specificity (midway between neighbouring scores;
-    the lowest such threshold on ties, favouring sensitivity)."""
+    the lowest such threshold on ties, favouring sensitivity); with ``min_specificity``, the
+    one maximising sensitivity among those whose specificity reaches it (the lowest such)."""
     scores = np.unique(np.concatenate([positives, negatives]))
-    candidates = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2])
-    best, best_j = 0.5, -1.0
+    candidates = np.concatenate([[scores[0] / 2], (scores[:-1] + scores[1:]) / 2, [1.0]])
+    best, best_value = 0.5, -np.inf
     for c in candidates:
-        j = np.mean(np.asarray(positives) >= c) + np.mean(np.asarray(negatives) < c)
-        if j > best_j + 1e-12:
-            best, best_j = float(c), float(j)
+        sensitivity = float(np.mean(np.asarray(positives) >= c))
+        specificity = float(np.mean(np.asarray(negatives) < c))
+        value = _objective(sensitivity, specificity, min_specificity)
+        if value > best_value + 1e-12:
+            best, best_value = float(c), value
     return float(np.clip(best, 0.01, 0.99))
+
+
+def _objective(sensitivity: float, specificity: float, min_specificity: float | None) -> float:
+    """What an operating point maximises: Youden J, or sensitivity where specificity reaches
+    ``min_specificity`` (minus infinity where it does not)."""
+    if min_specificity is None:
+        return sensitivity + specificity
+    return sensitivity if specificity >= min_specificity - 1e-12 else -np.inf
 
 
 def network_threshold(
@@ -203,10 +216,12 @@ def network_threshold(
     second_stage: Sequence[float],
     is_pe: Sequence[bool],
     second_stage_threshold: float,
+    min_specificity: float | None = None,
 ) -> float:
     """The network's own threshold, with the second stage flagging the studies whose
     ``second_stage`` probability reaches ``second_stage_threshold``: of the thresholds giving
-    the maximum Youden J, the middle of the widest range (the furthest from the studies on
+    the maximum Youden J (with ``min_specificity``: the highest sensitivity at that
+    specificity or more), the middle of the widest range (the furthest from the studies on
     either side)."""
     pn = np.asarray(network, dtype=np.float64)
     by_second = np.asarray(second_stage, dtype=np.float64) >= second_stage_threshold
@@ -217,10 +232,12 @@ def network_threshold(
     # every threshold in (edges[k], edges[k + 1]] flags the same studies
     j = np.array(
         [
-            np.mean(flag[y]) + np.mean(~flag[~y])
+            _objective(float(np.mean(flag[y])), float(np.mean(~flag[~y])), min_specificity)
             for flag in ((pn >= upper) | by_second for upper in edges[1:])
         ]
     )
+    if not np.isfinite(j.max()):
+        raise ValueError("no network threshold reaches the specificity asked for")
     best = j >= j.max() - 1e-12
     runs: list[tuple[float, float]] = []
     for k in np.flatnonzero(best):
@@ -518,12 +535,15 @@ def second_stage_record(detector: PulmonaryEmbolismDetector) -> dict[str, object
 
 
 def stage_thresholds(
-    detector: PulmonaryEmbolismDetector, scans: list[AnalysedScan]
+    detector: PulmonaryEmbolismDetector,
+    scans: list[AnalysedScan],
+    min_specificity: float | None = None,
 ) -> tuple[float, float | None]:
     """The network's threshold and the second stage's (None without one), chosen on these
-    validation scans with the detector's calibration: first one threshold for both stages'
-    probabilities (max Youden J), which becomes the second stage's; then the network's own
-    (``network_threshold``) with the second stage at it.
+    scans with the detector's calibration: first one threshold for both stages'
+    probabilities (max Youden J, or with ``min_specificity`` the highest sensitivity at that
+    specificity or more), which becomes the second stage's; then the network's own
+    (``network_threshold``, by the same criterion) with the second stage at it.
 
     The two scales differ: the network's candidates are calibrated (Platt, on their mass)
     while the second stage's network saturates near 1 on true and false candidates alike, so
@@ -540,10 +560,11 @@ def stage_thresholds(
     both = [max(n, s) for n, s in zip(network, second, strict=True)]
     pos = [p for p, y in zip(both, is_pe, strict=True) if y]
     neg = [p for p, y in zip(both, is_pe, strict=True) if not y]
-    single = round(youden_threshold(pos, neg), 4)
+    single = round(youden_threshold(pos, neg, min_specificity), 4)
     if detector.second_stage is None:
         return single, None
-    return round(network_threshold(network, second, is_pe, single), 4), single
+    chosen = network_threshold(network, second, is_pe, single, min_specificity)
+    return round(chosen, 4), single
 
 
 CHOICE_SPLITS = ("tuning", "validation")
@@ -556,6 +577,7 @@ def fit_operating_point(
     seeds: range,
     card_path: Path,
     split: str = "validation",
+    min_specificity: float | None = None,
 ) -> float:
     """Fit the candidate calibration and choose the thresholds (``stage_thresholds``) on these
     scans of ``split`` (one of ``CHOICE_SPLITS``); store them in model.json and in
@@ -565,7 +587,7 @@ def fit_operating_point(
     masses, labels = candidate_masses(scans)
     calibration = postprocess.fit_calibration(masses, labels)
     detector.calibration = calibration
-    threshold, second_threshold = stage_thresholds(detector, scans)
+    threshold, second_threshold = stage_thresholds(detector, scans, min_specificity)
     operating: dict[str, object] = {"threshold": threshold}
     if second_threshold is not None:
         operating["second_stage_threshold"] = second_threshold
@@ -590,15 +612,21 @@ def fit_operating_point(
         card["second_stage"] = stage
     else:
         card.pop("second_stage", None)
+    objective = (
+        "maximum Youden J (sensitivity + specificity)"
+        if min_specificity is None
+        else f"maximum sensitivity at a specificity of at least {100 * min_specificity:g} %"
+    )
     card["operating_point"] = {
         **operating,
-        "criterion": f"maximum Youden J (sensitivity + specificity) on the {split} split: one "
+        "criterion": f"{objective} on the {split} split: one "
         "threshold for both stages, which becomes the second stage's; then the network's own, "
-        "the middle of the widest range of maximum J with the second stage at its threshold. "
+        "the middle of the widest range of that maximum with the second stage at its threshold. "
         "The second stage's probabilities are shifted in logit by logit(threshold) - "
         "logit(second_stage_threshold), so that one threshold (the site's, or this) applies "
         "both",
         "split": split,
+        "min_specificity": min_specificity,
         "seeds": [seeds.start, seeds.stop - 1],
         "studies": {"with_pe": len(pos), "without_pe": len(neg)},
         "auc": round(auc(pos, neg), 4),
@@ -621,6 +649,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="fit the candidate calibration and choose the thresholds (max Youden J, "
         "stage_thresholds) on these scans; write them to model.json",
+    )
+    parser.add_argument(
+        "--min-specificity",
+        type=float,
+        default=None,
+        help="with --write-operating-point: choose the thresholds giving the highest "
+        "sensitivity at this specificity or more (e.g. 0.95) instead of maximum Youden J",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -649,6 +684,10 @@ def main(argv: list[str] | None = None) -> None:
             f"--write-operating-point chooses on the {' or '.join(CHOICE_SPLITS)} split; "
             f"{args.split} only measures"
         )
+    if args.min_specificity is not None and not (
+        args.write_operating_point and 0.0 < args.min_specificity < 1.0
+    ):
+        parser.error("--min-specificity is a specificity (0-1) for --write-operating-point")
     if args.write_operating_point and args.clots_within_artery:
         parser.error(
             "--write-operating-point chooses the shipped thresholds on the scans the models "
@@ -667,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
     used = detector.default_threshold if args.threshold is None else args.threshold
     if args.write_operating_point:
         card = Path(str(resources.files("algorithms.pe").joinpath("model.json")))
-        used = fit_operating_point(detector, scans, seeds, card, args.split)
+        used = fit_operating_point(detector, scans, seeds, card, args.split, args.min_specificity)
         print(f"{detector.calibration} and operating point {used:.4f} written to {card}")
     outcomes = decide_and_score(detector, scans, used)
     print()
