@@ -96,9 +96,9 @@ class PulmonaryEmbolismDetector:
     info: ClassVar[AlgorithmInfo] = AlgorithmInfo(
         name="pe",
         display_name="radrouter Pulmonary Embolism Flagging",
-        version="0.4.0",
+        version="0.5.0",
         manufacturer="radrouter project",
-        device_uid="2.25.121019708094918511683847987734757193039",
+        device_uid="2.25.77876054093140055290924455650670579109",
         modalities=frozenset({"CT"}),
         intended_use=(
             "Research and demonstration only: flags suspected pulmonary emboli in the central, "

@@ -92,7 +92,7 @@ def test_patches_are_scored_in_batches_like_one_by_one(network: PatchNetwork) ->
     n = second_stage.BATCH + 40
     shape = (
         n,
-        vessel_patches.CHANNELS,
+        vessel_patches.channels(network.scales),
         len(vessel_patches.ACROSS_MM),
         len(vessel_patches.ALONG_MM),
     )

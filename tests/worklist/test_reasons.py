@@ -142,7 +142,7 @@ def test_pe_names_side_level_artery_and_the_image() -> None:
     assert decision.priority is Priority.STAT
     assert decision.reason == (
         "AI: suspected pulmonary embolism, right lobar pulmonary artery, series 4 image 120 "
-        "[radrouter Pulmonary Embolism Flagging 0.4.0]"
+        "[radrouter Pulmonary Embolism Flagging 0.5.0]"
     )
 
 
@@ -160,7 +160,7 @@ def test_central_pe_names_the_main_artery_once_and_counts_the_others() -> None:
 
     assert decision.reason == (
         "AI: suspected pulmonary embolism, central left pulmonary artery, series 4 image 98 "
-        "(+1 more finding) [radrouter Pulmonary Embolism Flagging 0.4.0]"
+        "(+1 more finding) [radrouter Pulmonary Embolism Flagging 0.5.0]"
     )
 
 
@@ -169,15 +169,15 @@ def test_pe_negative_not_assessed_and_failure_keep_their_statements() -> None:
     not_assessed = AlgorithmResult(Verdict.NOT_ASSESSED, reason="No contrast in the arteries.")
 
     assert decide(negative, PE, SHIPPED).reason == (
-        "AI: no pulmonary embolism found [radrouter Pulmonary Embolism Flagging 0.4.0]"
+        "AI: no pulmonary embolism found [radrouter Pulmonary Embolism Flagging 0.5.0]"
     )
     assert decide(not_assessed, PE, SHIPPED).reason == (
         "AI: pulmonary embolism not assessed: No contrast in the arteries "
-        "[radrouter Pulmonary Embolism Flagging 0.4.0]"
+        "[radrouter Pulmonary Embolism Flagging 0.5.0]"
     )
     assert decide(AlgorithmFailure("timed out after 300 s"), PE, SHIPPED).reason == (
         "AI: pulmonary embolism algorithm failed: timed out after 300 s "
-        "[radrouter Pulmonary Embolism Flagging 0.4.0]"
+        "[radrouter Pulmonary Embolism Flagging 0.5.0]"
     )
 
 
